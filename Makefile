@@ -1,0 +1,82 @@
+# The README's two commands:
+#   make demo   build everything and run the demo
+#   make test   build everything and run every check and test
+# Both set themselves up from a fresh clone: virtualenvs, pip installs, the maturin
+# build. Nothing here needs a virtualenv to be active.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+PYTHON ?= python3
+# The oldest CPython we support (abi3 wheel, cp310): the oldest-Twisted environment
+# runs on it. Falls back to $(PYTHON) where no 3.10 is installed.
+PYTHON_OLDEST ?= $(shell command -v python3.10 2>/dev/null || ls -d $$(pyenv root 2>/dev/null)/versions/3.10*/bin/python3.10 2>/dev/null | tail -n1 || true)
+TWISTED_OLDEST := 24.11.0
+PYO3_MIN := 0.29.0
+
+VENV := $(CURDIR)/.venv
+VENV_OLDEST := $(CURDIR)/.venv-oldest
+WHEEL_DIR := $(CURDIR)/target/wheels
+
+# Every cargo invocation sees the same interpreter, so PyO3 is configured once.
+export PYO3_PYTHON := $(VENV)/bin/python
+export PYO3_TWISTED_VENV := $(VENV)
+export CARGO_TERM_COLOR := never
+
+.PHONY: demo test venv wheel lint rust-test rust-test-pyo3-min py-test py-test-oldest clean
+
+demo: wheel
+	$(VENV)/bin/python examples/hello_twisted.py
+
+test: wheel lint rust-test rust-test-pyo3-min py-test py-test-oldest
+	@echo "== all tests passed =="
+
+$(VENV)/.ready: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+$(VENV_OLDEST)/.ready:
+	$(or $(PYTHON_OLDEST),$(PYTHON)) -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/pip install -q --upgrade pip
+	$(VENV_OLDEST)/bin/pip install -q "Twisted==$(TWISTED_OLDEST)" "pytest>=8" pytest-timeout
+	touch $@
+
+venv: $(VENV)/.ready $(VENV_OLDEST)/.ready
+
+# One abi3 wheel serves both environments.
+wheel: venv
+	rm -rf $(WHEEL_DIR)
+	$(VENV)/bin/maturin build --quiet -m python_shim/Cargo.toml --release -o $(WHEEL_DIR) -i $(PYO3_PYTHON)
+	$(VENV)/bin/pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
+	$(VENV_OLDEST)/bin/pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
+
+lint: venv
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+rust-test: venv
+	cargo test
+
+# The lowest PyO3 the crate declares, in a scratch copy of the workspace so the
+# committed lockfile stays as it is; build artifacts shared with the main target/.
+rust-test-pyo3-min: venv
+	rm -rf target/pyo3-min && mkdir -p target/pyo3-min
+	cp -r Cargo.toml Cargo.lock build.rs src tests python_shim target/pyo3-min/
+	cd target/pyo3-min && cargo update -q -p pyo3 --precise $(PYO3_MIN) && \
+	  for v in $$(grep -A1 '^name = "pyo3-build-config"' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p'); do \
+	    if [ "$$v" != "$(PYO3_MIN)" ]; then cargo update -q -p "pyo3-build-config@$$v" --precise $(PYO3_MIN); fi; \
+	  done && \
+	  grep -A1 '^name = "pyo3"$$' Cargo.lock | grep -q 'version = "$(PYO3_MIN)"'
+	CARGO_TARGET_DIR=$(CURDIR)/target cargo test --manifest-path target/pyo3-min/Cargo.toml
+
+py-test: wheel
+	$(VENV)/bin/python -m pytest -q
+
+py-test-oldest: wheel
+	@$(VENV_OLDEST)/bin/python -c 'import sys, twisted; print("oldest environment: Python", sys.version.split()[0], "Twisted", twisted.__version__)'
+	$(VENV_OLDEST)/bin/python -m pytest -q
+
+clean:
+	rm -rf target $(VENV) $(VENV_OLDEST)

@@ -1,0 +1,15 @@
+"""Run async Rust inside Twisted applications.
+
+The Rust crate ``pyo3-twisted`` ties a Tokio runtime to a Twisted reactor and turns
+Rust futures into Deferreds. This package is its Python side:
+
+- :func:`install` configures the runtime of a reactor, :func:`stats` reads its counters;
+- :class:`RustPanicError` and :class:`RuntimeShutdown` are the failures a bridged
+  Deferred can carry besides the future's own exceptions;
+- :mod:`pyo3_twisted.testing` is a memory-reactor harness for trial and pytest;
+- :mod:`pyo3_twisted.probes` holds small Rust futures for tests and benchmarks.
+"""
+
+from ._native import RUNTIME_ATTR, RuntimeShutdown, RustPanicError, install, stats
+
+__all__ = ["RUNTIME_ATTR", "RuntimeShutdown", "RustPanicError", "install", "stats"]

@@ -1,0 +1,262 @@
+"""A memory-reactor harness for code that bridges Rust and Twisted.
+
+Twisted's ``MemoryReactorClock`` runs everything on the test's thread, which is what
+makes tests deterministic. Bridged work finishes on other threads, though, and comes
+back through ``reactor.callFromThread``. :class:`ThreadedMemoryReactorClock` accepts
+those calls from any thread and wakes a test that waits for them; :meth:`get_success`
+and :meth:`get_failure` wait with the GIL released (no busy loop) until a Deferred
+fires; :meth:`shutdown` fires the reactor's shutdown triggers the way a real reactor
+does, so a runtime tied to the reactor stops at the end of each test.
+
+From trial::
+
+    class MyTests(ReactorTestCase):
+        def test_answer(self):
+            my_extension.install(self.reactor)
+            self.assertEqual(self.get_success(my_extension.answer(self.reactor)), 42)
+
+From pytest::
+
+    @pytest.fixture
+    def reactor():
+        with memory_reactor() as reactor:
+            yield reactor
+
+This module depends on Twisted only (not on the compiled extension), so it serves any
+extension crate built on pyo3-twisted. It works on Twisted 24.11 and later.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import gc
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
+from twisted.python import log
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+__all__ = [
+    "ReactorTestCase",
+    "ThreadedMemoryReactorClock",
+    "capture_logged_errors",
+    "memory_reactor",
+]
+
+_NOT_FIRED = object()
+
+
+class ThreadedMemoryReactorClock(MemoryReactorClock):
+    """A ``MemoryReactorClock`` with a thread-safe ``callFromThread``.
+
+    Calls from other threads are queued and run on the test's thread by :meth:`pump`
+    (and by everything that waits: :meth:`get_success`, :meth:`get_failure`,
+    :meth:`shutdown`). The clock moves only when told to (:meth:`advance`,
+    :meth:`pump` with seconds), except during :meth:`shutdown`, which lets it follow
+    real time so that shutdown timeouts can pass.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._thread_calls: collections.deque[tuple[Callable[..., Any], tuple, dict]] = (
+            collections.deque()
+        )
+        self._thread_calls_changed = threading.Condition(threading.Lock())
+        self.is_shut_down = False
+
+    def callFromThread(self, callable: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Queue ``callable`` for the reactor's thread; safe from any thread."""
+        with self._thread_calls_changed:
+            self._thread_calls.append((callable, args, kwargs))
+            self._thread_calls_changed.notify_all()
+
+    def run_thread_calls(self) -> int:
+        """Run the queued ``callFromThread`` calls; return how many ran.
+
+        Like a real reactor, an exception from one call is logged and the rest run.
+        """
+        ran = 0
+        while True:
+            with self._thread_calls_changed:
+                if not self._thread_calls:
+                    return ran
+                callable, args, kwargs = self._thread_calls.popleft()
+            ran += 1
+            try:
+                callable(*args, **kwargs)
+            except BaseException:
+                log.err(None, "Error in a callFromThread call")
+
+    def pump(self, seconds: float = 0.0) -> None:
+        """Run queued thread calls, advance the clock by ``seconds`` (running the
+        delayed calls that fall due), and run the thread calls that caused."""
+        self.run_thread_calls()
+        self.advance(seconds)
+        self.run_thread_calls()
+
+    def wait_for_thread_call(self, timeout: float) -> bool:
+        """Block (GIL released) until a ``callFromThread`` call is queued or
+        ``timeout`` seconds pass; return whether one is queued."""
+        with self._thread_calls_changed:
+            return self._thread_calls_changed.wait_for(
+                lambda: bool(self._thread_calls), timeout
+            )
+
+    def wait_for(self, d: Deferred, timeout: float = 10.0) -> Any:
+        """Pump until ``d`` has fired; return its result (a value or a
+        :class:`Failure`) and take it out of ``d``'s chain.
+
+        Raises ``TimeoutError`` if ``d`` has not fired after ``timeout`` seconds.
+        """
+        outcome: list[Any] = []
+
+        def capture(result: Any) -> None:
+            outcome.append(result)
+
+        d.addBoth(capture)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.pump()
+            if outcome:
+                return outcome[0]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{d!r} did not fire within {timeout} s")
+            self.wait_for_thread_call(remaining)
+
+    def get_success(self, d: Deferred, timeout: float = 10.0) -> Any:
+        """Wait for ``d`` and return its value; fail the test if it failed."""
+        result = self.wait_for(d, timeout)
+        if isinstance(result, Failure):
+            raise AssertionError(
+                f"Deferred failed instead of succeeding:\n{result.getTraceback()}"
+            )
+        return result
+
+    def get_failure(self, d: Deferred, exc_type: type, timeout: float = 10.0) -> Failure:
+        """Wait for ``d`` and return its :class:`Failure`, which must be an
+        ``exc_type``; fail the test otherwise."""
+        result = self.wait_for(d, timeout)
+        if not isinstance(result, Failure):
+            raise AssertionError(f"Deferred succeeded with {result!r}, expected {exc_type}")
+        if not result.check(exc_type):
+            raise AssertionError(
+                f"Deferred failed with {result.type}, expected {exc_type}:\n"
+                f"{result.getTraceback()}"
+            )
+        return result
+
+    def fire_shutdown_phase(self, phase: str, timeout: float) -> None:
+        """Call this phase's ``shutdown`` triggers and wait for the Deferreds they
+        return, letting the clock follow real time meanwhile."""
+        triggers = self.triggers.get(phase, {}).get("shutdown", [])
+        pending = []
+        for callable, args, kwargs in list(triggers):
+            result = callable(*args, **kwargs)
+            if isinstance(result, Deferred):
+                pending.append(result)
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        for d in pending:
+            fired: list[Any] = []
+            d.addBoth(fired.append)
+            while not fired:
+                now = time.monotonic()
+                self.pump(now - last)
+                last = now
+                if fired:
+                    break
+                remaining = deadline - now
+                if remaining <= 0:
+                    raise TimeoutError(f"the {phase}-shutdown trigger {d!r} never fired")
+                # Wake for the next thread call, or in time for the next delayed call.
+                next_call = min(
+                    (c.getTime() - self.seconds() for c in self.getDelayedCalls()),
+                    default=remaining,
+                )
+                self.wait_for_thread_call(max(0.0, min(remaining, next_call)))
+            if isinstance(fired[0], Failure):
+                log.err(fired[0], f"{phase}-shutdown trigger failed")
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Shut the reactor down as ``reactor.stop()`` would: fire the before,
+        during and after ``shutdown`` triggers, waiting for each phase. Idempotent."""
+        if self.is_shut_down:
+            return
+        self.is_shut_down = True
+        for phase in ("before", "during", "after"):
+            self.fire_shutdown_phase(phase, timeout)
+        self.running = False
+
+
+@contextlib.contextmanager
+def memory_reactor(run: bool = True) -> Iterator[ThreadedMemoryReactorClock]:
+    """A :class:`ThreadedMemoryReactorClock`, run (unless ``run`` is false) and shut
+    down on exit: the pytest-fixture form of :class:`ReactorTestCase`."""
+    reactor = ThreadedMemoryReactorClock()
+    if run:
+        reactor.run()
+    try:
+        yield reactor
+    finally:
+        reactor.shutdown()
+
+
+class LoggedErrors(list):
+    """Error events captured by :func:`capture_logged_errors`."""
+
+    def texts(self) -> list[str]:
+        from twisted.logger import formatEvent
+
+        out = []
+        for event in self:
+            text = formatEvent(event)
+            failure = event.get("log_failure")
+            if failure is not None:
+                text += "\n" + failure.getTraceback()
+            out.append(text)
+        return out
+
+
+@contextlib.contextmanager
+def capture_logged_errors() -> Iterator[LoggedErrors]:
+    """Collect the error events Twisted logs inside the block, including
+    "Unhandled error in Deferred" (a garbage collection runs at exit to flush
+    those)."""
+    errors = LoggedErrors()
+
+    def observer(event: dict) -> None:
+        if event.get("log_failure") is not None or event.get("isError"):
+            errors.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield errors
+        gc.collect()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+
+
+class ReactorTestCase(unittest.TestCase):
+    """A trial ``TestCase`` with a run :class:`ThreadedMemoryReactorClock` in
+    ``self.reactor``, shut down after each test."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.reactor = ThreadedMemoryReactorClock()
+        self.reactor.run()
+        self.addCleanup(self.reactor.shutdown)
+
+    def get_success(self, d: Deferred, timeout: float = 10.0) -> Any:
+        """See :meth:`ThreadedMemoryReactorClock.get_success`."""
+        return self.reactor.get_success(d, timeout)
+
+    def get_failure(self, d: Deferred, exc_type: type, timeout: float = 10.0) -> Failure:
+        """See :meth:`ThreadedMemoryReactorClock.get_failure`."""
+        return self.reactor.get_failure(d, exc_type, timeout)

@@ -1,0 +1,93 @@
+//! `pyo3_twisted._native`: the compiled half of the Python package `pyo3_twisted`.
+//!
+//! It exposes the crate's runtime configuration and statistics to Python, and the
+//! probes (small Rust futures with known behaviour) that the tests and benchmarks
+//! drive from Python.
+
+use std::time::Duration;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pyo3_twisted::{
+    install_runtime, LogContextProvider, RuntimeConfig, RuntimeShutdown, RustPanicError, WakeMode,
+};
+
+mod probes;
+
+/// install(reactor, *, worker_threads=None, thread_name=None, shutdown_timeout=None,
+///         logcontext=None, track_cpu_time=None, wake=None)
+///
+/// Installs the pyo3-twisted runtime on `reactor`. Omitted options keep their
+/// defaults. Installing again with the same options is a no-op; with different ones,
+/// a RuntimeError.
+#[pyfunction]
+#[pyo3(signature = (
+    reactor, *, worker_threads=None, thread_name=None, shutdown_timeout=None,
+    logcontext=None, track_cpu_time=None, wake=None
+))]
+#[allow(clippy::too_many_arguments)]
+fn install(
+    reactor: &Bound<'_, PyAny>,
+    worker_threads: Option<usize>,
+    thread_name: Option<String>,
+    shutdown_timeout: Option<f64>,
+    logcontext: Option<String>,
+    track_cpu_time: Option<bool>,
+    wake: Option<String>,
+) -> PyResult<()> {
+    let mut config = RuntimeConfig::default();
+    if let Some(n) = worker_threads {
+        config.worker_threads = n;
+    }
+    if let Some(name) = thread_name {
+        config.thread_name = name;
+    }
+    if let Some(seconds) = shutdown_timeout {
+        config.shutdown_timeout = Duration::try_from_secs_f64(seconds).map_err(|_| {
+            PyValueError::new_err(format!(
+                "shutdown_timeout must be a finite number of seconds >= 0, got {seconds}"
+            ))
+        })?;
+    }
+    if let Some(module) = logcontext {
+        config.logcontext = LogContextProvider::Module(module);
+    }
+    if let Some(track) = track_cpu_time {
+        config.track_cpu_time = track;
+    }
+    if let Some(wake) = wake {
+        config.wake = WakeMode::parse(&wake)?;
+    }
+    install_runtime(reactor, config)
+}
+
+/// stats(reactor) -> dict
+///
+/// Counters of the runtime installed on `reactor`: tasks spawned, completed, failed,
+/// panicked, cancelled, aborted at shutdown, in flight; mailbox wake-ups, drains,
+/// batches, jobs; Tokio threads; GIL acquisitions made by pyo3-twisted on Tokio
+/// threads. Raises RuntimeError if no runtime is installed.
+#[pyfunction]
+fn stats<'py>(py: Python<'py>, reactor: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+    let stats = pyo3_twisted::stats(reactor)?;
+    let dict = PyDict::new(py);
+    dict.set_item("state", stats.state)?;
+    dict.set_item("wake_mode", stats.wake_mode)?;
+    for (name, value) in stats.counters() {
+        dict.set_item(name, value)?;
+    }
+    Ok(dict)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_function(wrap_pyfunction!(install, m)?)?;
+    m.add_function(wrap_pyfunction!(stats, m)?)?;
+    m.add("RustPanicError", py.get_type::<RustPanicError>())?;
+    m.add("RuntimeShutdown", py.get_type::<RuntimeShutdown>())?;
+    m.add("RUNTIME_ATTR", pyo3_twisted::RUNTIME_ATTR)?;
+    probes::register(m)?;
+    Ok(())
+}

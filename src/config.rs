@@ -1,0 +1,177 @@
+//! How a runtime is configured: [`RuntimeConfig`] and its parts.
+
+use std::time::Duration;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::PyResult;
+
+/// Configuration of the Tokio runtime that [`install_runtime`](crate::install_runtime)
+/// ties to a reactor.
+///
+/// Build it with struct-update syntax; every field has a sensible default:
+///
+/// ```
+/// use std::time::Duration;
+/// use pyo3_twisted::{LogContextProvider, RuntimeConfig};
+///
+/// let config = RuntimeConfig {
+///     worker_threads: 2,
+///     shutdown_timeout: Duration::from_secs(5),
+///     logcontext: LogContextProvider::Module("synapse.logging.context".into()),
+///     ..RuntimeConfig::default()
+/// };
+/// assert_eq!(config.thread_name, "pyo3-twisted");
+/// ```
+///
+/// Two configs compare equal when every field does; installing an equal config on a
+/// reactor that already has a runtime is a no-op, a different one is an error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Number of Tokio worker threads. Default: the number of CPUs, at most 4.
+    pub worker_threads: usize,
+    /// Name given to every Tokio thread (Linux shows the first 15 bytes).
+    /// Default: `"pyo3-twisted"`.
+    pub thread_name: String,
+    /// How long reactor shutdown waits for in-flight work before aborting it and
+    /// failing its Deferreds with `RuntimeShutdown`. Default: 10 seconds.
+    pub shutdown_timeout: Duration,
+    /// Where logging contexts come from. Default: [`LogContextProvider::None`].
+    pub logcontext: LogContextProvider,
+    /// Charge the thread CPU time spent polling a bridged future to its logging
+    /// context. Default: `true`. Has no effect without a logcontext provider.
+    pub track_cpu_time: bool,
+    /// How Tokio threads wake the reactor. Default: [`WakeMode::Auto`].
+    pub wake: WakeMode,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            worker_threads: cpus.min(4),
+            thread_name: "pyo3-twisted".to_owned(),
+            shutdown_timeout: Duration::from_secs(10),
+            logcontext: LogContextProvider::None,
+            track_cpu_time: true,
+            wake: WakeMode::Auto,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// Checks the values a caller could get wrong, with a message naming the field.
+    pub fn validate(&self) -> PyResult<()> {
+        if self.worker_threads == 0 || self.worker_threads > 1024 {
+            return Err(PyValueError::new_err(format!(
+                "worker_threads must be between 1 and 1024, got {}",
+                self.worker_threads
+            )));
+        }
+        if self.thread_name.is_empty() || self.thread_name.contains('\0') {
+            return Err(PyValueError::new_err(
+                "thread_name must be a non-empty string without NUL characters",
+            ));
+        }
+        if let LogContextProvider::Module(name) = &self.logcontext {
+            if name.is_empty() {
+                return Err(PyValueError::new_err(
+                    "logcontext module name must not be empty (use None for no provider)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the logging context that follows work across threads comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum LogContextProvider {
+    /// Plain Twisted: no logging contexts; `create_deferred` returns a bare Deferred.
+    #[default]
+    None,
+    /// A Python module with `current_context`, `set_current_context`,
+    /// `make_deferred_yieldable` and `run_in_background`, such as
+    /// `"synapse.logging.context"` or `"pyo3_twisted.logcontext"`.
+    Module(String),
+}
+
+/// How a Tokio thread tells the reactor that the mailbox has work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WakeMode {
+    /// A file descriptor on reactors that poll them (epoll, poll, select, asyncio),
+    /// `callFromThread` elsewhere (memory reactors in tests).
+    #[default]
+    Auto,
+    /// An eventfd registered with `reactor.addReader`: no GIL on the Tokio side.
+    FileDescriptor,
+    /// `reactor.callFromThread`, issued by a dedicated waker thread (never a Tokio
+    /// worker), once per batch.
+    CallFromThread,
+}
+
+impl WakeMode {
+    /// The spelling used by the Python `install(..., wake=...)` keyword.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WakeMode::Auto => "auto",
+            WakeMode::FileDescriptor => "fd",
+            WakeMode::CallFromThread => "call_from_thread",
+        }
+    }
+
+    /// Parses the spelling of [`WakeMode::as_str`].
+    pub fn parse(s: &str) -> PyResult<Self> {
+        match s {
+            "auto" => Ok(WakeMode::Auto),
+            "fd" => Ok(WakeMode::FileDescriptor),
+            "call_from_thread" => Ok(WakeMode::CallFromThread),
+            other => Err(PyValueError::new_err(format!(
+                "wake must be 'auto', 'fd' or 'call_from_thread', got {other:?}"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        let config = RuntimeConfig::default();
+        config.validate().unwrap();
+        assert!((1..=4).contains(&config.worker_threads));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for bad in [
+            RuntimeConfig {
+                worker_threads: 0,
+                ..RuntimeConfig::default()
+            },
+            RuntimeConfig {
+                thread_name: String::new(),
+                ..RuntimeConfig::default()
+            },
+            RuntimeConfig {
+                logcontext: LogContextProvider::Module(String::new()),
+                ..RuntimeConfig::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn wake_mode_round_trips() {
+        for mode in [
+            WakeMode::Auto,
+            WakeMode::FileDescriptor,
+            WakeMode::CallFromThread,
+        ] {
+            assert_eq!(WakeMode::parse(mode.as_str()).unwrap(), mode);
+        }
+        assert!(WakeMode::parse("eventfd").is_err());
+    }
+}

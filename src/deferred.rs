@@ -1,0 +1,173 @@
+//! Rust future → Twisted `Deferred`.
+//!
+//! ```text
+//!  reactor thread                Tokio worker                       reactor thread
+//!  create_deferred(fut)          poll fut (catching panics,         drain: registry.take(key)
+//!    Deferred(canceller) ─key─▶  abortable by d.cancel())  ─job─▶   → O into Python
+//!    registry.insert(d)          Ready → mailbox.push(job)          → d.callback / d.errback
+//!    submit(task) ─────────────▶
+//!  d.cancel() → canceller: registry.take(d), abort → future dropped on its worker
+//! ```
+//!
+//! [`create_deferred`] runs on the reactor thread. The task owns no Python object;
+//! the result is turned into one on the reactor thread, in the drain.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::future::{AbortHandle, Abortable};
+use futures_util::FutureExt;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::IntoPyObjectExt;
+
+use crate::errors::{panic_message, RuntimeShutdown, RustPanicError};
+use crate::registry::Key;
+use crate::runtime::{bridge_for, deferred_class, Bridge};
+use crate::stats::Counters;
+
+/// Runs `fut` on the reactor's Tokio runtime and returns a Twisted `Deferred` for its
+/// result.
+///
+/// Call it on the reactor thread (elsewhere it raises `RuntimeError`). The first call
+/// on a reactor without a runtime installs the default one (see
+/// [`install_runtime`](crate::install_runtime)).
+///
+/// What the Deferred does:
+/// - `Ok(v)`: fires with `v` converted to Python (on the reactor thread);
+/// - `Err(e)`: fails with the exception `e` carries, the same object;
+/// - a panic in `fut`: fails with [`RustPanicError`] carrying the panic message; the
+///   process goes on;
+/// - `d.cancel()`: the future is dropped on its worker at once and the Deferred fails
+///   with `CancelledError`, exactly once, even if the future finished concurrently;
+/// - reactor shutdown with `fut` still running after `shutdown_timeout`, or a call
+///   after shutdown began: fails with [`RuntimeShutdown`].
+///
+/// With a logcontext provider configured, the Deferred follows its rules
+/// (`make_deferred_yieldable`).
+///
+/// ```no_run
+/// use pyo3::prelude::*;
+///
+/// #[pyfunction]
+/// fn answer<'py>(py: Python<'py>, reactor: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+///     pyo3_twisted::create_deferred(py, &reactor, async {
+///         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+///         Ok(42)
+///     })
+/// }
+/// ```
+pub fn create_deferred<'py, F, O>(
+    py: Python<'py>,
+    reactor: &Bound<'py, PyAny>,
+    fut: F,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = PyResult<O>> + Send + 'static,
+    for<'a> O: IntoPyObject<'a> + Send + 'static,
+{
+    let bridge = bridge_for(reactor)?;
+    bridge.check_reactor_thread("create_deferred")?;
+    let deferred = deferred_class(py)?.call1((bridge.canceller(py)?,))?;
+    if !bridge.accepting() {
+        Counters::bump(&bridge.counters.tasks_rejected_after_shutdown);
+        reject(py, &deferred)?;
+        return Ok(deferred);
+    }
+
+    let (abort, registration) = AbortHandle::new_pair();
+    let key = bridge
+        .registry
+        .lock()
+        .insert(deferred.clone().unbind(), abort);
+    let task_bridge = Arc::clone(&bridge);
+    let task = Box::pin(async move {
+        let outcome = match AssertUnwindSafe(Abortable::new(fut, registration))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(result)) => Outcome::Finished(result),
+            // Cancelled or shut down: whoever aborted us fired the Deferred.
+            Ok(Err(_aborted)) => return,
+            Err(payload) => Outcome::Panicked(panic_message(&*payload)),
+        };
+        let bridge = Arc::clone(&task_bridge);
+        task_bridge
+            .mailbox
+            .push(Box::new(move |py| deliver(py, &bridge, key, outcome)));
+    });
+    Counters::bump(&bridge.counters.tasks_spawned);
+    if bridge.submitter().submit(task).is_err() {
+        // The runtime is gone (shutdown raced us): fail now rather than never.
+        if bridge.registry.lock().take(key).is_some() {
+            Counters::bump(&bridge.counters.tasks_rejected_after_shutdown);
+            reject(py, &deferred)?;
+        }
+    }
+    Ok(deferred)
+}
+
+enum Outcome<O> {
+    Finished(PyResult<O>),
+    Panicked(String),
+}
+
+fn reject(py: Python<'_>, deferred: &Bound<'_, PyAny>) -> PyResult<()> {
+    let err = RuntimeShutdown::new_err(
+        "the pyo3-twisted runtime is shutting down and accepts no new work",
+    );
+    deferred.call_method1(intern!(py, "errback"), (err.into_value(py),))?;
+    Ok(())
+}
+
+/// The completion job: fires the Deferred unless a cancel or shutdown got there first.
+/// Reactor thread.
+fn deliver<O>(py: Python<'_>, bridge: &Arc<Bridge>, key: Key, outcome: Outcome<O>) -> PyResult<()>
+where
+    for<'a> O: IntoPyObject<'a>,
+{
+    let Some(entry) = bridge.registry.lock().take(key) else {
+        return Ok(());
+    };
+    let deferred = entry.deferred.bind(py);
+    let counters = &bridge.counters;
+    let (method, arg) = match outcome {
+        Outcome::Finished(Ok(value)) => match value.into_bound_py_any(py) {
+            Ok(value) => {
+                Counters::bump(&counters.tasks_completed);
+                (intern!(py, "callback"), value)
+            }
+            Err(err) => {
+                Counters::bump(&counters.tasks_failed);
+                (
+                    intern!(py, "errback"),
+                    err.into_value(py).into_bound(py).into_any(),
+                )
+            }
+        },
+        Outcome::Finished(Err(err)) => {
+            Counters::bump(&counters.tasks_failed);
+            (
+                intern!(py, "errback"),
+                err.into_value(py).into_bound(py).into_any(),
+            )
+        }
+        Outcome::Panicked(message) => {
+            Counters::bump(&counters.tasks_panicked);
+            let err = RustPanicError::new_err(message);
+            (
+                intern!(py, "errback"),
+                err.into_value(py).into_bound(py).into_any(),
+            )
+        }
+    };
+    // Someone fired our Deferred by hand: the result has nowhere to go.
+    let fired = if deferred.getattr(intern!(py, "called"))?.is_truthy()? {
+        Ok(())
+    } else {
+        deferred.call_method1(method, (arg,)).map(drop)
+    };
+    bridge.entry_left(py);
+    fired
+}

@@ -1,0 +1,173 @@
+//! Tokio → reactor: the one road into the reactor thread.
+//!
+//! ```text
+//!  Tokio thread(s)                               reactor thread (GIL held)
+//!  ───────────────                               ─────────────────────────
+//!  push(job) ─▶ [ lock-free queue ] ─────────────▶ drain(): run every job in one
+//!      │                                            GIL hold, up to MAX_BATCH
+//!      └─ wake_pending: false→true? ──▶ Waker ──▶ eventfd readable / callFromThread
+//!         (true already: someone woke it; done)
+//! ```
+//!
+//! Everything that must happen on the reactor thread — fire a Deferred, start a
+//! Python awaitable, emit a log record in a logcontext, drop Python objects — is a
+//! [`Job`] pushed here. [`Mailbox::push`] runs on any thread, never blocks and never
+//! takes the GIL; [`Mailbox::drain`] runs on the reactor thread only.
+//!
+//! The wake protocol (at most one wake per batch, never a lost wake):
+//! - producer: push the job, then `swap(wake_pending, true)`; wake only if it was
+//!   `false`.
+//! - consumer: first consume the wake signal (the caller of `drain` has read the
+//!   eventfd, or the waker thread has taken its token), then `swap(wake_pending,
+//!   false)`, then drain. Clearing the flag before consuming the signal would let the
+//!   read swallow a racing producer's wake while the flag stays set: nobody would
+//!   wake the reactor again.
+//!
+//! The swaps are read-modify-writes on one atomic, so a producer whose swap saw
+//! `true` is ordered before the consumer's clearing swap, which therefore sees its
+//! job.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::RwLock;
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::prelude::*;
+
+use crate::errors::{panic_message, report, RustPanicError};
+use crate::stats::Counters;
+use crate::wake::Waker;
+
+/// Work for the reactor thread. Its error, if any, is reported through Twisted's log.
+pub(crate) type Job = Box<dyn for<'py> FnOnce(Python<'py>) -> PyResult<()> + Send>;
+
+/// Most jobs one drain runs before it lets the reactor service other events; the rest
+/// go in the next drain, which this drain schedules.
+pub(crate) const MAX_BATCH: usize = 4096;
+
+pub(crate) struct Mailbox {
+    tx: Sender<Job>,
+    rx: Receiver<Job>,
+    wake_pending: AtomicBool,
+    closed: AtomicBool,
+    waker: RwLock<Option<Waker>>,
+    counters: Arc<Counters>,
+}
+
+impl Mailbox {
+    pub fn new(counters: Arc<Counters>) -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Self {
+            tx,
+            rx,
+            wake_pending: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            waker: RwLock::new(None),
+            counters,
+        }
+    }
+
+    /// Queues `job` for the reactor thread. Any thread; never blocks on the GIL.
+    ///
+    /// After [`close`](Self::close) the job is dropped instead, on this thread: whoever
+    /// waits for it sees its channel close rather than hanging.
+    pub fn push(&self, job: Job) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        // Cannot fail: `self.rx` keeps the channel open.
+        let _ = self.tx.send(job);
+        // Pairs with the fence in `close`: either we see `closed`, or `close` sees
+        // our job in its final sweep.
+        fence(Ordering::SeqCst);
+        if self.closed.load(Ordering::Relaxed) {
+            self.discard_queued();
+            return;
+        }
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = &*self.waker.read() {
+            Counters::bump(&self.counters.mailbox_wakeups);
+            waker.wake();
+        }
+        // No waker yet: `set_waker` sees `wake_pending` and wakes on our behalf.
+    }
+
+    /// Installs the wake mechanism (when the runtime starts) and delivers any wake
+    /// that was asked for before it existed.
+    pub fn set_waker(&self, waker: Waker) {
+        *self.waker.write() = Some(waker);
+        if self.wake_pending.load(Ordering::SeqCst) {
+            self.wake();
+        }
+    }
+
+    /// Runs queued jobs on the reactor thread. The caller has already consumed the
+    /// wake signal (see the module docs for why that order matters).
+    ///
+    /// Errors of individual jobs are reported and the batch goes on. A
+    /// `KeyboardInterrupt` or `SystemExit` is held until the batch is done, then
+    /// returned, so no job is lost to it.
+    pub fn drain(&self, py: Python<'_>) -> PyResult<usize> {
+        Counters::bump(&self.counters.mailbox_drains);
+        self.wake_pending.swap(false, Ordering::AcqRel);
+        let mut ran = 0;
+        let mut interrupt = None;
+        while ran < MAX_BATCH {
+            let Ok(job) = self.rx.try_recv() else { break };
+            ran += 1;
+            let err = match catch_unwind(AssertUnwindSafe(|| job(py))) {
+                Ok(Ok(())) => continue,
+                Ok(Err(err)) => err,
+                Err(payload) => RustPanicError::new_err(panic_message(&*payload)),
+            };
+            if interrupt.is_none()
+                && (err.is_instance_of::<PyKeyboardInterrupt>(py)
+                    || err.is_instance_of::<PySystemExit>(py))
+            {
+                interrupt = Some(err);
+            } else {
+                report(py, err, "pyo3-twisted: a mailbox job failed");
+            }
+        }
+        if ran == MAX_BATCH
+            && !self.rx.is_empty()
+            && !self.wake_pending.swap(true, Ordering::AcqRel)
+        {
+            self.wake();
+        }
+        if ran > 0 {
+            Counters::bump(&self.counters.mailbox_batches);
+            self.counters
+                .mailbox_jobs
+                .fetch_add(ran as u64, Ordering::Relaxed);
+            self.counters
+                .mailbox_max_batch
+                .fetch_max(ran as u64, Ordering::Relaxed);
+        }
+        match interrupt {
+            Some(err) => Err(err),
+            None => Ok(ran),
+        }
+    }
+
+    /// Stops accepting jobs, drops the waker (ending the waker thread, if any) and
+    /// drops every queued job. Reactor thread, GIL held, so the jobs' Python objects
+    /// are released here and now.
+    pub fn close(&self, _py: Python<'_>) {
+        self.closed.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        self.waker.write().take();
+        self.discard_queued();
+    }
+
+    fn discard_queued(&self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+}

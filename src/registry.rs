@@ -1,0 +1,80 @@
+//! The Deferreds whose futures are still in flight. Reactor thread only.
+//!
+//! A task does not hold its Deferred: Python objects stay on the reactor thread.
+//! The task carries a [`Key`] instead, and the completion job looks the Deferred up
+//! here. An entry leaves the registry exactly once — on completion, cancellation or
+//! shutdown — and whoever removes it is the one who fires the Deferred. That is what
+//! makes "fires exactly once" hold when a cancel races a completion.
+
+use std::collections::HashMap;
+
+use futures_util::future::AbortHandle;
+use pyo3::prelude::*;
+
+/// Names one in-flight Deferred. The address is unique while the entry holds the
+/// Deferred alive; the task number guards against a later Deferred reusing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Key {
+    address: usize,
+    task: u64,
+}
+
+pub(crate) struct Entry {
+    pub deferred: Py<PyAny>,
+    pub abort: AbortHandle,
+    task: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    entries: HashMap<usize, Entry>,
+    next_task: u64,
+}
+
+impl Registry {
+    pub fn insert(&mut self, deferred: Py<PyAny>, abort: AbortHandle) -> Key {
+        self.next_task += 1;
+        let key = Key {
+            address: deferred.as_ptr() as usize,
+            task: self.next_task,
+        };
+        self.entries.insert(
+            key.address,
+            Entry {
+                deferred,
+                abort,
+                task: key.task,
+            },
+        );
+        key
+    }
+
+    /// Removes the entry of a finished task, unless it already left.
+    pub fn take(&mut self, key: Key) -> Option<Entry> {
+        match self.entries.get(&key.address) {
+            Some(entry) if entry.task == key.task => self.entries.remove(&key.address),
+            _ => None,
+        }
+    }
+
+    /// Removes the entry of `deferred` (it is being cancelled), unless it already left.
+    pub fn take_deferred(&mut self, deferred: &Bound<'_, PyAny>) -> Option<Entry> {
+        let address = deferred.as_ptr() as usize;
+        match self.entries.get(&address) {
+            Some(entry) if entry.deferred.is(deferred) => self.entries.remove(&address),
+            _ => None,
+        }
+    }
+
+    pub fn take_all(&mut self) -> Vec<Entry> {
+        self.entries.drain().map(|(_, entry)| entry).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}

@@ -1,0 +1,595 @@
+//! The Tokio runtime whose life follows the reactor's.
+//!
+//! ```text
+//!  install_runtime ──▶ Installed ──callWhenRunning──▶ Running ──before-shutdown──▶ Draining
+//!   (reactor attr)       │ work is queued,              │                            │ in-flight work finishes,
+//!                        │ not yet spawned              │                            │ or shutdown_timeout aborts it
+//!                        └──────── reactor shuts down before starting ──────────────▶ Stopped
+//! ```
+//!
+//! Every function here runs on the reactor thread with the GIL held, except the
+//! Tokio thread hooks. One [`Bridge`] per reactor, stored on the reactor object under
+//! [`RUNTIME_ATTR`] (this crate's own name, so it never collides with Synapse's
+//! runtime). The Tokio runtime is built only when the reactor starts, so a process
+//! that forks before `reactor.run()` (daemonizing) forks without Tokio threads.
+//!
+//! The runtime is dropped with the GIL released (Tokio threads may be waiting for it
+//! inside user code), and at interpreter exit an `atexit` hook stops any runtime still
+//! alive, so no Tokio thread runs while CPython finalizes.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyCFunction;
+use tokio::runtime::Runtime;
+
+use crate::config::RuntimeConfig;
+use crate::errors::{report, RuntimeShutdown};
+use crate::mailbox::Mailbox;
+use crate::registry::{Entry, Registry};
+use crate::stats::{Counters, Stats};
+use crate::submit::Submitter;
+use crate::{threads, wake};
+
+/// The reactor attribute that holds the runtime.
+pub const RUNTIME_ATTR: &str = "_pyo3_twisted_runtime";
+
+/// How long dropping the runtime waits for Tokio threads to finish their current
+/// poll. Aborted tasks stop at their next poll; this only bounds a task stuck in a
+/// blocking call.
+const DROP_GRACE: Duration = Duration::from_secs(1);
+
+const INSTALLED: u8 = 0;
+const RUNNING: u8 = 1;
+const DRAINING: u8 = 2;
+const STOPPED: u8 = 3;
+
+/// The Python object stored on the reactor; it keeps the bridge alive.
+#[pyclass(frozen, name = "Runtime", module = "pyo3_twisted")]
+pub(crate) struct RuntimeBinding {
+    pub bridge: Arc<Bridge>,
+}
+
+#[pymethods]
+impl RuntimeBinding {
+    fn __repr__(&self) -> String {
+        format!(
+            "<pyo3_twisted.Runtime {} workers={} in_flight={}>",
+            self.bridge.phase_name(),
+            self.bridge.config.worker_threads,
+            self.bridge.registry.lock().len()
+        )
+    }
+}
+
+/// One reactor's runtime, mailbox and in-flight work.
+pub(crate) struct Bridge {
+    pub config: RuntimeConfig,
+    pub counters: Arc<Counters>,
+    pub mailbox: Arc<Mailbox>,
+    pub registry: Mutex<Registry>,
+    submitter: Submitter,
+    phase: AtomicU8,
+    reactor_thread: AtomicU64,
+    canceller: OnceLock<Py<PyAny>>,
+    slow: Mutex<Slow>,
+}
+
+/// State touched only on start and shutdown.
+#[derive(Default)]
+struct Slow {
+    reactor: Option<Py<PyAny>>,
+    runtime: Option<Runtime>,
+    reader: Option<Py<PyAny>>,
+    wake_mode: &'static str,
+    shutdown_done: Option<Py<PyAny>>,
+    shutdown_timer: Option<Py<PyAny>>,
+}
+
+/// Installs a runtime with `config` on `reactor`.
+///
+/// Call it on the reactor thread, before or after `reactor.run()`. The Tokio threads
+/// start when the reactor runs (at once if it already does); futures submitted before
+/// that wait and start with it. Installing again with an equal config is a no-op; with
+/// a different one it is an error, as is installing after the reactor shut down.
+/// Without an explicit install, the first [`create_deferred`](crate::create_deferred)
+/// on a reactor installs `RuntimeConfig::default()`.
+///
+/// ```no_run
+/// use pyo3::prelude::*;
+/// use pyo3_twisted::{install_runtime, RuntimeConfig};
+///
+/// # fn main() -> PyResult<()> {
+/// Python::attach(|py| {
+///     let reactor = py.import("twisted.internet.reactor")?;
+///     install_runtime(&reactor, RuntimeConfig { worker_threads: 2, ..Default::default() })
+/// })
+/// # }
+/// ```
+pub fn install_runtime(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyResult<()> {
+    install(reactor, config).map(drop)
+}
+
+/// A snapshot of the counters of the runtime installed on `reactor`.
+///
+/// Errors if no runtime is installed there (this does not install one).
+pub fn stats(reactor: &Bound<'_, PyAny>) -> PyResult<Stats> {
+    match lookup(reactor)? {
+        Some(bridge) => Ok(bridge.stats()),
+        None => Err(PyRuntimeError::new_err(
+            "no pyo3-twisted runtime is installed on this reactor",
+        )),
+    }
+}
+
+/// The bridge of `reactor`, installing the default runtime on first use.
+pub(crate) fn bridge_for(reactor: &Bound<'_, PyAny>) -> PyResult<Arc<Bridge>> {
+    match lookup(reactor)? {
+        Some(bridge) => Ok(bridge),
+        None => install(reactor, RuntimeConfig::default()),
+    }
+}
+
+fn lookup(reactor: &Bound<'_, PyAny>) -> PyResult<Option<Arc<Bridge>>> {
+    let py = reactor.py();
+    let Some(attr) = reactor.getattr_opt(intern!(py, RUNTIME_ATTR))? else {
+        return Ok(None);
+    };
+    match attr.cast::<RuntimeBinding>() {
+        Ok(binding) => Ok(Some(Arc::clone(&binding.get().bridge))),
+        Err(_) => Err(PyRuntimeError::new_err(format!(
+            "reactor.{RUNTIME_ATTR} holds {}, not a runtime of this build of pyo3-twisted \
+             (another extension module built against a different copy of the crate \
+             installed it)",
+            attr.get_type().name()?
+        ))),
+    }
+}
+
+fn install(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyResult<Arc<Bridge>> {
+    let py = reactor.py();
+    config.validate()?;
+    if let Some(existing) = lookup(reactor)? {
+        if existing.phase.load(Ordering::Acquire) == STOPPED {
+            return Err(RuntimeShutdown::new_err(
+                "this reactor's pyo3-twisted runtime has shut down",
+            ));
+        }
+        if existing.config != config {
+            return Err(PyRuntimeError::new_err(format!(
+                "a pyo3-twisted runtime with a different configuration is already installed \
+                 on this reactor (installed: {:?}; requested: {:?}). Install it once, before \
+                 the first create_deferred, which otherwise installs the default.",
+                existing.config, config
+            )));
+        }
+        return Ok(existing);
+    }
+
+    let counters = Arc::new(Counters::default());
+    let bridge = Arc::new(Bridge {
+        mailbox: Arc::new(Mailbox::new(Arc::clone(&counters))),
+        counters,
+        config,
+        registry: Mutex::new(Registry::default()),
+        submitter: Submitter::new(),
+        phase: AtomicU8::new(INSTALLED),
+        reactor_thread: AtomicU64::new(threads::current_id()),
+        canceller: OnceLock::new(),
+        slow: Mutex::new(Slow {
+            reactor: Some(reactor.clone().unbind()),
+            wake_mode: "none",
+            ..Slow::default()
+        }),
+    });
+    let _ = bridge.canceller.set(bridge_callback(
+        py,
+        &bridge,
+        c"cancel",
+        |bridge, py, args| bridge.cancel(py, &args.get_item(0)?),
+    )?);
+    reactor.setattr(
+        intern!(py, RUNTIME_ATTR),
+        RuntimeBinding {
+            bridge: Arc::clone(&bridge),
+        },
+    )?;
+
+    let before_shutdown = bridge_callback(py, &bridge, c"before_shutdown", |bridge, py, _| {
+        bridge.before_shutdown(py)
+    })?;
+    reactor.call_method1(
+        intern!(py, "addSystemEventTrigger"),
+        ("before", "shutdown", before_shutdown),
+    )?;
+    exit_hook::track(py, &bridge)?;
+
+    if already_running(reactor)? {
+        bridge.start(py)?;
+    } else {
+        let start = bridge_callback(py, &bridge, c"start", |bridge, py, _| {
+            bridge.start(py).map(|()| py.None())
+        })?;
+        reactor.call_method1(intern!(py, "callWhenRunning"), (start,))?;
+    }
+    Ok(bridge)
+}
+
+/// A real reactor runs `callWhenRunning` callables at once when running; a memory
+/// reactor on Twisted < 26.4 never does once `run()` has returned (and its `running`
+/// is false again by then), so its `hasRun` counts too.
+fn already_running(reactor: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = reactor.py();
+    for name in [intern!(py, "running"), intern!(py, "hasRun")] {
+        if let Some(value) = reactor.getattr_opt(name)? {
+            if value.is_truthy()? {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// A Python callable that runs `f` with the bridge, if it still exists. It holds the
+/// bridge weakly: the reactor keeps these callables, and the bridge keeps the reactor.
+fn bridge_callback<F>(
+    py: Python<'_>,
+    bridge: &Arc<Bridge>,
+    name: &'static std::ffi::CStr,
+    f: F,
+) -> PyResult<Py<PyAny>>
+where
+    F: for<'py> Fn(
+            &Arc<Bridge>,
+            Python<'py>,
+            &Bound<'py, pyo3::types::PyTuple>,
+        ) -> PyResult<Py<PyAny>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let weak: Weak<Bridge> = Arc::downgrade(bridge);
+    let function = PyCFunction::new_closure(py, Some(name), None, move |args, _kwargs| match weak
+        .upgrade()
+    {
+        Some(bridge) => f(&bridge, args.py(), args),
+        None => Ok(args.py().None()),
+    })?;
+    Ok(function.into_any().unbind())
+}
+
+static DEFERRED_CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `twisted.internet.defer.Deferred`, looked up once.
+pub(crate) fn deferred_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    DEFERRED_CLASS
+        .get_or_try_init(py, || {
+            Ok(py
+                .import("twisted.internet.defer")?
+                .getattr("Deferred")?
+                .unbind())
+        })
+        .map(|class| class.bind(py))
+}
+
+impl Bridge {
+    /// Builds the Tokio runtime and the wake mechanism. Idempotent; reactor thread.
+    fn start(self: &Arc<Self>, py: Python<'_>) -> PyResult<()> {
+        if self.phase.load(Ordering::Acquire) != INSTALLED {
+            return Ok(());
+        }
+        let Some(reactor) = self.slow.lock().reactor.as_ref().map(|r| r.clone_ref(py)) else {
+            return Ok(());
+        };
+        let runtime = self.build_tokio()?;
+        let installed = wake::install(py, reactor.bind(py), self.config.wake, &self.mailbox)?;
+        self.mailbox.set_waker(installed.waker);
+        self.submitter.start(runtime.handle());
+        self.reactor_thread
+            .store(threads::current_id(), Ordering::Release);
+        {
+            let mut slow = self.slow.lock();
+            slow.runtime = Some(runtime);
+            slow.reader = installed.reader;
+            slow.wake_mode = installed.mode;
+        }
+        self.phase.store(RUNNING, Ordering::Release);
+        Ok(())
+    }
+
+    fn build_tokio(&self) -> PyResult<Runtime> {
+        let started = Arc::clone(&self.counters);
+        let stopped = Arc::clone(&self.counters);
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.config.worker_threads)
+            .thread_name(self.config.thread_name.clone())
+            .enable_all()
+            .on_thread_start(move || {
+                threads::mark_tokio_thread();
+                started.tokio_threads_live.fetch_add(1, Ordering::Relaxed);
+            })
+            .on_thread_stop(move || {
+                stopped.tokio_threads_live.fetch_sub(1, Ordering::Relaxed);
+            })
+            .build()
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the Tokio runtime: {e}")))
+    }
+
+    /// Raises unless called on the reactor thread.
+    pub fn check_reactor_thread(&self, what: &str) -> PyResult<()> {
+        if threads::current_id() == self.reactor_thread.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(PyRuntimeError::new_err(format!(
+                "{what} must be called on the reactor thread (Deferreds are not thread-safe); \
+                 from another thread, go through reactor.callFromThread, or from Tokio use \
+                 pyo3_twisted::run_python_awaitable"
+            )))
+        }
+    }
+
+    /// Whether new work is accepted (shutdown has not begun).
+    pub fn accepting(&self) -> bool {
+        self.phase.load(Ordering::Acquire) <= RUNNING
+    }
+
+    pub fn submitter(&self) -> &Submitter {
+        &self.submitter
+    }
+
+    /// The canceller every Deferred of this runtime is created with.
+    pub fn canceller<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyAny>> {
+        self.canceller
+            .get()
+            .map(|c| c.bind(py))
+            .ok_or_else(|| PyRuntimeError::new_err("pyo3-twisted runtime is not initialised"))
+    }
+
+    fn cancel(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        deferred: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let entry = self.registry.lock().take_deferred(deferred);
+        if let Some(entry) = entry {
+            // Wakes the task, which drops the future at its next poll. Twisted then
+            // errbacks the Deferred with CancelledError, since we did not fire it.
+            entry.abort.abort();
+            Counters::bump(&self.counters.tasks_cancelled);
+            self.entry_left(py);
+        }
+        Ok(py.None())
+    }
+
+    /// Called after an entry left the registry; finishes a shutdown that waited for it.
+    pub fn entry_left(self: &Arc<Self>, py: Python<'_>) {
+        if self.phase.load(Ordering::Acquire) == DRAINING && self.registry.lock().is_empty() {
+            self.finish(py);
+        }
+    }
+
+    /// The `before shutdown` trigger: stop taking work, wait for what is in flight.
+    fn before_shutdown(self: &Arc<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match self.phase.load(Ordering::Acquire) {
+            INSTALLED => {
+                self.phase.store(DRAINING, Ordering::Release);
+                self.fail_all(
+                    py,
+                    "the reactor shut down before the pyo3-twisted runtime started",
+                );
+                self.finish(py);
+                Ok(py.None())
+            }
+            RUNNING => {
+                self.phase.store(DRAINING, Ordering::Release);
+                if self.registry.lock().is_empty() {
+                    self.finish(py);
+                    return Ok(py.None());
+                }
+                let done = deferred_class(py)?.call0()?;
+                let on_timeout =
+                    bridge_callback(py, self, c"shutdown_timeout", |bridge, py, _| {
+                        bridge.shutdown_timed_out(py);
+                        Ok(py.None())
+                    })?;
+                let reactor = self.slow.lock().reactor.as_ref().map(|r| r.clone_ref(py));
+                let timer = match reactor {
+                    Some(reactor) => Some(
+                        reactor
+                            .bind(py)
+                            .call_method1(
+                                intern!(py, "callLater"),
+                                (self.config.shutdown_timeout.as_secs_f64(), on_timeout),
+                            )?
+                            .unbind(),
+                    ),
+                    None => None,
+                };
+                let mut slow = self.slow.lock();
+                slow.shutdown_done = Some(done.clone().unbind());
+                slow.shutdown_timer = timer;
+                Ok(done.unbind())
+            }
+            _ => Ok(py.None()),
+        }
+    }
+
+    fn shutdown_timed_out(self: &Arc<Self>, py: Python<'_>) {
+        if self.phase.load(Ordering::Acquire) != DRAINING {
+            return;
+        }
+        self.slow.lock().shutdown_timer = None;
+        let reason = format!(
+            "the pyo3-twisted runtime shut down before this task finished \
+             (shutdown_timeout = {:?})",
+            self.config.shutdown_timeout
+        );
+        self.fail_all(py, &reason);
+        self.finish(py);
+    }
+
+    /// Aborts every in-flight task and errbacks its Deferred with `RuntimeShutdown`.
+    fn fail_all(&self, py: Python<'_>, reason: &str) {
+        let entries: Vec<Entry> = self.registry.lock().take_all();
+        for entry in entries {
+            entry.abort.abort();
+            Counters::bump(&self.counters.tasks_aborted_at_shutdown);
+            let err = RuntimeShutdown::new_err(reason.to_owned());
+            if let Err(err) = entry
+                .deferred
+                .bind(py)
+                .call_method1(intern!(py, "errback"), (err.into_value(py),))
+            {
+                report(py, err, "pyo3-twisted: failing a Deferred at shutdown");
+            }
+        }
+    }
+
+    /// Drops the runtime (GIL released), unregisters the waker, fires the shutdown
+    /// Deferred. Runs once.
+    fn finish(self: &Arc<Self>, py: Python<'_>) {
+        if self.phase.swap(STOPPED, Ordering::AcqRel) == STOPPED {
+            return;
+        }
+        let slow = {
+            let mut slow = self.slow.lock();
+            Slow {
+                wake_mode: slow.wake_mode,
+                ..std::mem::take(&mut *slow)
+            }
+        };
+        self.slow.lock().wake_mode = slow.wake_mode;
+        if let Some(timer) = slow.shutdown_timer {
+            let timer = timer.bind(py);
+            let active = timer
+                .call_method0(intern!(py, "active"))
+                .and_then(|a| a.is_truthy())
+                .unwrap_or(false);
+            if active {
+                if let Err(err) = timer.call_method0(intern!(py, "cancel")) {
+                    report(py, err, "pyo3-twisted: cancelling the shutdown timer");
+                }
+            }
+        }
+        if let (Some(reactor), Some(reader)) = (&slow.reactor, &slow.reader) {
+            if let Err(err) = reactor
+                .bind(py)
+                .call_method1(intern!(py, "removeReader"), (reader.bind(py),))
+            {
+                report(py, err, "pyo3-twisted: unregistering the mailbox reader");
+            }
+        }
+        self.submitter.discard_unstarted();
+        if let Some(runtime) = slow.runtime {
+            py.detach(move || runtime.shutdown_timeout(DROP_GRACE));
+        }
+        self.mailbox.close(py);
+        if let Some(done) = slow.shutdown_done {
+            if let Err(err) = done
+                .bind(py)
+                .call_method1(intern!(py, "callback"), (py.None(),))
+            {
+                report(py, err, "pyo3-twisted: firing the shutdown Deferred");
+            }
+        }
+    }
+
+    /// Stops the runtime at interpreter exit, whatever state the reactor is in.
+    fn stop_for_exit(&self, py: Python<'_>) {
+        self.phase.store(STOPPED, Ordering::Release);
+        let runtime = self.slow.lock().runtime.take();
+        self.submitter.discard_unstarted();
+        if let Some(runtime) = runtime {
+            py.detach(move || runtime.shutdown_timeout(DROP_GRACE));
+        }
+        self.mailbox.close(py);
+    }
+
+    fn phase_name(&self) -> &'static str {
+        match self.phase.load(Ordering::Acquire) {
+            INSTALLED => "installed",
+            RUNNING => "running",
+            DRAINING => "draining",
+            _ => "stopped",
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &*self.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Stats {
+            state: self.phase_name(),
+            wake_mode: self.slow.lock().wake_mode,
+            worker_threads: self.config.worker_threads as u64,
+            tokio_threads_live: get(&c.tokio_threads_live),
+            tasks_spawned: get(&c.tasks_spawned),
+            tasks_completed: get(&c.tasks_completed),
+            tasks_failed: get(&c.tasks_failed),
+            tasks_panicked: get(&c.tasks_panicked),
+            tasks_cancelled: get(&c.tasks_cancelled),
+            tasks_aborted_at_shutdown: get(&c.tasks_aborted_at_shutdown),
+            tasks_rejected_after_shutdown: get(&c.tasks_rejected_after_shutdown),
+            tasks_in_flight: self.registry.lock().len() as u64,
+            awaitables_started: get(&c.awaitables_started),
+            awaitables_completed: get(&c.awaitables_completed),
+            mailbox_wakeups: get(&c.mailbox_wakeups),
+            mailbox_drains: get(&c.mailbox_drains),
+            mailbox_batches: get(&c.mailbox_batches),
+            mailbox_jobs: get(&c.mailbox_jobs),
+            mailbox_max_batch: get(&c.mailbox_max_batch),
+            gil_acquisitions_on_tokio_threads: threads::gil_acquisitions_on_tokio_threads(),
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        // Normally `finish` or the exit hook took the runtime. If not, stop it without
+        // waiting: this may run on a Tokio thread, where waiting is not allowed.
+        if let Some(runtime) = self.slow.get_mut().runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+mod exit_hook {
+    //! One `atexit` hook per process stops every runtime still alive, before CPython
+    //! finalizes: a Tokio thread that re-took the GIL during finalization would be
+    //! killed while running Rust frames (CPython gh-87135), aborting the process.
+
+    use super::*;
+
+    static BRIDGES: Mutex<Vec<Weak<Bridge>>> = Mutex::new(Vec::new());
+    static REGISTERED: PyOnceLock<()> = PyOnceLock::new();
+
+    pub(super) fn track(py: Python<'_>, bridge: &Arc<Bridge>) -> PyResult<()> {
+        REGISTERED.get_or_try_init(py, || -> PyResult<()> {
+            let hook = PyCFunction::new_closure(
+                py,
+                Some(c"pyo3_twisted_stop_runtimes"),
+                None,
+                |args, _kwargs| {
+                    let live: Vec<Arc<Bridge>> = std::mem::take(&mut *BRIDGES.lock())
+                        .iter()
+                        .filter_map(Weak::upgrade)
+                        .collect();
+                    for bridge in live {
+                        bridge.stop_for_exit(args.py());
+                    }
+                },
+            )?;
+            py.import("atexit")?.call_method1("register", (hook,))?;
+            Ok(())
+        })?;
+        let mut bridges = BRIDGES.lock();
+        bridges.retain(|weak| weak.strong_count() > 0);
+        bridges.push(Arc::downgrade(bridge));
+        Ok(())
+    }
+}

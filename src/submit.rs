@@ -1,0 +1,64 @@
+//! Reactor → Tokio: futures handed to the runtime in batches.
+//!
+//! ```text
+//!  reactor thread                         Tokio worker
+//!  submit(task) ─▶ [ unbounded channel ] ─▶ pump: recv_many(256) → tokio::spawn each
+//! ```
+//!
+//! `Handle::spawn` from a thread outside the runtime pays an inject-queue push and an
+//! unpark for every task. Sending into a channel wakes the pump once per batch, and
+//! the pump's spawns are local to its worker (other workers steal from there).
+//! Before the runtime starts, the channel simply holds the tasks: work submitted
+//! early starts with the runtime.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// A type-erased task, ready to spawn.
+pub(crate) type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+const BATCH: usize = 256;
+
+pub(crate) struct Submitter {
+    tx: UnboundedSender<Task>,
+    rx: Mutex<Option<UnboundedReceiver<Task>>>,
+}
+
+impl Submitter {
+    pub fn new() -> Self {
+        let (tx, rx) = unbounded_channel();
+        Self {
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+
+    /// Hands `task` to the runtime, or to the queue that waits for it. Fails only once
+    /// the runtime is gone; the task comes back so the caller can fail its Deferred.
+    pub fn submit(&self, task: Task) -> Result<(), Task> {
+        self.tx.send(task).map_err(|err| err.0)
+    }
+
+    /// Starts the pump on `handle`; tasks queued so far start now.
+    pub fn start(&self, handle: &Handle) {
+        if let Some(mut rx) = self.rx.lock().take() {
+            handle.spawn(async move {
+                let mut batch = Vec::with_capacity(BATCH);
+                while rx.recv_many(&mut batch, BATCH).await > 0 {
+                    for task in batch.drain(..) {
+                        tokio::spawn(task);
+                    }
+                }
+            });
+        }
+    }
+
+    /// Drops the tasks of a runtime that never started.
+    pub fn discard_unstarted(&self) {
+        self.rx.lock().take();
+    }
+}

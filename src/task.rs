@@ -1,0 +1,34 @@
+//! Child tasks that stay on this crate's runtime.
+
+use std::future::Future;
+
+use tokio::task::JoinHandle;
+
+/// Spawns a child task from inside a bridged future (one passed to
+/// [`create_deferred`](crate::create_deferred), or another child).
+///
+/// Use it instead of `tokio::spawn` so the child keeps the request's logging context
+/// (when a provider is configured): its log lines and its Python calls are charged to
+/// the same request.
+///
+/// # Panics
+///
+/// Like `tokio::spawn`, if called outside a task of a Tokio runtime.
+///
+/// ```no_run
+/// # use pyo3::prelude::*;
+/// # fn f<'py>(py: Python<'py>, reactor: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+/// pyo3_twisted::create_deferred(py, &reactor, async {
+///     let child = pyo3_twisted::spawn(async { 20 + 1 });
+///     let half = child.await.expect("child task failed");
+///     Ok(half * 2)
+/// })
+/// # }
+/// ```
+pub fn spawn<F>(fut: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(fut)
+}
