@@ -121,6 +121,12 @@ impl Mailbox {
         let mut interrupt = None;
         while ran < MAX_BATCH {
             let Ok(job) = self.rx.try_recv() else { break };
+            // Counted as they run: a callback that reads the stats mid-batch sees
+            // its own delivery.
+            if ran == 0 {
+                Counters::bump(&self.counters.mailbox_batches);
+            }
+            Counters::bump(&self.counters.mailbox_jobs);
             ran += 1;
             let err = match catch_unwind(AssertUnwindSafe(|| job(py))) {
                 Ok(Ok(())) => continue,
@@ -142,15 +148,9 @@ impl Mailbox {
         {
             self.wake();
         }
-        if ran > 0 {
-            Counters::bump(&self.counters.mailbox_batches);
-            self.counters
-                .mailbox_jobs
-                .fetch_add(ran as u64, Ordering::Relaxed);
-            self.counters
-                .mailbox_max_batch
-                .fetch_max(ran as u64, Ordering::Relaxed);
-        }
+        self.counters
+            .mailbox_max_batch
+            .fetch_max(ran as u64, Ordering::Relaxed);
         match interrupt {
             Some(err) => Err(err),
             None => Ok(ran),

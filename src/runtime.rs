@@ -45,6 +45,9 @@ pub const RUNTIME_ATTR: &str = "_pyo3_twisted_runtime";
 /// blocking call.
 const DROP_GRACE: Duration = Duration::from_secs(1);
 
+/// How long starting waits for the worker threads to come up before going on.
+const WORKER_START_TIMEOUT: Duration = Duration::from_secs(10);
+
 const INSTALLED: u8 = 0;
 const RUNNING: u8 = 1;
 const DRAINING: u8 = 2;
@@ -221,9 +224,14 @@ fn install(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyResult<Arc<Br
     Ok(bridge)
 }
 
-/// A real reactor runs `callWhenRunning` callables at once when running; a memory
-/// reactor on Twisted < 26.4 never does once `run()` has returned (and its `running`
-/// is false again by then), so its `hasRun` counts too.
+/// Whether the runtime must start now rather than through `callWhenRunning`.
+///
+/// A running reactor, real or memory, counts. So does a memory reactor whose `run()`
+/// has returned (`hasRun`): `MemoryReactor.run()` runs its hooks and then calls
+/// `stop()`, and on Twisted < 26.4 it ignores `callWhenRunning` from then on. Twisted
+/// 24.11 initialises `hasRun` to `True`, so there a plain memory reactor starts the
+/// runtime at install: early, never a hang. (`pyo3_twisted.testing`'s reactor resets
+/// the flag, so it holds work until `run()` on every version.)
 fn already_running(reactor: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = reactor.py();
     for name in [intern!(py, "running"), intern!(py, "hasRun")] {
@@ -287,7 +295,7 @@ impl Bridge {
         let Some(reactor) = self.slow.lock().reactor.as_ref().map(|r| r.clone_ref(py)) else {
             return Ok(());
         };
-        let runtime = self.build_tokio()?;
+        let runtime = self.build_tokio(py)?;
         let installed = wake::install(py, reactor.bind(py), self.config.wake, &self.mailbox)?;
         self.mailbox.set_waker(installed.waker);
         self.submitter.start(runtime.handle());
@@ -303,22 +311,47 @@ impl Bridge {
         Ok(())
     }
 
-    fn build_tokio(&self) -> PyResult<Runtime> {
-        let started = Arc::clone(&self.counters);
-        let stopped = Arc::clone(&self.counters);
-        tokio::runtime::Builder::new_multi_thread()
+    /// Builds the Tokio runtime and returns once every worker thread runs (GIL
+    /// released while waiting), so "started" means the workers are live and named.
+    fn build_tokio(&self, py: Python<'_>) -> PyResult<Runtime> {
+        let started = Arc::new((std::sync::Mutex::new(0_usize), std::sync::Condvar::new()));
+        let (on_start, counters_start) = (Arc::clone(&started), Arc::clone(&self.counters));
+        let counters_stop = Arc::clone(&self.counters);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(self.config.worker_threads)
             .thread_name(self.config.thread_name.clone())
             .enable_all()
             .on_thread_start(move || {
                 threads::mark_tokio_thread();
-                started.tokio_threads_live.fetch_add(1, Ordering::Relaxed);
+                counters_start
+                    .tokio_threads_live
+                    .fetch_add(1, Ordering::Relaxed);
+                let (count, changed) = &*on_start;
+                *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                changed.notify_all();
             })
             .on_thread_stop(move || {
-                stopped.tokio_threads_live.fetch_sub(1, Ordering::Relaxed);
+                counters_stop
+                    .tokio_threads_live
+                    .fetch_sub(1, Ordering::Relaxed);
             })
             .build()
-            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the Tokio runtime: {e}")))
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the Tokio runtime: {e}")))?;
+        let workers = self.config.worker_threads;
+        let all_started = py.detach(move || {
+            let (count, changed) = &*started;
+            let count = count.lock().unwrap_or_else(|e| e.into_inner());
+            let (count, _) = changed
+                .wait_timeout_while(count, WORKER_START_TIMEOUT, |n| *n < workers)
+                .unwrap_or_else(|e| e.into_inner());
+            *count >= workers
+        });
+        if !all_started {
+            log::warn!(
+                "pyo3-twisted: not all {workers} Tokio workers started within {WORKER_START_TIMEOUT:?}"
+            );
+        }
+        Ok(runtime)
     }
 
     /// Raises unless called on the reactor thread.

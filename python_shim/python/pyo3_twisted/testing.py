@@ -64,6 +64,10 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
 
     def __init__(self) -> None:
         super().__init__()
+        # Twisted 24.11 starts these at True; later versions at False. False is
+        # right for a reactor that has not run, and lets a runtime installed now
+        # wait for run() on every version.
+        self.hasRun = self.hasStopped = self.hasCrashed = False
         self._thread_calls: collections.deque[tuple[Callable[..., Any], tuple, dict]] = (
             collections.deque()
         )

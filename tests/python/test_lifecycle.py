@@ -1,0 +1,171 @@
+"""Runtime lifecycle and configuration."""
+
+import os
+
+import pytest
+
+import pyo3_twisted
+from pyo3_twisted import RuntimeShutdown, probes
+from pyo3_twisted.testing import memory_reactor
+
+from conftest import run_script
+
+
+def threads_named(name):
+    count = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                count += f.read().strip() == name[:15]
+        except FileNotFoundError:
+            pass
+    return count
+
+
+def test_install_before_run_on_memory_reactor(unstarted_reactor):
+    reactor = unstarted_reactor
+    pyo3_twisted.install(reactor, worker_threads=3, thread_name="pt-mem-before")
+    d = probes.ready(reactor, "queued")
+    assert pyo3_twisted.stats(reactor)["state"] == "installed"
+    assert threads_named("pt-mem-before") == 0
+    assert not d.called
+    reactor.run()
+    assert pyo3_twisted.stats(reactor)["state"] == "running"
+    assert threads_named("pt-mem-before") == 3
+    assert reactor.get_success(d) == "queued"
+    reactor.shutdown()
+    stats = pyo3_twisted.stats(reactor)
+    assert stats["state"] == "stopped" and stats["tokio_threads_live"] == 0
+
+
+def test_install_after_run_on_memory_reactor():
+    # On Twisted < 26.4 a memory reactor never fires callWhenRunning after run():
+    # the runtime must start at once anyway.
+    with memory_reactor(run=True) as reactor:
+        pyo3_twisted.install(reactor, worker_threads=2, thread_name="pt-mem-after")
+        assert pyo3_twisted.stats(reactor)["state"] == "running"
+        assert threads_named("pt-mem-after") == 2
+        assert reactor.get_success(probes.thread_name(reactor)) == "pt-mem-after"
+
+
+@pytest.mark.parametrize("install_before_run", [True, False])
+def test_plain_twisted_memory_reactor(install_before_run):
+    """Twisted's own MemoryReactorClock (not our harness) never strands work: on
+    Twisted 24.11, where it cannot tell whether it ran, the runtime starts at once."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from pyo3_twisted.testing import ThreadedMemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    # Borrow the harness's thread-safe callFromThread and waiting.
+    harness = ThreadedMemoryReactorClock()
+    reactor.callFromThread = harness.callFromThread
+    if not install_before_run:
+        reactor.run()
+    pyo3_twisted.install(reactor, worker_threads=1, thread_name="pt-plain")
+    d = probes.ready(reactor, "plain")
+    if install_before_run:
+        reactor.run()
+    assert harness.get_success(d) == "plain"
+    assert pyo3_twisted.stats(reactor)["state"] == "running"
+    # Fire the shutdown trigger by hand, as the harness would.
+    for phase in ("before", "during", "after"):
+        for f, args, kwargs in reactor.triggers.get(phase, {}).get("shutdown", []):
+            f(*args, **kwargs)
+    assert pyo3_twisted.stats(reactor)["state"] == "stopped"
+
+
+def test_default_install_on_first_use(reactor):
+    assert reactor.get_success(probes.ready(reactor, 1)) == 1
+    stats = pyo3_twisted.stats(reactor)
+    assert stats["state"] == "running"
+    assert 1 <= stats["worker_threads"] <= 4
+    assert stats["wake_mode"] == "call_from_thread"
+    # An explicit install with a different config now is an error, with the reason.
+    with pytest.raises(RuntimeError, match="different configuration"):
+        pyo3_twisted.install(reactor, worker_threads=stats["worker_threads"] + 1)
+
+
+def test_install_same_config_twice_is_a_no_op(reactor):
+    pyo3_twisted.install(reactor, worker_threads=2, shutdown_timeout=3.0)
+    pyo3_twisted.install(reactor, worker_threads=2, shutdown_timeout=3.0)
+    with pytest.raises(RuntimeError, match="different configuration"):
+        pyo3_twisted.install(reactor, worker_threads=2, shutdown_timeout=4.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"worker_threads": 0}, "worker_threads"),
+        ({"thread_name": ""}, "thread_name"),
+        ({"shutdown_timeout": -1.0}, "shutdown_timeout"),
+        ({"shutdown_timeout": float("inf")}, "shutdown_timeout"),
+        ({"wake": "telepathy"}, "wake"),
+        ({"logcontext": ""}, "logcontext"),
+    ],
+)
+def test_bad_config_is_a_clear_error(reactor, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pyo3_twisted.install(reactor, **kwargs)
+
+
+def test_unknown_option_is_a_type_error(reactor):
+    with pytest.raises(TypeError):
+        pyo3_twisted.install(reactor, workers=2)
+
+
+def test_stats_without_runtime_is_an_error(reactor):
+    with pytest.raises(RuntimeError, match="no pyo3-twisted runtime"):
+        pyo3_twisted.stats(reactor)
+
+
+def test_shutdown_on_memory_reactor_fails_stragglers():
+    with memory_reactor() as reactor:
+        pyo3_twisted.install(reactor, worker_threads=2, shutdown_timeout=0.2)
+        short = [probes.sleep(reactor, 0.01, i) for i in range(50)]
+        long = [probes.sleep(reactor, 3600.0, i) for i in range(50)]
+        pending, flag = probes.pending(reactor)
+        results = []
+        for d in short + long + [pending]:
+            d.addBoth(results.append)
+    assert len(results) == 101
+    assert sorted(r for r in results if isinstance(r, int)) == list(range(50))
+    failures = [r for r in results if not isinstance(r, int)]
+    assert len(failures) == 51 and all(f.check(RuntimeShutdown) for f in failures)
+    assert "shutdown_timeout" in str(failures[0].value)
+    assert flag.dropped
+    stats = pyo3_twisted.stats(reactor)
+    assert stats["tasks_aborted_at_shutdown"] == 51 and stats["tokio_threads_live"] == 0
+
+
+@pytest.mark.parametrize("mode", ["before_run", "when_running", "default"])
+def test_lifecycle_on_epoll_reactor(mode):
+    result = run_script("lifecycle.py", mode)
+    assert result.get("error") is None, result.get("error")
+    assert result["logged_errors"] == []
+    assert result["state_running"] == "running"
+    assert result["wake_mode"] == "fd"
+    assert result["state_after"] == "stopped"
+    assert result["tokio_threads_live_after"] == 0
+    assert result["gil_on_tokio"] == 0
+    if mode == "before_run":
+        assert result["state_before_run"] == "installed"
+        assert result["threads_named_before_run"] == 0
+        assert result["called_before_run"] is False
+        assert result["value"] == "early"
+    if mode == "when_running":
+        assert result["state_at_install"] == "running"
+        assert result["value"] == "late"
+    if mode in ("before_run", "when_running"):
+        assert result["threads_named_running"] == 3 == result["worker_threads"]
+        assert result["worker_name"] == "pt-lifecycle"
+    else:
+        assert result["threads_named_running"] == result["worker_threads"]
+        assert result["worker_name"] == "pyo3-twisted"
+
+
+def test_rejects_install_after_shutdown():
+    with memory_reactor() as reactor:
+        pyo3_twisted.install(reactor, worker_threads=1)
+    with pytest.raises(RuntimeShutdown):
+        pyo3_twisted.install(reactor, worker_threads=1)

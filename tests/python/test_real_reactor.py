@@ -1,0 +1,48 @@
+"""The bridge under load on the real epoll reactor, each case in a fresh interpreter."""
+
+from conftest import run_script
+
+
+def test_shutdown_with_10000_in_flight_futures():
+    timeout = 1.0
+    result = run_script("shutdown_many.py", str(timeout))
+    assert result["logged_errors"] == []
+    assert result["other_failures"] == []
+    # Every Deferred fired: the quick half with values, the rest with RuntimeShutdown.
+    assert result["values"] == 5000
+    assert result["shutdown_failures"] == result["expected_total"] - 5000
+    # The reactor waited for the timeout, not for the hour-long sleeps.
+    assert timeout <= result["shutdown_seconds"] < timeout + 2.0, result["shutdown_seconds"]
+    stats = result["stats"]
+    assert stats["state"] == "stopped"
+    assert stats["tokio_threads_live"] == 0
+    assert stats["tasks_in_flight"] == 0
+    assert stats["tasks_aborted_at_shutdown"] == result["shutdown_failures"]
+
+
+def test_10000_completions_are_batched_into_few_wakeups():
+    result = run_script("batching.py")
+    stats = result["stats"]
+    assert result["logged_errors"] == []
+    assert result["completions"] == 10_000
+    assert stats["tasks_completed"] == 10_000
+    assert stats["wake_mode"] == "fd"
+    # At most one wake per batch: far fewer wake-ups than completions.
+    assert stats["mailbox_wakeups"] <= 10_000 // 20, stats
+    assert stats["mailbox_max_batch"] >= 100, stats
+    # No Tokio worker took the GIL to deliver a result.
+    assert stats["gil_acquisitions_on_tokio_threads"] == 0
+
+
+def test_cancel_racing_completion_fires_each_deferred_once():
+    n = 3000
+    result = run_script("cancel_race.py", str(n))
+    assert result["logged_errors"] == []  # no AlreadyCalledError, no unhandled errors
+    assert result["other"] == []
+    assert result["fired_twice"] == 0
+    assert result["value"] + result["cancelled"] == n
+    # The race went both ways, so both paths were exercised.
+    assert result["value"] > 0 and result["cancelled"] > 0, result
+    stats = result["stats"]
+    assert stats["tasks_in_flight"] == 0
+    assert stats["tasks_completed"] == result["value"]
