@@ -10,7 +10,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 # The oldest CPython we support (abi3 wheel, cp310): the oldest-Twisted environment
 # runs on it. Falls back to $(PYTHON) where no 3.10 is installed.
-PYTHON_OLDEST ?= $(shell command -v python3.10 2>/dev/null || ls -d $$(pyenv root 2>/dev/null)/versions/3.10*/bin/python3.10 2>/dev/null | tail -n1 || true)
+PYTHON_OLDEST ?= $(shell for p in python3.10 $$(pyenv root 2>/dev/null)/versions/3.10*/bin/python3.10; do \
+  if "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1; then echo "$$p"; break; fi; done)
 TWISTED_OLDEST := 24.11.0
 PYO3_MIN := 0.29.0
 
