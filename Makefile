@@ -38,10 +38,10 @@ $(VENV)/.ready: requirements-dev.txt
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
 	touch $@
 
-$(VENV_OLDEST)/.ready:
+$(VENV_OLDEST)/.ready: requirements-dev.txt
 	$(or $(PYTHON_OLDEST),$(PYTHON)) -m venv $(VENV_OLDEST)
 	$(VENV_OLDEST)/bin/pip install -q --upgrade pip
-	$(VENV_OLDEST)/bin/pip install -q "Twisted==$(TWISTED_OLDEST)" "pytest>=8" pytest-timeout
+	$(VENV_OLDEST)/bin/pip install -q "Twisted==$(TWISTED_OLDEST)" "pytest>=8" pytest-timeout matrix-synapse
 	touch $@
 
 venv: $(VENV)/.ready $(VENV_OLDEST)/.ready

@@ -23,9 +23,11 @@ use pyo3::prelude::*;
 use pyo3::IntoPyObjectExt;
 
 use crate::errors::{panic_message, RuntimeShutdown, RustPanicError};
+use crate::logcontext::TaskScope;
 use crate::registry::Key;
-use crate::runtime::{bridge_for, deferred_class, Bridge};
+use crate::runtime::bridge_for;
 use crate::stats::Counters;
+use crate::twisted::deferred_class;
 
 /// Runs `fut` on the reactor's Tokio runtime and returns a Twisted `Deferred` for its
 /// result.
@@ -76,14 +78,19 @@ where
         return Ok(deferred);
     }
 
+    let context = match bridge.provider() {
+        Some(provider) => provider.capture(py)?,
+        None => None,
+    };
+    let scope = Arc::new(TaskScope::new(Arc::clone(&bridge), context));
     let (abort, registration) = AbortHandle::new_pair();
     let key = bridge
         .registry
         .lock()
         .insert(deferred.clone().unbind(), abort);
-    let task_bridge = Arc::clone(&bridge);
     let task = Box::pin(async move {
-        let outcome = match AssertUnwindSafe(Abortable::new(fut, registration))
+        let scoped = TaskScope::enter(Arc::clone(&scope), fut);
+        let outcome = match AssertUnwindSafe(Abortable::new(scoped, registration))
             .catch_unwind()
             .await
         {
@@ -92,10 +99,8 @@ where
             Ok(Err(_aborted)) => return,
             Err(payload) => Outcome::Panicked(panic_message(&*payload)),
         };
-        let bridge = Arc::clone(&task_bridge);
-        task_bridge
-            .mailbox
-            .push(Box::new(move |py| deliver(py, &bridge, key, outcome)));
+        let mailbox = Arc::clone(&scope.bridge.mailbox);
+        mailbox.push(Box::new(move |py| deliver(py, &scope, key, outcome)));
     });
     Counters::bump(&bridge.counters.tasks_spawned);
     if bridge.submitter().submit(task).is_err() {
@@ -105,7 +110,10 @@ where
             reject(py, &deferred)?;
         }
     }
-    Ok(deferred)
+    match bridge.provider() {
+        Some(provider) => provider.make_deferred_yieldable(deferred),
+        None => Ok(deferred),
+    }
 }
 
 enum Outcome<O> {
@@ -123,13 +131,16 @@ fn reject(py: Python<'_>, deferred: &Bound<'_, PyAny>) -> PyResult<()> {
 
 /// The completion job: fires the Deferred unless a cancel or shutdown got there first.
 /// Reactor thread.
-fn deliver<O>(py: Python<'_>, bridge: &Arc<Bridge>, key: Key, outcome: Outcome<O>) -> PyResult<()>
+fn deliver<O>(py: Python<'_>, scope: &TaskScope, key: Key, outcome: Outcome<O>) -> PyResult<()>
 where
     for<'a> O: IntoPyObject<'a>,
 {
+    let bridge = &scope.bridge;
     let Some(entry) = bridge.registry.lock().take(key) else {
         return Ok(());
     };
+    // Before the callbacks run, so the request's figures include the Rust work.
+    scope.charge_cpu(py);
     let deferred = entry.deferred.bind(py);
     let counters = &bridge.counters;
     let (method, arg) = match outcome {

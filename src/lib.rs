@@ -7,6 +7,8 @@
 //! ```text
 //!  Python (reactor thread) ──submit──▶ Tokio workers ──mailbox──▶ Python (reactor thread)
 //!        create_deferred                 your future               Deferred fires
+//!                                        run_python_awaitable ──▶  awaitable runs
+//!                                              ◀──── result ─────
 //! ```
 //!
 //! - [`install_runtime`] ties a Tokio runtime to a reactor: it starts when the reactor
@@ -15,26 +17,34 @@
 //! - [`create_deferred`] runs a Rust future on that runtime and hands Python a
 //!   `Deferred` for its result. Errors, panics ([`RustPanicError`]) and `d.cancel()`
 //!   all behave as a Twisted programmer expects.
+//! - [`run_python_awaitable`] (or a [`ReactorHandle`]) goes the other way: from a
+//!   Tokio task, run a coroutine or Deferred on the reactor and await its result.
 //! - [`spawn`] starts a child task that keeps the request's context.
+//! - With a logcontext provider ([`LogContextProvider`], e.g. Synapse's
+//!   `synapse.logging.context`), the request's logging context follows the work:
+//!   Python called back from Rust runs in it (so its database time is charged to the
+//!   request), the CPU time spent polling the future is added to it, and Rust `log`
+//!   lines ([`Logger`]) are emitted inside it.
 //!
 //! # Which thread runs what
 //!
 //! | thread         | runs                                                        |
 //! |----------------|-------------------------------------------------------------|
-//! | reactor        | `create_deferred`, `install_runtime`, every Deferred and every Python object this crate touches, the mailbox drain |
+//! | reactor        | `create_deferred`, `install_runtime`, every Deferred, logcontext switch and Python object this crate touches, the mailbox drain |
 //! | Tokio workers  | your futures; they never wait for the GIL on this crate's behalf |
 //! | `pyo3-twisted-wake` | only with memory reactors: one `callFromThread` per batch |
 //!
-//! Results come back through one queue, the mailbox: a worker pushes and moves on,
-//! the reactor is woken at most once per batch and runs the whole batch under one GIL
-//! hold, converting each result to Python there.
+//! Results, Python calls and log records all travel back through one queue, the
+//! mailbox: a worker pushes and moves on; the reactor is woken at most once per batch
+//! and runs the whole batch under one GIL hold.
 //!
 //! # Rules for callers
 //!
 //! - Call [`create_deferred`] and [`install_runtime`] on the reactor thread.
-//! - Inside a future, do not take the GIL (`Python::attach`) to talk to Python: the
-//!   reactor thread may hold it for a long time, and a worker waiting for it stalls
-//!   every task behind it.
+//! - Inside a future, reach Python through [`run_python_awaitable`] rather than
+//!   `Python::attach`: the reactor thread may hold the GIL for a long time, and a
+//!   worker waiting for it stalls every task behind it.
+//! - Spawn children with [`spawn`], not `tokio::spawn`, to keep the request's context.
 //! - Build extension modules with `panic = "unwind"` (the default): a panic becomes a
 //!   [`RustPanicError`] only if it can unwind.
 //!
@@ -43,22 +53,34 @@
 //! ```no_run
 //! use pyo3::prelude::*;
 //!
-//! /// `d = sleep_then_add(reactor, 1, 2)` fires with 3 about 10 ms later.
+//! /// `d = user_display_name(reactor, store, "@alice:example.org")`
 //! #[pyfunction]
-//! fn sleep_then_add<'py>(py: Python<'py>, reactor: Bound<'py, PyAny>, a: i64, b: i64)
-//!     -> PyResult<Bound<'py, PyAny>>
-//! {
+//! fn user_display_name<'py>(
+//!     py: Python<'py>,
+//!     reactor: Bound<'py, PyAny>,
+//!     store: Py<PyAny>,
+//!     user_id: String,
+//! ) -> PyResult<Bound<'py, PyAny>> {
+//!     let reactor_ref = reactor.clone().unbind();
 //!     pyo3_twisted::create_deferred(py, &reactor, async move {
-//!         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-//!         Ok(a + b)
+//!         // A Python coroutine, run on the reactor in this request's logcontext.
+//!         let profile = pyo3_twisted::run_python_awaitable(reactor_ref, move |py| {
+//!             store.bind(py).call_method1("get_profile", (user_id,))
+//!         })
+//!         .await?;
+//!         Ok(profile)
 //!     })
 //! }
 //! ```
 #![warn(missing_docs)]
 
+mod awaitable;
 mod config;
+mod cputime;
 mod deferred;
 mod errors;
+mod logcontext;
+mod logging;
 mod mailbox;
 mod registry;
 mod runtime;
@@ -66,11 +88,14 @@ mod stats;
 mod submit;
 mod task;
 mod threads;
+mod twisted;
 mod wake;
 
+pub use awaitable::{run_python_awaitable, ReactorHandle};
 pub use config::{LogContextProvider, RuntimeConfig, WakeMode};
 pub use deferred::create_deferred;
 pub use errors::{RuntimeShutdown, RustPanicError};
+pub use logging::Logger;
 pub use runtime::{install_runtime, stats, RUNTIME_ATTR};
 pub use stats::Stats;
 pub use task::spawn;

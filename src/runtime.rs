@@ -29,12 +29,14 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyCFunction;
 use tokio::runtime::Runtime;
 
-use crate::config::RuntimeConfig;
+use crate::config::{LogContextProvider, RuntimeConfig};
 use crate::errors::{report, RuntimeShutdown};
+use crate::logcontext::Provider;
 use crate::mailbox::Mailbox;
 use crate::registry::{Entry, Registry};
 use crate::stats::{Counters, Stats};
 use crate::submit::Submitter;
+use crate::twisted::deferred_class;
 use crate::{threads, wake};
 
 /// The reactor attribute that holds the runtime.
@@ -47,6 +49,11 @@ const DROP_GRACE: Duration = Duration::from_secs(1);
 
 /// How long starting waits for the worker threads to come up before going on.
 const WORKER_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+thread_local! {
+    /// On a Tokio thread of ours: the bridge whose runtime it belongs to.
+    static OWNER: std::cell::RefCell<Weak<Bridge>> = const { std::cell::RefCell::new(Weak::new()) };
+}
 
 const INSTALLED: u8 = 0;
 const RUNNING: u8 = 1;
@@ -81,6 +88,8 @@ pub(crate) struct Bridge {
     phase: AtomicU8,
     reactor_thread: AtomicU64,
     canceller: OnceLock<Py<PyAny>>,
+    provider: Option<Provider>,
+    reactor_address: usize,
     slow: Mutex<Slow>,
 }
 
@@ -175,6 +184,10 @@ fn install(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyResult<Arc<Br
         return Ok(existing);
     }
 
+    let provider = match &config.logcontext {
+        LogContextProvider::None => None,
+        LogContextProvider::Module(module) => Some(Provider::load(py, module)?),
+    };
     let counters = Arc::new(Counters::default());
     let bridge = Arc::new(Bridge {
         mailbox: Arc::new(Mailbox::new(Arc::clone(&counters))),
@@ -185,6 +198,8 @@ fn install(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyResult<Arc<Br
         phase: AtomicU8::new(INSTALLED),
         reactor_thread: AtomicU64::new(threads::current_id()),
         canceller: OnceLock::new(),
+        provider,
+        reactor_address: reactor.as_ptr() as usize,
         slow: Mutex::new(Slow {
             reactor: Some(reactor.clone().unbind()),
             wake_mode: "none",
@@ -211,7 +226,7 @@ fn install(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyResult<Arc<Br
         intern!(py, "addSystemEventTrigger"),
         ("before", "shutdown", before_shutdown),
     )?;
-    exit_hook::track(py, &bridge)?;
+    directory::track(py, &bridge)?;
 
     if already_running(reactor)? {
         bridge.start(py)?;
@@ -272,20 +287,6 @@ where
     Ok(function.into_any().unbind())
 }
 
-static DEFERRED_CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-/// `twisted.internet.defer.Deferred`, looked up once.
-pub(crate) fn deferred_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    DEFERRED_CLASS
-        .get_or_try_init(py, || {
-            Ok(py
-                .import("twisted.internet.defer")?
-                .getattr("Deferred")?
-                .unbind())
-        })
-        .map(|class| class.bind(py))
-}
-
 impl Bridge {
     /// Builds the Tokio runtime and the wake mechanism. Idempotent; reactor thread.
     fn start(self: &Arc<Self>, py: Python<'_>) -> PyResult<()> {
@@ -313,7 +314,8 @@ impl Bridge {
 
     /// Builds the Tokio runtime and returns once every worker thread runs (GIL
     /// released while waiting), so "started" means the workers are live and named.
-    fn build_tokio(&self, py: Python<'_>) -> PyResult<Runtime> {
+    fn build_tokio(self: &Arc<Self>, py: Python<'_>) -> PyResult<Runtime> {
+        let owner = Arc::downgrade(self);
         let started = Arc::new((std::sync::Mutex::new(0_usize), std::sync::Condvar::new()));
         let (on_start, counters_start) = (Arc::clone(&started), Arc::clone(&self.counters));
         let counters_stop = Arc::clone(&self.counters);
@@ -323,6 +325,7 @@ impl Bridge {
             .enable_all()
             .on_thread_start(move || {
                 threads::mark_tokio_thread();
+                OWNER.with(|o| *o.borrow_mut() = owner.clone());
                 counters_start
                     .tokio_threads_live
                     .fetch_add(1, Ordering::Relaxed);
@@ -356,7 +359,7 @@ impl Bridge {
 
     /// Raises unless called on the reactor thread.
     pub fn check_reactor_thread(&self, what: &str) -> PyResult<()> {
-        if threads::current_id() == self.reactor_thread.load(Ordering::Acquire) {
+        if self.is_reactor_thread() {
             Ok(())
         } else {
             Err(PyRuntimeError::new_err(format!(
@@ -365,6 +368,26 @@ impl Bridge {
                  pyo3_twisted::run_python_awaitable"
             )))
         }
+    }
+
+    /// Whether the calling thread is this reactor's thread.
+    pub fn is_reactor_thread(&self) -> bool {
+        threads::current_id() == self.reactor_thread.load(Ordering::Acquire)
+    }
+
+    /// The address of the reactor object, its identity without the GIL.
+    pub fn reactor_address(&self) -> usize {
+        self.reactor_address
+    }
+
+    /// The logcontext provider, if one is configured.
+    pub fn provider(&self) -> Option<&Provider> {
+        self.provider.as_ref()
+    }
+
+    /// The bridge whose runtime owns the calling Tokio thread.
+    pub fn of_current_thread() -> Option<Arc<Bridge>> {
+        OWNER.with(|owner| owner.borrow().upgrade())
     }
 
     /// Whether new work is accepted (shutdown has not begun).
@@ -519,6 +542,7 @@ impl Bridge {
             }
         }
         self.submitter.discard_unstarted();
+        directory::forget(self);
         if let Some(runtime) = slow.runtime {
             py.detach(move || runtime.shutdown_timeout(DROP_GRACE));
         }
@@ -538,6 +562,7 @@ impl Bridge {
         self.phase.store(STOPPED, Ordering::Release);
         let runtime = self.slow.lock().runtime.take();
         self.submitter.discard_unstarted();
+        directory::forget(self);
         if let Some(runtime) = runtime {
             py.detach(move || runtime.shutdown_timeout(DROP_GRACE));
         }
@@ -591,25 +616,37 @@ impl Drop for Bridge {
     }
 }
 
-mod exit_hook {
-    //! One `atexit` hook per process stops every runtime still alive, before CPython
-    //! finalizes: a Tokio thread that re-took the GIL during finalization would be
-    //! killed while running Rust frames (CPython gh-87135), aborting the process.
+/// The bridge of the reactor at `address`, found without the GIL (Tokio threads use
+/// it: they cannot ask the reactor object). The caller keeps the reactor alive.
+pub(crate) fn bridge_for_address(address: usize) -> Option<Arc<Bridge>> {
+    directory::find(address)
+}
+
+mod directory {
+    //! Every live bridge, by reactor address: found without the GIL by Tokio
+    //! threads, and stopped by one `atexit` hook before CPython finalizes (a Tokio
+    //! thread that re-took the GIL during finalization would be killed while running
+    //! Rust frames, CPython gh-87135, aborting the process).
+
+    use std::collections::HashMap;
 
     use super::*;
 
-    static BRIDGES: Mutex<Vec<Weak<Bridge>>> = Mutex::new(Vec::new());
-    static REGISTERED: PyOnceLock<()> = PyOnceLock::new();
+    static BRIDGES: Mutex<Option<HashMap<usize, Weak<Bridge>>>> = Mutex::new(None);
+    static HOOK: PyOnceLock<()> = PyOnceLock::new();
 
     pub(super) fn track(py: Python<'_>, bridge: &Arc<Bridge>) -> PyResult<()> {
-        REGISTERED.get_or_try_init(py, || -> PyResult<()> {
+        HOOK.get_or_try_init(py, || -> PyResult<()> {
             let hook = PyCFunction::new_closure(
                 py,
                 Some(c"pyo3_twisted_stop_runtimes"),
                 None,
                 |args, _kwargs| {
-                    let live: Vec<Arc<Bridge>> = std::mem::take(&mut *BRIDGES.lock())
-                        .iter()
+                    let live: Vec<Arc<Bridge>> = BRIDGES
+                        .lock()
+                        .take()
+                        .unwrap_or_default()
+                        .values()
                         .filter_map(Weak::upgrade)
                         .collect();
                     for bridge in live {
@@ -620,9 +657,25 @@ mod exit_hook {
             py.import("atexit")?.call_method1("register", (hook,))?;
             Ok(())
         })?;
-        let mut bridges = BRIDGES.lock();
-        bridges.retain(|weak| weak.strong_count() > 0);
-        bridges.push(Arc::downgrade(bridge));
+        BRIDGES
+            .lock()
+            .get_or_insert_with(HashMap::new)
+            .insert(bridge.reactor_address, Arc::downgrade(bridge));
         Ok(())
+    }
+
+    pub(super) fn find(address: usize) -> Option<Arc<Bridge>> {
+        BRIDGES.lock().as_ref()?.get(&address)?.upgrade()
+    }
+
+    pub(super) fn forget(bridge: &Bridge) {
+        if let Some(bridges) = BRIDGES.lock().as_mut() {
+            let ours = bridges
+                .get(&bridge.reactor_address)
+                .is_some_and(|weak| std::ptr::eq(weak.as_ptr(), bridge));
+            if ours {
+                bridges.remove(&bridge.reactor_address);
+            }
+        }
     }
 }

@@ -4,12 +4,15 @@ use std::future::Future;
 
 use tokio::task::JoinHandle;
 
+use crate::logcontext::TaskScope;
+
 /// Spawns a child task from inside a bridged future (one passed to
 /// [`create_deferred`](crate::create_deferred), or another child).
 ///
 /// Use it instead of `tokio::spawn` so the child keeps the request's logging context
-/// (when a provider is configured): its log lines and its Python calls are charged to
-/// the same request.
+/// (when a provider is configured): its log lines, its Python calls
+/// ([`run_python_awaitable`](crate::run_python_awaitable)) and its CPU time are
+/// charged to the same request. Outside a bridged task it is `tokio::spawn`.
 ///
 /// # Panics
 ///
@@ -30,5 +33,8 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    tokio::spawn(fut)
+    match TaskScope::current() {
+        Some(scope) => tokio::spawn(TaskScope::enter(scope, fut)),
+        None => tokio::spawn(fut),
+    }
 }

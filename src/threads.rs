@@ -68,6 +68,25 @@ mod tests {
     }
 
     #[test]
+    fn attach_on_a_tokio_thread_is_counted() {
+        Python::initialize();
+        let before = gil_acquisitions_on_tokio_threads();
+        assert!(attach(|_py| ()).is_some());
+        assert_eq!(
+            gil_acquisitions_on_tokio_threads(),
+            before,
+            "not a Tokio thread"
+        );
+        std::thread::spawn(|| {
+            mark_tokio_thread();
+            attach(|_py| ()).unwrap();
+        })
+        .join()
+        .unwrap();
+        assert!(gil_acquisitions_on_tokio_threads() > before);
+    }
+
+    #[test]
     fn tokio_flag_is_per_thread() {
         let flagged = std::thread::spawn(|| {
             mark_tokio_thread();

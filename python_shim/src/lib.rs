@@ -13,6 +13,7 @@ use pyo3_twisted::{
     install_runtime, LogContextProvider, RuntimeConfig, RuntimeShutdown, RustPanicError, WakeMode,
 };
 
+mod awaitable_probes;
 mod probes;
 
 /// install(reactor, *, worker_threads=None, thread_name=None, shutdown_timeout=None,
@@ -80,6 +81,19 @@ fn stats<'py>(py: Python<'py>, reactor: &Bound<'py, PyAny>) -> PyResult<Bound<'p
     Ok(dict)
 }
 
+static LOG_RESET: std::sync::OnceLock<pyo3_log::ResetHandle> = std::sync::OnceLock::new();
+
+/// reset_log_cache()
+///
+/// Forgets the Python logger levels cached for Rust log records; call it after
+/// changing logging configuration.
+#[pyfunction]
+fn reset_log_cache() {
+    if let Some(handle) = LOG_RESET.get() {
+        handle.reset();
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -89,5 +103,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("RuntimeShutdown", py.get_type::<RuntimeShutdown>())?;
     m.add("RUNTIME_ATTR", pyo3_twisted::RUNTIME_ATTR)?;
     probes::register(m)?;
+    awaitable_probes::register(m)?;
+    m.add_function(wrap_pyfunction!(reset_log_cache, m)?)?;
+    // Rust `log` records reach Python logging; from Tokio threads, through the
+    // reactor and in the request's logcontext. Another logger may already be set.
+    if let Ok(handle) = pyo3_twisted::Logger::new(py)?.install() {
+        let _ = LOG_RESET.set(handle);
+    }
     Ok(())
 }

@@ -125,3 +125,34 @@ pub fn recv_detached<T: Send>(
 ) -> Option<T> {
     py.detach(|| rx.recv_timeout(timeout).ok())
 }
+
+/// Defines a Python module from source and registers it in `sys.modules`.
+pub fn define_module<'py>(
+    py: Python<'py>,
+    name: &str,
+    source: &str,
+) -> PyResult<Bound<'py, PyModule>> {
+    let code = std::ffi::CString::new(source).unwrap();
+    let file = std::ffi::CString::new(format!("{name}.py")).unwrap();
+    let module_name = std::ffi::CString::new(name).unwrap();
+    let module = PyModule::from_code(py, &code, &file, &module_name)?;
+    py.import("sys")?
+        .getattr("modules")?
+        .set_item(name, &module)?;
+    Ok(module)
+}
+
+static LOGCONTEXT: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+/// The package's reference logcontext module, registered as
+/// `pyo3_twisted_test_logcontext` (it needs Twisted only).
+pub fn logcontext(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
+    let module = LOGCONTEXT.get_or_try_init(py, || -> PyResult<_> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("python_shim/python/pyo3_twisted/logcontext.py");
+        let source = std::fs::read_to_string(&path)
+            .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("{path:?}: {e}")))?;
+        Ok(define_module(py, "pyo3_twisted_test_logcontext", &source)?.unbind())
+    })?;
+    Ok(module.bind(py).clone())
+}

@@ -62,8 +62,12 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
     real time so that shutdown timeouts can pass.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, logcontext: Any = None) -> None:
+        """``logcontext``: a logcontext provider module (such as
+        ``pyo3_twisted.logcontext``); if given, every reactor turn must leave the
+        reactor thread in its sentinel (falsy) context, or the test fails."""
         super().__init__()
+        self.logcontext = logcontext
         # Twisted 24.11 starts these at True; later versions at False. False is
         # right for a reactor that has not run, and lets a runtime installed now
         # wait for run() on every version.
@@ -103,6 +107,17 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
         self.run_thread_calls()
         self.advance(seconds)
         self.run_thread_calls()
+        self.check_logcontext()
+
+    def check_logcontext(self) -> None:
+        """With a ``logcontext`` module: fail unless the reactor thread is in the
+        sentinel context, as it must be between reactor turns."""
+        if self.logcontext is not None:
+            context = self.logcontext.current_context()
+            if context:
+                raise AssertionError(
+                    f"a reactor turn left the reactor thread in logcontext {context!r}"
+                )
 
     def wait_for_thread_call(self, timeout: float) -> bool:
         """Block (GIL released) until a ``callFromThread`` call is queued or
@@ -200,10 +215,10 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
 
 
 @contextlib.contextmanager
-def memory_reactor(run: bool = True) -> Iterator[ThreadedMemoryReactorClock]:
+def memory_reactor(run: bool = True, logcontext: Any = None) -> Iterator[ThreadedMemoryReactorClock]:
     """A :class:`ThreadedMemoryReactorClock`, run (unless ``run`` is false) and shut
     down on exit: the pytest-fixture form of :class:`ReactorTestCase`."""
-    reactor = ThreadedMemoryReactorClock()
+    reactor = ThreadedMemoryReactorClock(logcontext)
     if run:
         reactor.run()
     try:

@@ -1,0 +1,352 @@
+//! Python awaitable → Rust future.
+//!
+//! ```text
+//!  Tokio task (no GIL)                       reactor thread (mailbox job)
+//!  run_python_awaitable(f) ──start job────▶  with the task's logcontext active:
+//!                                              d = run_in_background(f)  (provider)
+//!                                              d = f() as a Deferred     (no provider)
+//!                                            d.addBoth(Resolver)
+//!  .await ◀─────────── oneshot ───────────── Resolver: value or Failure, converted here
+//!  future dropped early ──cancel job──────▶  d.cancel()  (the Python side sees CancelledError)
+//! ```
+//!
+//! The calling Tokio thread never takes the GIL: it pushes a job and waits on a
+//! channel. The factory, the conversion of the result and the release of every Python
+//! object run on the reactor thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::errors::RuntimeShutdown;
+use crate::logcontext::TaskScope;
+use crate::runtime::{bridge_for, bridge_for_address, Bridge};
+use crate::stats::Counters;
+use crate::twisted::{failure_class, failure_to_pyerr, to_deferred};
+
+type BoxedFactory = Box<dyn for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send>;
+type Completer = Box<dyn for<'py> FnOnce(Python<'py>, PyResult<Bound<'py, PyAny>>) + Send>;
+
+/// Runs a Python awaitable on the reactor thread and waits for its result.
+///
+/// Call it from any Tokio task: inside a future given to
+/// [`create_deferred`](crate::create_deferred), in a child made with
+/// [`spawn`](crate::spawn), or elsewhere once the reactor has a runtime. The calling
+/// thread never takes the GIL.
+///
+/// - `make_awaitable` runs on the reactor thread, inside the logging context the
+///   calling task works for (the sentinel if none, or if that context has finished).
+///   It may return a coroutine, a Deferred, any awaitable, or a plain value.
+/// - `Err` carries the original Python exception, traceback included.
+/// - Dropping the returned future before it resolves cancels the Python side
+///   (`Deferred.cancel()`, so a coroutine sees `CancelledError`).
+/// - If the job can never run (the reactor stopped), the future resolves with
+///   [`RuntimeShutdown`]; it never hangs.
+///
+/// `reactor` is released on the reactor thread. To make many calls without a `Py` per
+/// call, use a [`ReactorHandle`].
+///
+/// ```no_run
+/// # use pyo3::prelude::*;
+/// # async fn f(reactor: Py<PyAny>) -> PyResult<()> {
+/// let value = pyo3_twisted::run_python_awaitable(reactor, |py| {
+///     py.import("my_module")?.call_method1("fetch", ("key",))
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+pub async fn run_python_awaitable<F>(reactor: Py<PyAny>, make_awaitable: F) -> PyResult<Py<PyAny>>
+where
+    F: for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send + 'static,
+{
+    let address = reactor.as_ptr() as usize;
+    let bridge = TaskScope::current()
+        .map(|scope| Arc::clone(&scope.bridge))
+        .filter(|bridge| bridge.reactor_address() == address)
+        .or_else(|| bridge_for_address(address))
+        .ok_or_else(|| {
+            PyRuntimeError::new_err(
+                "no pyo3-twisted runtime is installed on this reactor: install it, or call \
+                 create_deferred, on the reactor thread first",
+            )
+        })?;
+    run(
+        bridge,
+        Some(reactor),
+        Box::new(make_awaitable),
+        |obj: &Bound<'_, PyAny>| Ok(obj.clone().unbind()),
+    )
+    .await
+}
+
+/// A reactor's runtime, usable from any thread without the GIL: cheap to clone and
+/// send, for Tokio code that calls into Python repeatedly.
+///
+/// ```no_run
+/// # use pyo3::prelude::*;
+/// # async fn f() -> PyResult<()> {
+/// // Inside a bridged future:
+/// let reactor = pyo3_twisted::ReactorHandle::current().expect("in a bridged task");
+/// let n: i64 = reactor
+///     .run_python_awaitable_map(|py| py.eval(c"40 + 2", None, None), |v| v.extract())
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ReactorHandle {
+    bridge: Arc<Bridge>,
+}
+
+impl std::fmt::Debug for ReactorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReactorHandle")
+            .field(
+                "reactor",
+                &format_args!("{:#x}", self.bridge.reactor_address()),
+            )
+            .finish()
+    }
+}
+
+impl ReactorHandle {
+    /// The handle of `reactor`'s runtime, installing the default runtime if it has
+    /// none (as `create_deferred` does). Needs the GIL.
+    pub fn new(reactor: &Bound<'_, PyAny>) -> PyResult<Self> {
+        Ok(Self {
+            bridge: bridge_for(reactor)?,
+        })
+    }
+
+    /// The handle of the runtime running the calling task: inside a bridged future,
+    /// its `spawn`ed children, or anything else on this crate's Tokio threads.
+    pub fn current() -> Option<Self> {
+        TaskScope::current()
+            .map(|scope| Arc::clone(&scope.bridge))
+            .or_else(Bridge::of_current_thread)
+            .map(|bridge| Self { bridge })
+    }
+
+    /// [`run_python_awaitable`] on this handle's reactor.
+    pub async fn run_python_awaitable<F>(&self, make_awaitable: F) -> PyResult<Py<PyAny>>
+    where
+        F: for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send + 'static,
+    {
+        run(
+            Arc::clone(&self.bridge),
+            None,
+            Box::new(make_awaitable),
+            |obj: &Bound<'_, PyAny>| Ok(obj.clone().unbind()),
+        )
+        .await
+    }
+
+    /// [`run_python_awaitable`], with the result converted by `convert` on the
+    /// reactor thread: the Tokio side receives a plain Rust value and never needs the
+    /// GIL to use it.
+    pub async fn run_python_awaitable_map<F, C, T>(
+        &self,
+        make_awaitable: F,
+        convert: C,
+    ) -> PyResult<T>
+    where
+        F: for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send + 'static,
+        C: for<'py> FnOnce(&Bound<'py, PyAny>) -> PyResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        run(
+            Arc::clone(&self.bridge),
+            None,
+            Box::new(make_awaitable),
+            convert,
+        )
+        .await
+    }
+}
+
+/// State shared by the Tokio side and the reactor side of one call.
+#[derive(Default)]
+struct Shared {
+    /// The Rust future is gone: do not start the awaitable.
+    abandoned: AtomicBool,
+    /// The Deferred while it is pending, for cancellation.
+    deferred: Mutex<Option<Py<PyAny>>>,
+}
+
+async fn run<C, T>(
+    bridge: Arc<Bridge>,
+    reactor: Option<Py<PyAny>>,
+    factory: BoxedFactory,
+    convert: C,
+) -> PyResult<T>
+where
+    C: for<'py> FnOnce(&Bound<'py, PyAny>) -> PyResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = oneshot::channel::<PyResult<T>>();
+    let complete: Completer = Box::new(move |_py, result| {
+        // If the Rust side is gone the value is dropped here, on the reactor thread.
+        let _ = tx.send(result.and_then(|obj| convert(&obj)));
+    });
+    let shared = Arc::new(Shared::default());
+    let scope = TaskScope::current();
+    let job_shared = Arc::clone(&shared);
+    let job_bridge = Arc::clone(&bridge);
+    bridge.mailbox.push(Box::new(move |py| {
+        drop(reactor);
+        start(
+            py,
+            &job_bridge,
+            scope.as_deref(),
+            factory,
+            complete,
+            job_shared,
+        )
+    }));
+
+    let mut guard = CancelOnDrop {
+        bridge,
+        shared,
+        armed: true,
+    };
+    let result = rx.await;
+    guard.armed = false;
+    result.unwrap_or_else(|_| {
+        Err(RuntimeShutdown::new_err(
+            "the Python awaitable never completed: the reactor stopped before it could \
+             run or finish",
+        ))
+    })
+}
+
+/// The start job. Reactor thread.
+fn start(
+    py: Python<'_>,
+    bridge: &Bridge,
+    scope: Option<&TaskScope>,
+    factory: BoxedFactory,
+    complete: Completer,
+    shared: Arc<Shared>,
+) -> PyResult<()> {
+    if shared.abandoned.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    Counters::bump(&bridge.counters.awaitables_started);
+    let resolver = Bound::new(
+        py,
+        Resolver {
+            complete: Mutex::new(Some(complete)),
+            shared: Arc::clone(&shared),
+            counters: Arc::clone(&bridge.counters),
+        },
+    )?;
+    let begin = || match bridge.provider() {
+        Some(provider) => {
+            let factory = Bound::new(
+                py,
+                Factory {
+                    f: Mutex::new(Some(factory)),
+                },
+            )?;
+            provider.run_in_background(py, factory.into_any())
+        }
+        None => factory(py).and_then(to_deferred),
+    };
+    let started = match scope {
+        Some(scope) => scope.with_context(py, begin),
+        None => begin(),
+    };
+    match started {
+        Ok(deferred) => {
+            deferred.call_method1(intern!(py, "addBoth"), (&resolver,))?;
+            if resolver.get().complete.lock().is_some() {
+                *shared.deferred.lock() = Some(deferred.unbind());
+            }
+        }
+        Err(err) => resolver.get().resolve(py, Err(err)),
+    }
+    Ok(())
+}
+
+/// Calls the Rust factory once, from `run_in_background` (so it runs in the
+/// provider's idea of the current context).
+#[pyclass(frozen, module = "pyo3_twisted")]
+struct Factory {
+    f: Mutex<Option<BoxedFactory>>,
+}
+
+#[pymethods]
+impl Factory {
+    fn __call__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let f = self.f.lock().take();
+        match f {
+            Some(f) => f(py),
+            None => Err(PyRuntimeError::new_err(
+                "pyo3-twisted: an awaitable factory was called twice",
+            )),
+        }
+    }
+}
+
+/// Added with `addBoth`: hands the outcome to the waiting Rust future and swallows
+/// it, so a failure never reaches "Unhandled error in Deferred".
+#[pyclass(frozen, module = "pyo3_twisted")]
+struct Resolver {
+    complete: Mutex<Option<Completer>>,
+    shared: Arc<Shared>,
+    counters: Arc<Counters>,
+}
+
+impl Resolver {
+    fn resolve(&self, py: Python<'_>, outcome: PyResult<Bound<'_, PyAny>>) {
+        let complete = self.complete.lock().take();
+        let deferred = self.shared.deferred.lock().take();
+        drop(deferred);
+        if let Some(complete) = complete {
+            Counters::bump(&self.counters.awaitables_completed);
+            complete(py, outcome);
+        }
+    }
+}
+
+#[pymethods]
+impl Resolver {
+    fn __call__(&self, py: Python<'_>, result: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let outcome = if result.is_instance(failure_class(py)?)? {
+            Err(failure_to_pyerr(&result))
+        } else {
+            Ok(result)
+        };
+        self.resolve(py, outcome);
+        Ok(py.None())
+    }
+}
+
+/// Cancels the Python side when the Rust future is dropped before it resolved.
+struct CancelOnDrop {
+    bridge: Arc<Bridge>,
+    shared: Arc<Shared>,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.shared.abandoned.store(true, Ordering::Release);
+        // Queued after the start job, so it finds the Deferred if one was made.
+        let shared = Arc::clone(&self.shared);
+        self.bridge.mailbox.push(Box::new(move |py| {
+            let deferred = shared.deferred.lock().take();
+            if let Some(deferred) = deferred {
+                deferred.bind(py).call_method0(intern!(py, "cancel"))?;
+            }
+            Ok(())
+        }));
+    }
+}

@@ -1,0 +1,99 @@
+//! Thread CPU time spent polling a future, to charge to its logging context.
+//!
+//! Each poll of a metered future reads `getrusage(RUSAGE_THREAD)` before and after
+//! (two system calls, a fraction of a microsecond) and adds the difference to the
+//! task's [`CpuMeter`]. Runs on Tokio threads; never touches Python.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+
+/// User and system CPU microseconds used and not yet charged.
+#[derive(Default, Debug)]
+pub(crate) struct CpuMeter {
+    user_us: AtomicU64,
+    system_us: AtomicU64,
+}
+
+impl CpuMeter {
+    fn add(&self, user_us: u64, system_us: u64) {
+        self.user_us.fetch_add(user_us, Ordering::Relaxed);
+        self.system_us.fetch_add(system_us, Ordering::Relaxed);
+    }
+
+    /// Takes what was used so far, in seconds, if anything was.
+    pub fn take_seconds(&self) -> Option<(f64, f64)> {
+        let user = self.user_us.swap(0, Ordering::Relaxed);
+        let system = self.system_us.swap(0, Ordering::Relaxed);
+        (user > 0 || system > 0).then(|| (user as f64 / 1e6, system as f64 / 1e6))
+    }
+}
+
+/// `(user, system)` CPU microseconds of the calling thread.
+#[cfg(target_os = "linux")]
+pub(crate) fn thread_usage() -> Option<(u64, u64)> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the struct it is given; checked before reading.
+    let usage = unsafe {
+        if libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) != 0 {
+            return None;
+        }
+        usage.assume_init()
+    };
+    let micros = |t: libc::timeval| (t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64;
+    Some((micros(usage.ru_utime), micros(usage.ru_stime)))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn thread_usage() -> Option<(u64, u64)> {
+    None
+}
+
+/// `fut`, adding the CPU time of each poll to `meter` (none: not metered).
+pub(crate) async fn metered<F: Future>(fut: F, meter: Option<Arc<CpuMeter>>) -> F::Output {
+    let mut fut = pin!(fut);
+    std::future::poll_fn(move |cx| {
+        let Some(meter) = &meter else {
+            return fut.as_mut().poll(cx);
+        };
+        let before = thread_usage();
+        let poll: Poll<F::Output> = fut.as_mut().poll(cx);
+        if let (Some(before), Some(after)) = (before, thread_usage()) {
+            meter.add(
+                after.0.saturating_sub(before.0),
+                after.1.saturating_sub(before.1),
+            );
+        }
+        poll
+    })
+    .await
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meter_takes_and_resets() {
+        let meter = CpuMeter::default();
+        assert_eq!(meter.take_seconds(), None);
+        meter.add(1_500_000, 250_000);
+        assert_eq!(meter.take_seconds(), Some((1.5, 0.25)));
+        assert_eq!(meter.take_seconds(), None);
+    }
+
+    #[test]
+    fn busy_polls_are_metered() {
+        let meter = CpuMeter::default();
+        let busy = async {
+            let start = thread_usage().unwrap();
+            while thread_usage().unwrap().0 - start.0 < 50_000 {}
+        };
+        let meter = Arc::new(meter);
+        futures_util::FutureExt::now_or_never(metered(busy, Some(Arc::clone(&meter)))).unwrap();
+        let (user, _) = meter.take_seconds().unwrap();
+        assert!(user >= 0.05, "{user}");
+    }
+}

@@ -1,0 +1,154 @@
+"""run_python_awaitable: what a factory may return, errors, cancellation, shutdown."""
+
+import traceback
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError
+
+import pyo3_twisted
+from pyo3_twisted import RuntimeShutdown, probes
+from pyo3_twisted.testing import memory_reactor
+
+from conftest import run_script
+
+
+@pytest.fixture(params=[None, "pyo3_twisted.logcontext"], ids=["plain", "logcontext"])
+def reactor(request):
+    with memory_reactor() as r:
+        if request.param:
+            pyo3_twisted.install(r, worker_threads=2, logcontext=request.param)
+        else:
+            pyo3_twisted.install(r, worker_threads=2)
+        yield r
+
+
+class Awaitable:
+    """Not a coroutine, not a Deferred: just has __await__."""
+
+    def __init__(self, d):
+        self.d = d
+
+    def __await__(self):
+        return self.d.__await__()
+
+
+def test_factory_may_return_a_coroutine(reactor):
+    async def coro():
+        d = defer.Deferred()
+        reactor.callLater(0, d.callback, "from a coroutine")
+        return await d
+
+    assert reactor.get_success(probes.call_python(reactor, coro)) == "from a coroutine"
+
+
+def test_factory_may_return_a_deferred(reactor):
+    def factory():
+        d = defer.Deferred()
+        reactor.callLater(0, d.callback, ["a", "deferred"])
+        return d
+
+    assert reactor.get_success(probes.call_python(reactor, factory)) == ["a", "deferred"]
+
+
+def test_factory_may_return_any_awaitable(reactor):
+    def factory():
+        d = defer.Deferred()
+        reactor.callLater(0, d.callback, "awaited")
+        return Awaitable(d)
+
+    assert reactor.get_success(probes.call_python(reactor, factory)) == "awaited"
+
+
+def test_factory_may_return_a_plain_value(reactor):
+    marker = object()
+    assert reactor.get_success(probes.call_python(reactor, lambda: marker)) is marker
+
+
+def test_factory_raising_gives_the_original_exception(reactor):
+    error = ValueError("bad input")
+
+    def factory():
+        raise error
+
+    failure = reactor.get_failure(probes.call_python(reactor, factory), ValueError)
+    assert failure.value is error
+    assert "in factory" in "".join(traceback.format_tb(failure.value.__traceback__))
+
+
+def test_awaitable_failing_gives_the_original_exception_with_traceback(reactor):
+    async def fails_later():
+        d = defer.Deferred()
+        reactor.callLater(0, d.callback, None)
+        await d
+        raise LookupError("gone")
+
+    failure = reactor.get_failure(probes.call_python(reactor, fails_later), LookupError)
+    assert type(failure.value) is LookupError and str(failure.value) == "gone"
+    assert "in fails_later" in "".join(traceback.format_tb(failure.value.__traceback__))
+
+
+def test_dropping_the_rust_future_cancels_the_python_side(reactor):
+    python_side = defer.Deferred()
+    started = defer.Deferred()
+
+    async def waits_forever():
+        started.callback(None)
+        try:
+            await defer.Deferred()
+        except CancelledError:
+            python_side.callback("saw CancelledError")
+            raise
+
+    d = probes.call_python(reactor, waits_forever)
+    reactor.get_success(started)
+    d.cancel()  # drops the Rust future, which was awaiting the coroutine
+    reactor.get_failure(d, CancelledError)
+    assert reactor.get_success(python_side) == "saw CancelledError"
+    stats = pyo3_twisted.stats(reactor)
+    assert stats["awaitables_started"] == stats["awaitables_completed"] == 1
+
+
+def test_job_dropped_when_the_reactor_stops_errors_instead_of_hanging():
+    with memory_reactor() as reactor:
+        pyo3_twisted.install(reactor, worker_threads=1)
+        ran = []
+        call = probes.call_python_in_thread(reactor, lambda: ran.append(1))
+        # The job is queued (the wake-up reached the reactor) but not run...
+        assert reactor.wait_for_thread_call(5.0)
+        # ...and the reactor shuts down before running it.
+    ok, text = call.wait(5.0)
+    assert not ok and "RuntimeShutdown" in text, text
+    assert ran == []
+
+
+def test_call_after_the_reactor_stopped_errors_at_once():
+    with memory_reactor() as reactor:
+        pyo3_twisted.install(reactor, worker_threads=1)
+    ok, text = probes.call_python_in_thread(reactor, lambda: 1).wait(5.0)
+    assert not ok and "no pyo3-twisted runtime" in text, text
+
+
+def test_call_from_a_foreign_runtime_works_while_the_reactor_runs(reactor):
+    call = probes.call_python_in_thread(reactor, lambda: "hello from the reactor")
+    # Its job reaches the reactor (one wake-up), runs in this turn, and the answer
+    # goes back to the foreign thread, which this wait lets take the GIL.
+    assert reactor.wait_for_thread_call(5.0)
+    reactor.pump()
+    assert call.wait(5.0) == (True, "'hello from the reactor'")
+
+
+def test_many_round_trips_on_the_memory_reactor(reactor):
+    total = reactor.get_success(probes.call_python_many(reactor, 500, lambda i: i * 2))
+    assert total == 2 * sum(range(500))
+    assert pyo3_twisted.stats(reactor)["gil_acquisitions_on_tokio_threads"] == 0
+
+
+def test_10000_round_trips_on_epoll_without_the_gil_on_tokio_threads():
+    result = run_script("awaitable_many.py", "10000")
+    stats = result["stats"]
+    assert result["logged_errors"] == []
+    assert result["total"] == sum(range(10000))
+    assert stats["awaitables_started"] == stats["awaitables_completed"] == 10000
+    assert stats["gil_acquisitions_on_tokio_threads"] == 0
+    assert stats["mailbox_wakeups"] < 10000 // 10, stats
