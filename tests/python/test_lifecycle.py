@@ -169,3 +169,13 @@ def test_rejects_install_after_shutdown():
         pyo3_twisted.install(reactor, worker_threads=1)
     with pytest.raises(RuntimeShutdown):
         pyo3_twisted.install(reactor, worker_threads=1)
+
+
+def test_unimportable_logcontext_provider_is_a_clear_error(reactor):
+    with pytest.raises(RuntimeError, match='cannot import the logcontext provider module "no.such"'):
+        pyo3_twisted.install(reactor, logcontext="no.such")
+
+
+def test_module_that_is_not_a_provider_is_a_clear_error(reactor):
+    with pytest.raises(RuntimeError, match='"json" is not a logcontext provider'):
+        pyo3_twisted.install(reactor, logcontext="json")
