@@ -15,6 +15,12 @@ PYTHON_OLDEST ?= $(shell for p in python3.10 $$(pyenv root 2>/dev/null)/versions
 TWISTED_OLDEST := 24.11.0
 PYO3_MIN := 0.29.0
 
+# The test PostgreSQL server (scripts/test-postgres.sh): loopback only, thrown away.
+PG_DIR ?= /tmp/pyo3-twisted-pg
+PG_PORT ?= 55432
+PG_DSN_FILE := $(CURDIR)/target/pg-dsn
+WITH_PG = PYO3_TWISTED_TEST_PG_DSN="$$(cat $(PG_DSN_FILE))"
+
 VENV := $(CURDIR)/.venv
 VENV_OLDEST := $(CURDIR)/.venv-oldest
 WHEEL_DIR := $(CURDIR)/target/wheels
@@ -24,12 +30,13 @@ export PYO3_PYTHON := $(VENV)/bin/python
 export PYO3_TWISTED_VENV := $(VENV)
 export CARGO_TERM_COLOR := never
 
-.PHONY: demo test venv wheel lint rust-test rust-test-pyo3-min py-test py-test-oldest clean
+.PHONY: demo test venv wheel lint postgres postgres-stop rust-test rust-test-pyo3-min py-test py-test-oldest clean
 
 demo: wheel
 	$(VENV)/bin/python examples/hello_twisted.py
 
-test: wheel lint rust-test rust-test-pyo3-min py-test py-test-oldest
+test: wheel lint postgres rust-test rust-test-pyo3-min py-test py-test-oldest
+	$(MAKE) --no-print-directory postgres-stop
 	@echo "== all tests passed =="
 
 $(VENV)/.ready: requirements-dev.txt
@@ -41,7 +48,7 @@ $(VENV)/.ready: requirements-dev.txt
 $(VENV_OLDEST)/.ready: requirements-dev.txt
 	$(or $(PYTHON_OLDEST),$(PYTHON)) -m venv $(VENV_OLDEST)
 	$(VENV_OLDEST)/bin/pip install -q --upgrade pip
-	$(VENV_OLDEST)/bin/pip install -q "Twisted==$(TWISTED_OLDEST)" "pytest>=8" pytest-timeout matrix-synapse
+	$(VENV_OLDEST)/bin/pip install -q "Twisted==$(TWISTED_OLDEST)" "pytest>=8" pytest-timeout matrix-synapse psycopg2-binary
 	touch $@
 
 venv: $(VENV)/.ready $(VENV_OLDEST)/.ready
@@ -55,29 +62,37 @@ wheel: venv
 
 lint: venv
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-rust-test: venv
-	cargo test
+postgres:
+	mkdir -p $(dir $(PG_DSN_FILE))
+	scripts/test-postgres.sh start $(PG_DIR) $(PG_PORT) > $(PG_DSN_FILE)
+	@echo "PostgreSQL for the tests: $$(cat $(PG_DSN_FILE))"
+
+postgres-stop:
+	scripts/test-postgres.sh stop $(PG_DIR)
+
+rust-test: venv postgres
+	$(WITH_PG) cargo test --features postgres
 
 # The lowest PyO3 the crate declares, in a scratch copy of the workspace so the
 # committed lockfile stays as it is; build artifacts shared with the main target/.
 rust-test-pyo3-min: venv
 	rm -rf target/pyo3-min && mkdir -p target/pyo3-min
-	cp -r Cargo.toml Cargo.lock build.rs src tests python_shim target/pyo3-min/
+	cp -r Cargo.toml Cargo.lock build.rs src tests python_shim README.md target/pyo3-min/
 	cd target/pyo3-min && cargo update -q -p pyo3 --precise $(PYO3_MIN) && \
 	  for v in $$(grep -A1 '^name = "pyo3-build-config"' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p'); do \
 	    if [ "$$v" != "$(PYO3_MIN)" ]; then cargo update -q -p "pyo3-build-config@$$v" --precise $(PYO3_MIN); fi; \
 	  done && \
 	  grep -A1 '^name = "pyo3"$$' Cargo.lock | grep -q 'version = "$(PYO3_MIN)"'
-	CARGO_TARGET_DIR=$(CURDIR)/target cargo test --manifest-path target/pyo3-min/Cargo.toml
+	$(WITH_PG) CARGO_TARGET_DIR=$(CURDIR)/target cargo test --features postgres --manifest-path target/pyo3-min/Cargo.toml
 
-py-test: wheel
-	$(VENV)/bin/python -m pytest -q
+py-test: wheel postgres
+	$(WITH_PG) $(VENV)/bin/python -m pytest -q
 
-py-test-oldest: wheel
+py-test-oldest: wheel postgres
 	@$(VENV_OLDEST)/bin/python -c 'import sys, twisted; print("oldest environment: Python", sys.version.split()[0], "Twisted", twisted.__version__)'
-	$(VENV_OLDEST)/bin/python -m pytest -q
+	$(WITH_PG) $(VENV_OLDEST)/bin/python -m pytest -q
 
 clean:
 	rm -rf target $(VENV) $(VENV_OLDEST)

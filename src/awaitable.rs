@@ -122,6 +122,15 @@ impl ReactorHandle {
         })
     }
 
+    pub(crate) fn from_bridge(bridge: Arc<Bridge>) -> Self {
+        Self { bridge }
+    }
+
+    /// The Tokio runtime's handle, once it has started.
+    pub(crate) fn tokio_handle(&self) -> Option<tokio::runtime::Handle> {
+        self.bridge.tokio_handle().cloned()
+    }
+
     /// The handle of the runtime running the calling task: inside a bridged future,
     /// its `spawn`ed children, or anything else on this crate's Tokio threads.
     pub fn current() -> Option<Self> {

@@ -77,6 +77,7 @@
 mod awaitable;
 mod config;
 mod cputime;
+pub mod db;
 mod deferred;
 mod errors;
 mod logcontext;

@@ -88,6 +88,7 @@ pub(crate) struct Bridge {
     phase: AtomicU8,
     reactor_thread: AtomicU64,
     canceller: OnceLock<Py<PyAny>>,
+    tokio: OnceLock<tokio::runtime::Handle>,
     provider: Option<Provider>,
     reactor_address: usize,
     slow: Mutex<Slow>,
@@ -198,6 +199,7 @@ fn install(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyResult<Arc<Br
         phase: AtomicU8::new(INSTALLED),
         reactor_thread: AtomicU64::new(threads::current_id()),
         canceller: OnceLock::new(),
+        tokio: OnceLock::new(),
         provider,
         reactor_address: reactor.as_ptr() as usize,
         slow: Mutex::new(Slow {
@@ -300,6 +302,7 @@ impl Bridge {
         let installed = wake::install(py, reactor.bind(py), self.config.wake, &self.mailbox)?;
         self.mailbox.set_waker(installed.waker);
         self.submitter.start(runtime.handle());
+        let _ = self.tokio.set(runtime.handle().clone());
         self.reactor_thread
             .store(threads::current_id(), Ordering::Release);
         {
@@ -373,6 +376,11 @@ impl Bridge {
     /// Whether the calling thread is this reactor's thread.
     pub fn is_reactor_thread(&self) -> bool {
         threads::current_id() == self.reactor_thread.load(Ordering::Acquire)
+    }
+
+    /// The Tokio runtime's handle, once it has started.
+    pub fn tokio_handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.tokio.get()
     }
 
     /// The address of the reactor object, its identity without the GIL.

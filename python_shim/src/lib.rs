@@ -14,6 +14,7 @@ use pyo3_twisted::{
 };
 
 mod awaitable_probes;
+mod flags;
 mod probes;
 
 /// install(reactor, *, worker_threads=None, thread_name=None, shutdown_timeout=None,
@@ -104,6 +105,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("RUNTIME_ATTR", pyo3_twisted::RUNTIME_ATTR)?;
     probes::register(m)?;
     awaitable_probes::register(m)?;
+    flags::register(m)?;
     m.add_function(wrap_pyfunction!(reset_log_cache, m)?)?;
     // Rust `log` records reach Python logging; from Tokio threads, through the
     // reactor and in the request's logcontext. Another logger may already be set.

@@ -27,6 +27,19 @@ def logged_errors(request):
         assert not errors, "Twisted logged errors:\n" + "\n".join(errors.texts())
 
 
+@pytest.fixture(scope="session")
+def pg_dsn():
+    """The test PostgreSQL server that `make test` starts. Missing is a failure, not a
+    skip: CI must exercise PostgreSQL."""
+    dsn = os.environ.get("PYO3_TWISTED_TEST_PG_DSN")
+    if not dsn:
+        pytest.fail(
+            "PYO3_TWISTED_TEST_PG_DSN is not set: run the tests with `make test`, which "
+            "starts a PostgreSQL server (scripts/test-postgres.sh)"
+        )
+    return dsn
+
+
 @pytest.fixture
 def reactor():
     """A run ThreadedMemoryReactorClock, shut down after the test."""

@@ -1,0 +1,306 @@
+//! A per-user feature-flag store written once against `db::DatabasePool`, and run
+//! unchanged on the Python pool (SQLite or PostgreSQL) and the native PostgreSQL
+//! pool: the shape of Synapse's Rust storage code. The demo's `/versions` handler
+//! reads through it; the tests also drive the pools' edge cases through it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pyo3_twisted::create_deferred;
+use pyo3_twisted::db::{
+    DatabasePool, DatabasePoolExt, DbRow, DbRowExt, DbValue, PostgresConfig, PostgresPool,
+    PythonDatabasePool,
+};
+
+/// The flags of `user_id`, by feature name.
+pub async fn get_flags(
+    pool: &dyn DatabasePool,
+    user_id: String,
+) -> anyhow::Result<Vec<(String, bool)>> {
+    pool.run_interaction("get_feature_flags", move |txn| {
+        let user_id = user_id.clone();
+        async move {
+            let rows = txn
+                .query(
+                    "SELECT feature, enabled FROM feature_flags WHERE user_id = ? ORDER BY feature",
+                    &[user_id.into()],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect()
+        }
+        .boxed()
+    })
+    .await
+}
+
+/// Sets one flag of `user_id` (insert or update).
+pub async fn set_flag(
+    pool: &dyn DatabasePool,
+    user_id: String,
+    feature: String,
+    enabled: bool,
+) -> anyhow::Result<()> {
+    pool.run_interaction("set_feature_flag", move |txn| {
+        let params = [
+            user_id.clone().into(),
+            feature.clone().into(),
+            enabled.into(),
+        ];
+        async move {
+            txn.execute(
+                "INSERT INTO feature_flags (user_id, feature, enabled) VALUES (?, ?, ?) \
+                 ON CONFLICT (user_id, feature) DO UPDATE SET enabled = EXCLUDED.enabled",
+                &params,
+            )
+            .await?;
+            Ok(())
+        }
+        .boxed()
+    })
+    .await
+}
+
+/// The original Python exception if the error carries one (a database error raised
+/// by the driver), else a `RuntimeError` with the whole chain. No GIL needed.
+fn to_py(err: anyhow::Error) -> PyErr {
+    let message = format!("{err:#}");
+    err.downcast::<PyErr>()
+        .unwrap_or_else(|_| pyo3::exceptions::PyRuntimeError::new_err(message))
+}
+
+/// The store over one pool, callable from Python; every method returns a Deferred.
+#[pyclass(frozen, module = "pyo3_twisted.probes")]
+pub struct RustStore {
+    pool: Arc<dyn DatabasePool>,
+    native: Option<Arc<PostgresPool>>,
+}
+
+impl RustStore {
+    fn run<'py, F, O>(
+        &self,
+        py: Python<'py>,
+        reactor: &Bound<'py, PyAny>,
+        f: impl FnOnce(Arc<dyn DatabasePool>) -> F,
+    ) -> PyResult<Bound<'py, PyAny>>
+    where
+        F: std::future::Future<Output = anyhow::Result<O>> + Send + 'static,
+        for<'a> O: IntoPyObject<'a> + Send + 'static,
+    {
+        let fut = f(Arc::clone(&self.pool));
+        create_deferred(py, reactor, async move { fut.await.map_err(to_py) })
+    }
+}
+
+#[pymethods]
+impl RustStore {
+    /// A store over a Python pool's `runInteraction`.
+    #[staticmethod]
+    fn python(pool: Py<PyAny>, reactor: Py<PyAny>) -> Self {
+        Self {
+            pool: Arc::new(PythonDatabasePool::new(pool, reactor)),
+            native: None,
+        }
+    }
+
+    /// A store over a native PostgreSQL pool.
+    #[staticmethod]
+    #[pyo3(signature = (dsn, max_size=4, max_attempts=5))]
+    fn postgres(dsn: String, max_size: usize, max_attempts: u32) -> PyResult<Self> {
+        let mut config = PostgresConfig::new(dsn);
+        config.max_size = max_size;
+        config.max_attempts = max_attempts;
+        let pool = Arc::new(
+            PostgresPool::new(config).map_err(|e| PyValueError::new_err(format!("{e:#}")))?,
+        );
+        Ok(Self {
+            pool: Arc::clone(&pool) as Arc<dyn DatabasePool>,
+            native: Some(pool),
+        })
+    }
+
+    /// Deferred of `[(feature, enabled)]`.
+    fn get_flags<'py>(
+        &self,
+        py: Python<'py>,
+        reactor: &Bound<'py, PyAny>,
+        user_id: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, reactor, |pool| async move {
+            get_flags(&*pool, user_id).await
+        })
+    }
+
+    /// Deferred of `None`.
+    fn set_flag<'py>(
+        &self,
+        py: Python<'py>,
+        reactor: &Bound<'py, PyAny>,
+        user_id: String,
+        feature: String,
+        enabled: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, reactor, |pool| async move {
+            set_flag(&*pool, user_id, feature, enabled).await
+        })
+    }
+
+    /// `Transaction::query` in a transaction of its own: Deferred of row tuples.
+    fn query<'py>(
+        &self,
+        py: Python<'py>,
+        reactor: &Bound<'py, PyAny>,
+        sql: String,
+        params: Vec<DbValue>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, reactor, |pool| async move {
+            let rows: Vec<DbRow> = pool
+                .run_interaction("query", move |txn| {
+                    let (sql, params) = (sql.clone(), params.clone());
+                    async move { txn.query(&sql, &params).await }.boxed()
+                })
+                .await?;
+            Ok(rows)
+        })
+    }
+
+    /// Each statement through `Transaction::execute`, all in one transaction:
+    /// Deferred of the row counts.
+    fn execute<'py>(
+        &self,
+        py: Python<'py>,
+        reactor: &Bound<'py, PyAny>,
+        statements: Vec<(String, Vec<DbValue>)>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, reactor, |pool| async move {
+            pool.run_interaction("execute", move |txn| {
+                let statements = statements.clone();
+                async move {
+                    let mut counts = Vec::new();
+                    for (sql, params) in &statements {
+                        counts.push(txn.execute(sql, params).await?);
+                    }
+                    Ok(counts)
+                }
+                .boxed()
+            })
+            .await
+        })
+    }
+
+    /// Reads `counter.value` (id 1), waits for advisory lock `lock_id` (held by the
+    /// test meanwhile, while another transaction updates the row), then increments
+    /// it: Deferred of `(value returned by the committed attempt, attempts run)`.
+    fn increment_after_lock<'py>(
+        &self,
+        py: Python<'py>,
+        reactor: &Bound<'py, PyAny>,
+        lock_id: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, reactor, |pool| async move {
+            let attempts = Arc::new(AtomicUsize::new(0));
+            let counted = Arc::clone(&attempts);
+            let value: i64 = pool
+                .run_interaction("increment_after_lock", move |txn| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        txn.query("SELECT value FROM counter WHERE id = 1", &[])
+                            .await?;
+                        txn.execute("SELECT pg_advisory_xact_lock(?)", &[lock_id.into()])
+                            .await?;
+                        let rows = txn
+                            .query(
+                                "UPDATE counter SET value = value + 1 WHERE id = 1 RETURNING value",
+                                &[],
+                            )
+                            .await?;
+                        rows[0].try_get(0)
+                    }
+                    .boxed()
+                })
+                .await?;
+            Ok((value, attempts.load(Ordering::SeqCst)))
+        })
+    }
+
+    /// A closure that awaits a Tokio timer inside the transaction (refused).
+    fn sleep_in_transaction<'py>(
+        &self,
+        py: Python<'py>,
+        reactor: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, reactor, |pool| async move {
+            pool.run_interaction("sleep_in_transaction", |txn| {
+                async move {
+                    txn.execute("INSERT INTO feature_flags (user_id, feature, enabled) VALUES ('sleeper', 'x', TRUE)", &[]).await?;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Ok(())
+                }
+                .boxed()
+            })
+            .await
+        })
+    }
+
+    /// A closure that writes, then panics (rolled back, reported).
+    fn panic_in_transaction<'py>(
+        &self,
+        py: Python<'py>,
+        reactor: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, reactor, |pool| async move {
+            pool.run_interaction("panic_in_transaction", |txn| {
+                async move {
+                    txn.execute("INSERT INTO feature_flags (user_id, feature, enabled) VALUES ('panicker', 'x', TRUE)", &[]).await?;
+                    if txn.query("SELECT 1", &[]).await?.len() == 1 {
+                        panic!("the closure gave up");
+                    }
+                    Ok(())
+                }
+                .boxed()
+            })
+            .await
+        })
+    }
+
+    /// Native pool only: `{"size", "available", "max_size"}`.
+    fn status<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(native) = &self.native else {
+            return Ok(None);
+        };
+        let status = native.status();
+        let dict = PyDict::new(py);
+        dict.set_item("size", status.size)?;
+        dict.set_item("available", status.available)?;
+        dict.set_item("max_size", status.max_size)?;
+        Ok(Some(dict))
+    }
+}
+
+/// convert_placeholders(sql, style) -> str
+///
+/// Rewrites `?` placeholders (outside literals, quoted identifiers and comments) for
+/// an engine: style "pyformat" (`%s`, and `%` doubled) or "numbered" (`$1`, `$2`...).
+#[pyfunction]
+pub fn convert_placeholders(sql: &str, style: &str) -> PyResult<String> {
+    let placeholders = pyo3_twisted::db::Placeholders::scan(sql);
+    match style {
+        "pyformat" => Ok(placeholders.pyformat(sql)),
+        "numbered" => Ok(placeholders.numbered(sql)),
+        other => Err(PyValueError::new_err(format!(
+            "style must be 'pyformat' or 'numbered', got {other:?}"
+        ))),
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<RustStore>()?;
+    m.add_function(wrap_pyfunction!(convert_placeholders, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,352 @@
+//! Rust transactions through a Python pool's `runInteraction`.
+//!
+//! ```text
+//!  Tokio task                      reactor thread                     DB thread (the pool's)
+//!  run_interaction_erased ──job──▶ pool.runInteraction(name, cb) ───▶ cb(txn): poll the closure
+//!    (no GIL)                        (in the task's logcontext, so     once; its Transaction calls
+//!                                     DB time goes to the request)     run txn.execute/fetchall
+//!  result ◀──────────────────────── Deferred fires ◀──────────────── commit (or retry: cb again)
+//! ```
+//!
+//! The pool's own machinery opens the transaction, retries it on serialization
+//! failures and deadlocks, rolls back, commits and charges the time; the callback only
+//! runs the closure. A database error inside the closure is re-raised as the original
+//! Python exception so the pool classifies it. The Python side's transaction methods
+//! answer synchronously, so the closure completes in one poll; a closure that waits on
+//! anything else is rolled back with a clear error.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use parking_lot::Mutex;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyMemoryView, PyString, PyTuple};
+
+use super::{
+    foreign_await, DbRow, DbValue, ErasedInteraction, ErasedResult, Placeholders, Transaction,
+};
+use crate::awaitable::ReactorHandle;
+use crate::errors::{panic_message, RustPanicError};
+use crate::logcontext::TaskScope;
+use crate::runtime::bridge_for_address;
+use crate::threads;
+
+/// A [`DatabasePool`](super::DatabasePool) that runs each transaction through a Python
+/// pool's `runInteraction(desc, func)`: Synapse's `DatabasePool`, or
+/// `pyo3_twisted.database.DatabasePool`.
+///
+/// The reactor must have a pyo3-twisted runtime (create it, or call
+/// `create_deferred`, on the reactor thread first); `run_interaction` is then callable
+/// from any task on it.
+///
+/// The Python transaction object must offer `execute(sql, params)` (with `?`
+/// placeholders), `fetchall()`, `rowcount` and `description`, as Synapse's
+/// `LoggingTransaction` does.
+pub struct PythonDatabasePool {
+    pool: Arc<Py<PyAny>>,
+    reactor: Py<PyAny>,
+}
+
+impl PythonDatabasePool {
+    /// Wraps `py_pool`, whose `runInteraction` is called on `reactor`'s thread.
+    pub fn new(py_pool: Py<PyAny>, reactor: Py<PyAny>) -> Self {
+        Self {
+            pool: Arc::new(py_pool),
+            reactor,
+        }
+    }
+
+    fn handle(&self) -> anyhow::Result<ReactorHandle> {
+        let address = self.reactor.as_ptr() as usize;
+        TaskScope::current()
+            .map(|scope| Arc::clone(&scope.bridge))
+            .filter(|bridge| bridge.reactor_address() == address)
+            .or_else(|| bridge_for_address(address))
+            .map(ReactorHandle::from_bridge)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no pyo3-twisted runtime is installed on the pool's reactor: install it \
+                     (or call create_deferred) on the reactor thread first"
+                )
+            })
+    }
+}
+
+impl std::fmt::Debug for PythonDatabasePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PythonDatabasePool").finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl super::DatabasePool for PythonDatabasePool {
+    async fn run_interaction_erased(
+        &self,
+        name: &'static str,
+        func: ErasedInteraction,
+    ) -> ErasedResult {
+        let handle = self.handle()?;
+        let runtime = handle
+            .tokio_handle()
+            .ok_or_else(|| anyhow::anyhow!("the pyo3-twisted runtime has not started"))?;
+        // Each attempt overwrites it; read once the Deferred has fired.
+        let last_attempt: Arc<Mutex<Option<ErasedResult>>> = Arc::default();
+        let callback = TransactionCallback {
+            name,
+            func: Mutex::new(func),
+            last_attempt: Arc::clone(&last_attempt),
+            runtime,
+        };
+        let pool = Arc::clone(&self.pool);
+        let outcome = handle
+            .run_python_awaitable_map(
+                move |py| {
+                    let callback = Bound::new(py, callback)?;
+                    pool.bind(py)
+                        .call_method1(intern!(py, "runInteraction"), (name, callback))
+                },
+                |_| Ok(()),
+            )
+            .await;
+        let last = last_attempt.lock().take();
+        match (outcome, last) {
+            (Ok(()), Some(Ok(value))) => Ok(value),
+            (Ok(()), Some(Err(err))) => Err(err),
+            (Ok(()), None) => {
+                anyhow::bail!("runInteraction({name}) finished without running the transaction")
+            }
+            // The closure's own failure, with its Rust context.
+            (Err(_), Some(Err(err))) => Err(err),
+            // The closure succeeded and the commit (or the pool) failed afterwards.
+            (Err(err), _) => {
+                Err(anyhow::Error::from(err).context(format!("runInteraction({name}) failed")))
+            }
+        }
+    }
+}
+
+/// The `func` handed to `runInteraction`: runs the closure on the DB thread.
+#[pyclass(frozen, module = "pyo3_twisted")]
+struct TransactionCallback {
+    name: &'static str,
+    func: Mutex<ErasedInteraction>,
+    last_attempt: Arc<Mutex<Option<ErasedResult>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+#[pymethods]
+impl TransactionCallback {
+    fn __call__(&self, py: Python<'_>, txn: Bound<'_, PyAny>) -> PyResult<()> {
+        let mut transaction = PyTransaction { txn: txn.unbind() };
+        let polled = catch_unwind(AssertUnwindSafe(|| {
+            // Inside the runtime's context, Tokio leaf futures (timers...) return
+            // Pending instead of panicking, and Pending is what we report.
+            let _runtime = self.runtime.enter();
+            let func = self.func.lock();
+            let mut fut = func(&mut transaction);
+            let waker = futures_util::task::noop_waker();
+            fut.as_mut().poll(&mut Context::from_waker(&waker))
+        }));
+        let (outcome, raised) = match polled {
+            Ok(Poll::Ready(Ok(value))) => (Ok(value), None),
+            Ok(Poll::Ready(Err(err))) => {
+                let raised = original_exception(py, &err);
+                (Err(err), Some(raised))
+            }
+            Ok(Poll::Pending) => {
+                let err = foreign_await(self.name);
+                let raised = PyRuntimeError::new_err(err.to_string());
+                (Err(err), Some(raised))
+            }
+            Err(payload) => {
+                let message = panic_message(&*payload);
+                let err = anyhow::anyhow!(
+                    "run_interaction({}): the transaction closure panicked: {message}",
+                    self.name
+                );
+                (Err(err), Some(RustPanicError::new_err(message)))
+            }
+        };
+        *self.last_attempt.lock() = Some(outcome);
+        // Raising makes the pool roll back, and lets it retry database errors.
+        match raised {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The Python exception behind `err` if it came from Python (a database error), so
+/// the pool's retry logic sees the real thing; otherwise a `RuntimeError`.
+fn original_exception(py: Python<'_>, err: &anyhow::Error) -> PyErr {
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<PyErr>())
+        .map(|original| original.clone_ref(py))
+        .unwrap_or_else(|| PyRuntimeError::new_err(format!("{err:#}")))
+}
+
+/// A Python transaction object (Synapse's `LoggingTransaction` or ours). Used only on
+/// the DB thread, inside the callback, with the GIL held.
+struct PyTransaction {
+    txn: Py<PyAny>,
+}
+
+impl PyTransaction {
+    fn run<R>(
+        &self,
+        sql: &str,
+        params: &[DbValue],
+        then: impl FnOnce(&Bound<'_, PyAny>) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
+        Placeholders::scan(sql).check(params.len())?;
+        threads::attach(|py| {
+            let txn = self.txn.bind(py);
+            let params = PyTuple::new(py, params.iter().map(|v| to_python(py, v)))?;
+            txn.call_method1(intern!(py, "execute"), (sql, params))?;
+            then(txn)
+        })
+        .unwrap_or_else(|| anyhow::bail!("the Python interpreter is shutting down"))
+    }
+}
+
+#[async_trait::async_trait]
+impl Transaction for PyTransaction {
+    async fn query(&mut self, sql: &str, params: &[DbValue]) -> anyhow::Result<Vec<DbRow>> {
+        self.run(sql, params, |txn| {
+            let py = txn.py();
+            let names = column_names(txn)?;
+            let rows = txn.call_method0(intern!(py, "fetchall"))?;
+            let mut out = Vec::new();
+            for row in rows.try_iter()? {
+                let row = row?;
+                let mut values = Vec::new();
+                for (index, cell) in row.try_iter()?.enumerate() {
+                    values.push(from_python(&cell?, index, &names)?);
+                }
+                out.push(values);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn execute(&mut self, sql: &str, params: &[DbValue]) -> anyhow::Result<u64> {
+        self.run(sql, params, |txn| {
+            let count: i64 = txn.getattr(intern!(txn.py(), "rowcount"))?.extract()?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+    }
+}
+
+/// `None`, `bool`, `int`, `float`, `str` or `bytes`.
+impl<'py> IntoPyObject<'py> for DbValue {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = std::convert::Infallible;
+
+    fn into_pyobject(self, py: Python<'py>) -> Result<Self::Output, Self::Error> {
+        Ok(to_python(py, &self))
+    }
+}
+
+/// From `None`, `bool`, `int` (within `i64`), `float`, `str`, `bytes`, `bytearray`
+/// or `memoryview`.
+impl<'a, 'py> FromPyObject<'a, 'py> for DbValue {
+    type Error = PyErr;
+
+    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        from_python(&obj.to_owned(), 0, &[]).map_err(|err| {
+            pyo3::exceptions::PyTypeError::new_err(err.to_string().replace("column 0 ", "value "))
+        })
+    }
+}
+
+fn to_python<'py>(py: Python<'py>, value: &DbValue) -> Bound<'py, PyAny> {
+    match value {
+        DbValue::Null => py.None().into_bound(py),
+        DbValue::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        DbValue::Int(i) => PyInt::new(py, *i).into_any(),
+        DbValue::Float(f) => PyFloat::new(py, *f).into_any(),
+        DbValue::Text(s) => PyString::new(py, s).into_any(),
+        DbValue::Bytes(b) => PyBytes::new(py, b).into_any(),
+    }
+}
+
+fn column_names(txn: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    let description = txn.getattr(intern!(txn.py(), "description"))?;
+    if description.is_none() {
+        return Ok(Vec::new());
+    }
+    description
+        .try_iter()?
+        .map(|column| column?.get_item(0)?.str().map(|s| s.to_string()))
+        .collect()
+}
+
+fn from_python(cell: &Bound<'_, PyAny>, index: usize, names: &[String]) -> anyhow::Result<DbValue> {
+    let column = || match names.get(index) {
+        Some(name) => format!("column {index} ({name:?})"),
+        None => format!("column {index}"),
+    };
+    if cell.is_none() {
+        Ok(DbValue::Null)
+    } else if let Ok(b) = cell.cast::<PyBool>() {
+        Ok(DbValue::Bool(b.is_true()))
+    } else if cell.is_instance_of::<PyInt>() {
+        cell.extract::<i64>().map(DbValue::Int).map_err(|_| {
+            anyhow::anyhow!(
+                "{} holds {cell}, which is outside the i64 range of DbValue::Int",
+                column()
+            )
+        })
+    } else if let Ok(f) = cell.cast::<PyFloat>() {
+        Ok(DbValue::Float(f.value()))
+    } else if let Ok(s) = cell.cast::<PyString>() {
+        Ok(DbValue::Text(s.to_str()?.to_owned()))
+    } else if let Ok(b) = cell.cast::<PyBytes>() {
+        Ok(DbValue::Bytes(b.as_bytes().to_vec()))
+    } else if cell.is_instance_of::<PyByteArray>() || cell.is_instance_of::<PyMemoryView>() {
+        let py = cell.py();
+        let bytes = py.get_type::<PyBytes>().call1((cell,))?;
+        Ok(DbValue::Bytes(
+            bytes
+                .cast::<PyBytes>()
+                .map_err(PyErr::from)?
+                .as_bytes()
+                .to_vec(),
+        ))
+    } else if is_integral_decimal(cell)? {
+        // PostgreSQL's NUMERIC (SUM of bigints, for one) arrives as a Decimal.
+        let int = cell.py().get_type::<PyInt>().call1((cell,))?;
+        int.extract::<i64>().map(DbValue::Int).map_err(|_| {
+            anyhow::anyhow!(
+                "{} holds {cell}, which is outside the i64 range of DbValue::Int",
+                column()
+            )
+        })
+    } else {
+        anyhow::bail!(
+            "{} has Python type {}, which has no DbValue mapping (cast it in SQL to an \
+             integer, float, text or bytes type)",
+            column(),
+            cell.get_type().name()?
+        )
+    }
+}
+
+fn is_integral_decimal(cell: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = cell.py();
+    let decimal = py
+        .import(intern!(py, "decimal"))?
+        .getattr(intern!(py, "Decimal"))?;
+    if !cell.is_instance(&decimal)? {
+        return Ok(false);
+    }
+    if !cell.call_method0(intern!(py, "is_finite"))?.is_truthy()? {
+        return Ok(false);
+    }
+    let ratio = cell.call_method0(intern!(py, "as_integer_ratio"))?;
+    Ok(ratio.get_item(1)?.extract::<i64>()? == 1)
+}

@@ -1,0 +1,281 @@
+//! `db`: the same transaction code on the Python pool (`pyo3_twisted.database` on
+//! SQLite) and, with the `postgres` feature, on the native pool.
+
+mod common;
+
+use common::*;
+use futures_util::FutureExt;
+use pyo3::prelude::*;
+use pyo3_twisted::db::{DatabasePool, DatabasePoolExt, DbRowExt, DbValue, PythonDatabasePool};
+use pyo3_twisted::{create_deferred, install_runtime, RuntimeConfig};
+
+/// Counts the flags of a user, inserting one first: a write and a read in one
+/// transaction, through the trait object.
+async fn insert_and_count(pool: &dyn DatabasePool, user: &'static str) -> anyhow::Result<i64> {
+    pool.run_interaction("insert_and_count", move |txn| {
+        async move {
+            txn.execute(
+                "INSERT INTO flags (user_id, enabled) VALUES (?, ?)",
+                &[user.into(), true.into()],
+            )
+            .await?;
+            let rows = txn
+                .query(
+                    "SELECT count(*) FROM flags WHERE user_id = ? AND enabled",
+                    &[user.into()],
+                )
+                .await?;
+            rows[0].try_get(0)
+        }
+        .boxed()
+    })
+    .await
+}
+
+fn python_pool(py: Python<'_>) -> PyResult<(Bound<'_, PyAny>, Bound<'_, PyAny>)> {
+    let lc = logcontext(py)?;
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("python_shim/python/pyo3_twisted/database.py"),
+    )?;
+    let database = define_module(py, "pyo3_twisted_test_database", &source)?;
+    let reactor = memory_reactor(py, true)?;
+    install_runtime(
+        &reactor,
+        RuntimeConfig {
+            worker_threads: 2,
+            ..RuntimeConfig::default()
+        },
+    )?;
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("logcontext", lc)?;
+    let pool = database
+        .getattr("DatabasePool")?
+        .call((&reactor, ":memory:"), Some(&kwargs))?;
+    let setup = define_module(
+        py,
+        "pyo3_twisted_test_db_setup",
+        "def schema(txn):\n\
+         \x20   txn.execute('CREATE TABLE flags (user_id TEXT NOT NULL, enabled BOOLEAN NOT NULL)')\n\
+         \x20   txn.execute('CREATE TABLE parent (id INTEGER PRIMARY KEY)')\n\
+         \x20   txn.execute('CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)')\n",
+    )?;
+    let ensure = py
+        .import("twisted.internet.defer")?
+        .getattr("ensureDeferred")?;
+    let d = ensure
+        .call1((pool.call_method1("runInteraction", ("schema", setup.getattr("schema")?))?,))?;
+    get_success(&reactor, &d)?;
+    Ok((reactor, pool))
+}
+
+#[test]
+fn python_pool_runs_rust_transactions_and_reports_commit_failures() {
+    with_python(|py| {
+        let (reactor, pool) = python_pool(py)?;
+        let db = std::sync::Arc::new(PythonDatabasePool::new(
+            pool.clone().unbind(),
+            reactor.clone().unbind(),
+        ));
+        let for_task = std::sync::Arc::clone(&db);
+        let d = create_deferred(py, &reactor, async move {
+            let first = insert_and_count(&*for_task, "@a:x").await;
+            let second = insert_and_count(&*for_task, "@a:x").await;
+            let commit = for_task
+                .run_interaction("orphan", |txn| {
+                    async move {
+                        txn.execute("INSERT INTO child (id, parent_id) VALUES (1, 99)", &[])
+                            .await
+                    }
+                    .boxed()
+                })
+                .await;
+            let wrong_type = for_task
+                .run_interaction("wrong_type", |txn| {
+                    async move { txn.query("SELECT 'text'", &[]).await?[0].try_get::<i64>(0) }
+                        .boxed()
+                })
+                .await;
+            let show = |r: anyhow::Result<i64>| match r {
+                Ok(n) => format!("ok {n}"),
+                Err(e) => format!("error {e:#}"),
+            };
+            Ok([
+                show(first),
+                show(second),
+                show(commit.map(|n| n as i64)),
+                show(wrong_type),
+            ])
+        })?;
+        let [first, second, commit, wrong_type]: [String; 4] =
+            get_success(&reactor, &d)?.extract()?;
+        assert_eq!((first.as_str(), second.as_str()), ("ok 1", "ok 2"));
+        // The closure returned Ok(1); the deferred foreign key failed at COMMIT.
+        assert!(
+            commit.starts_with("error") && commit.contains("FOREIGN KEY constraint failed"),
+            "{commit}"
+        );
+        assert!(
+            wrong_type.contains("column 0") && wrong_type.contains("as i64"),
+            "{wrong_type}"
+        );
+        drop(db);
+        reactor.call_method0("shutdown")?;
+        pool.call_method0("close")?;
+        Ok(())
+    })
+}
+
+#[cfg(feature = "postgres")]
+mod native {
+    use super::*;
+    use pyo3_twisted::db::{PostgresConfig, PostgresPool};
+
+    fn dsn() -> String {
+        std::env::var("PYO3_TWISTED_TEST_PG_DSN")
+            .expect("PYO3_TWISTED_TEST_PG_DSN: `make test` starts PostgreSQL and sets it")
+    }
+
+    async fn fresh_table(pool: &PostgresPool, table: &'static str) {
+        pool.run_interaction("setup", move |txn| {
+            async move {
+                txn.execute(&format!("DROP TABLE IF EXISTS {table}"), &[])
+                    .await?;
+                txn.execute(
+                    &format!(
+                        "CREATE TABLE {table} (user_id TEXT NOT NULL, enabled BOOLEAN NOT NULL)"
+                    ),
+                    &[],
+                )
+                .await
+            }
+            .boxed()
+        })
+        .await
+        .unwrap();
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn native_pool_round_trip_bad_input_and_no_leak() {
+        runtime().block_on(async {
+            let mut config = PostgresConfig::new(dsn());
+            config.max_size = 3;
+            let pool = PostgresPool::new(config).unwrap();
+            fresh_table(&pool, "native_flags").await;
+            let count = |user: &'static str| {
+                pool.run_interaction("count", move |txn| {
+                    async move {
+                        txn.execute(
+                            "INSERT INTO native_flags (user_id, enabled) VALUES (?, ?)",
+                            &[user.into(), true.into()],
+                        )
+                        .await?;
+                        txn.query(
+                            "SELECT count(*) FROM native_flags WHERE user_id = ?",
+                            &[user.into()],
+                        )
+                        .await?[0]
+                            .try_get::<i64>(0)
+                    }
+                    .boxed()
+                })
+            };
+            assert_eq!(count("@a:x").await.unwrap(), 1);
+            assert_eq!(count("@a:x").await.unwrap(), 2);
+
+            let query = |sql: &'static str, params: Vec<DbValue>| {
+                pool.run_interaction("bad", move |txn| {
+                    let params = params.clone();
+                    async move { txn.query(sql, &params).await }.boxed()
+                })
+            };
+            let err = |r: anyhow::Result<Vec<Vec<DbValue>>>| format!("{:#}", r.unwrap_err());
+            assert!(err(query("SELEKT 1", vec![]).await).contains("syntax error"));
+            assert!(err(query("SELECT ?::int", vec![1.into(), 2.into()]).await)
+                .contains("1 `?` placeholder(s) but 2"));
+            assert!(err(query("SELECT 1e30::numeric AS huge", vec![]).await).contains("i64 range"));
+            assert!(err(query("SELECT now() AS t", vec![]).await).contains("no DbValue mapping"));
+            assert!(err(query("SELECT ?::int2", vec![100_000.into()]).await)
+                .contains("does not fit PostgreSQL type int2"));
+            let sleeper = pool
+                .run_interaction("sleeper", |txn| {
+                    async move {
+                        txn.execute(
+                            "INSERT INTO native_flags (user_id, enabled) VALUES ('sleeper', TRUE)",
+                            &[],
+                        )
+                        .await?;
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                        Ok(())
+                    }
+                    .boxed()
+                })
+                .await;
+            assert!(format!("{:#}", sleeper.unwrap_err())
+                .contains("awaited something other than a Transaction method"));
+            let panicker = pool
+                .run_interaction("panicker", |txn| {
+                    async move {
+                        txn.execute(
+                            "INSERT INTO native_flags (user_id, enabled) VALUES ('panicker', TRUE)",
+                            &[],
+                        )
+                        .await?;
+                        if txn.query("SELECT 1", &[]).await?.len() == 1 {
+                            panic!("gave up");
+                        }
+                        Ok(())
+                    }
+                    .boxed()
+                })
+                .await;
+            assert!(format!("{:#}", panicker.unwrap_err()).contains("panicked: gave up"));
+            let leftovers = query(
+                "SELECT count(*) FROM native_flags WHERE user_id IN ('sleeper', 'panicker')",
+                vec![],
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                leftovers[0].try_get::<i64>(0).unwrap(),
+                0,
+                "failed transactions rolled back"
+            );
+            let status = pool.status();
+            assert!(
+                status.size <= 3 && status.available == status.size,
+                "{status:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn unreachable_server_names_the_dsn_without_the_password() {
+        runtime().block_on(async {
+            let pool = PostgresPool::new(PostgresConfig::new(
+                "postgresql://app:hunter2@127.0.0.1:1/db",
+            ))
+            .unwrap();
+            let err = pool
+                .run_interaction("x", |txn| {
+                    async move { txn.execute("SELECT 1", &[]).await }.boxed()
+                })
+                .await
+                .unwrap_err();
+            let message = format!("{err:#}");
+            assert!(
+                message.contains("postgresql://app:***@127.0.0.1:1/db"),
+                "{message}"
+            );
+            assert!(!message.contains("hunter2"), "{message}");
+        });
+    }
+}
