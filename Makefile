@@ -30,9 +30,15 @@ export PYO3_PYTHON := $(VENV)/bin/python
 export PYO3_TWISTED_VENV := $(VENV)
 export CARGO_TERM_COLOR := never
 
-.PHONY: demo test venv wheel lint postgres postgres-stop rust-test rust-test-pyo3-min py-test py-test-oldest clean
+.PHONY: demo example test venv wheel lint postgres postgres-stop rust-test rust-test-pyo3-min py-test py-test-oldest clean
 
+# The demo service on http://127.0.0.1:8008 (SQLite in target/, seeded on first run).
+# DEMO_ARGS="--database postgresql://user@127.0.0.1/db" switches to PostgreSQL.
 demo: wheel
+	$(VENV)/bin/python -m pyo3_twisted.demo --database $(CURDIR)/target/demo.sqlite3 $(DEMO_ARGS)
+
+# The smallest program: await Rust futures from a running reactor, print, exit.
+example: wheel
 	$(VENV)/bin/python examples/hello_twisted.py
 
 test: wheel lint postgres rust-test rust-test-pyo3-min py-test py-test-oldest

@@ -14,6 +14,7 @@ use pyo3_twisted::{
 };
 
 mod awaitable_probes;
+mod demo;
 mod flags;
 mod probes;
 
@@ -106,6 +107,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     probes::register(m)?;
     awaitable_probes::register(m)?;
     flags::register(m)?;
+    demo::register(m)?;
     m.add_function(wrap_pyfunction!(reset_log_cache, m)?)?;
     // Rust `log` records reach Python logging; from Tokio threads, through the
     // reactor and in the request's logcontext. Another logger may already be set.

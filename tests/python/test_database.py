@@ -186,3 +186,22 @@ def test_redact():
     assert redact("postgresql://u:pw@h:5/d?x=1") == "postgresql://u:***@h:5/d?x=1"
     assert redact("host=h password=pw user=u") == "host=h password=*** user=u"
     assert redact("postgresql://u@h/d") == "postgresql://u@h/d"
+
+
+def test_sqlite_file_database_persists_across_pools(reactor, tmp_path):
+    path = str(tmp_path / "flags.sqlite3")
+    pool = DatabasePool(reactor, path)
+    run(reactor, pool, "create", lambda txn: [
+        txn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)"),
+        txn.execute("INSERT INTO items (id, name) VALUES (?, ?)", (1, "kept")),
+    ])
+    pool.close()
+    reopened = DatabasePool(reactor, f"sqlite:///{path}")
+    try:
+        def names(txn):
+            txn.execute("SELECT name FROM items")
+            return txn.fetchall()
+
+        assert run(reactor, reopened, "read", names) == [("kept",)]
+    finally:
+        reopened.close()

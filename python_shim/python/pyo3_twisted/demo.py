@@ -1,0 +1,309 @@
+"""The demo service: a Twisted web app whose hot path is async Rust.
+
+    python -m pyo3_twisted.demo [--port 8008] [--database PATH_OR_DSN]
+
+- ``GET /versions?user_id=@alice:example.org``: answered by a Rust handler
+  (``create_deferred``) that reads the user's feature flags with ``run_interaction``
+  through the same pool as the Python code: the shape of Synapse's ``/versions``.
+- ``PUT /features/{user_id}/{feature}`` with ``{"enabled": true}``: written by a
+  Python handler through that pool.
+- One access-log line per request with its logging context's figures:
+  ``ru=(utime, stime)`` including the Rust handler's CPU time, and
+  ``db=(sched/txn/count)`` including the Rust-initiated transactions.
+- SQLite by default (created and seeded on first run); ``--database
+  postgresql://user:password@host/db`` for PostgreSQL. Loopback only unless
+  ``--bind`` says otherwise.
+- SIGINT/SIGTERM: stop accepting connections, let in-flight requests finish (or
+  fail) within ``--shutdown-timeout``, close connections once their responses are
+  flushed, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import sys
+import time
+from typing import Any, Optional
+from urllib.parse import unquote
+
+from twisted.internet import defer
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+import pyo3_twisted
+from pyo3_twisted import logcontext as lc
+from pyo3_twisted._native import VersionsHandler
+from pyo3_twisted.database import DatabasePool, redact
+
+logger = logging.getLogger("pyo3_twisted.demo")
+access_logger = logging.getLogger("pyo3_twisted.demo.access")
+
+KNOWN_FEATURES = ["msc3026.busy_presence", "msc3881", "msc4140.delayed_events", "dark_mode"]
+SEED = [
+    ("@alice:example.org", "msc3881", True),
+    ("@alice:example.org", "dark_mode", True),
+    ("@bob:example.org", "msc4140.delayed_events", True),
+]
+MAX_BODY = 64 * 1024
+
+
+class HTTPError(Exception):
+    """An error answered as ``{"errcode": ..., "error": ...}``."""
+
+    def __init__(self, status: int, errcode: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"errcode": errcode, "error": message}
+
+
+def create_schema(txn: Any) -> None:
+    txn.execute(
+        "CREATE TABLE IF NOT EXISTS feature_flags ("
+        " user_id TEXT NOT NULL, feature TEXT NOT NULL, enabled BOOLEAN NOT NULL,"
+        " PRIMARY KEY (user_id, feature))"
+    )
+    for user_id, feature, enabled in SEED:
+        txn.execute(
+            "INSERT INTO feature_flags (user_id, feature, enabled) VALUES (?, ?, ?)"
+            " ON CONFLICT (user_id, feature) DO NOTHING",
+            (user_id, feature, enabled),
+        )
+
+
+def set_feature(txn: Any, user_id: str, feature: str, enabled: bool) -> None:
+    txn.execute(
+        "INSERT INTO feature_flags (user_id, feature, enabled) VALUES (?, ?, ?)"
+        " ON CONFLICT (user_id, feature) DO UPDATE SET enabled = EXCLUDED.enabled",
+        (user_id, feature, enabled),
+    )
+
+
+class DemoApp:
+    """Routes, handlers, the access log and graceful shutdown."""
+
+    def __init__(self, reactor: Any, pool: DatabasePool, rust_work_ms: int, shutdown_timeout: float) -> None:
+        self.reactor = reactor
+        self.pool = pool
+        self.versions = VersionsHandler(pool, reactor, KNOWN_FEATURES, rust_work_ms)
+        self.shutdown_timeout = shutdown_timeout
+        self.request_ids = itertools.count(1)
+        self.active = 0
+        self.idle: Optional[defer.Deferred] = None
+        self.channels: set[HTTPChannel] = set()
+        self.port: Any = None
+
+    # -- requests ----------------------------------------------------------------
+
+    def render(self, request: Any) -> Any:
+        context = lc.LoggingContext(name=f"{request.method.decode()}-{next(self.request_ids)}")
+        self.active += 1
+        with lc.PreserveLoggingContext(context):
+            lc.run_in_background(self.handle, request, context)
+        return NOT_DONE_YET
+
+    async def handle(self, request: Any, context: lc.LoggingContext) -> None:
+        started = time.monotonic()
+        try:
+            try:
+                status, body = 200, await self.dispatch(request)
+            except HTTPError as e:
+                status, body = e.status, e.body
+            except pyo3_twisted.RuntimeShutdown:
+                status, body = 503, {"errcode": "M_UNAVAILABLE", "error": "Server is shutting down"}
+            except Exception:
+                logger.exception("request failed")
+                status, body = 500, {"errcode": "M_UNKNOWN", "error": "Internal server error"}
+            payload = json.dumps(body).encode()
+            if not request._disconnected:
+                request.setResponseCode(status)
+                request.setHeader(b"Content-Type", b"application/json")
+                request.setHeader(b"Content-Length", str(len(payload)).encode())
+                request.write(payload)
+                request.finish()
+            self.log_access(request, context, status, len(payload), started)
+        finally:
+            self.active -= 1
+            if self.active == 0 and self.idle is not None and not self.idle.called:
+                self.idle.callback(None)
+
+    async def dispatch(self, request: Any) -> Any:
+        method = request.method.decode()
+        segments = [unquote(s.decode()) for s in request.path.split(b"/")[1:]]
+        if segments == ["versions"]:
+            if method != "GET":
+                raise HTTPError(405, "M_UNRECOGNIZED", "Use GET on /versions")
+            user_ids = request.args.get(b"user_id") or [b""]
+            user_id = user_ids[0].decode("utf-8", "replace")
+            if not user_id:
+                raise HTTPError(400, "M_MISSING_PARAM", "Missing user_id query parameter")
+            return await self.versions.handle(self.reactor, user_id)
+        if len(segments) == 3 and segments[0] == "features" and all(segments[1:]):
+            if method != "PUT":
+                raise HTTPError(405, "M_UNRECOGNIZED", "Use PUT on /features/{user_id}/{feature}")
+            user_id, feature = segments[1], segments[2]
+            if feature not in KNOWN_FEATURES:
+                raise HTTPError(404, "M_NOT_FOUND", f"Unknown feature {feature!r}")
+            enabled = self.parse_enabled(request)
+            await self.pool.runInteraction("set_feature", set_feature, user_id, feature, enabled)
+            return {}
+        raise HTTPError(404, "M_UNRECOGNIZED", "Unrecognized request")
+
+    @staticmethod
+    def parse_enabled(request: Any) -> bool:
+        raw = request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise HTTPError(413, "M_TOO_LARGE", "Request body too large")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise HTTPError(400, "M_NOT_JSON", "Request body is not valid JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
+            raise HTTPError(400, "M_BAD_JSON", 'Expected {"enabled": true|false}')
+        return body["enabled"]
+
+    def log_access(self, request: Any, context: lc.LoggingContext, status: int, size: int, started: float) -> None:
+        usage = context.get_resource_usage()
+        access_logger.info(
+            '%s "%s %s" %d %dB %.3fsec ru=(%.3f, %.3f) db=(%.3f/%.3f/%d)',
+            request.getClientAddress().host,
+            request.method.decode(),
+            request.uri.decode("utf-8", "replace"),
+            status,
+            size,
+            time.monotonic() - started,
+            usage.ru_utime,
+            usage.ru_stime,
+            usage.db_sched_duration_sec,
+            usage.db_txn_duration_sec,
+            usage.db_txn_count,
+        )
+
+    # -- shutdown ------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """The before-shutdown trigger: stop listening, let in-flight requests
+        finish, then close connections once their responses are flushed."""
+        deadline = self.reactor.seconds() + self.shutdown_timeout
+        if self.port is not None:
+            await self.port.stopListening()
+        if self.active:
+            self.idle = defer.Deferred()
+            await self.wait(self.idle, deadline)
+        closed = []
+        for channel in list(self.channels):
+            d = defer.Deferred()
+            channel.on_close = d
+            closed.append(d)
+            channel.transport.loseConnection()
+        if closed:
+            await self.wait(defer.DeferredList(closed), deadline)
+        logger.info("shut down cleanly")
+
+    async def wait(self, d: defer.Deferred, deadline: float) -> None:
+        timeout = max(0.0, deadline - self.reactor.seconds())
+        d.addTimeout(timeout, self.reactor)
+        try:
+            await d
+        except defer.TimeoutError:
+            logger.warning("shutdown timeout passed; closing what remains")
+
+
+class DemoResource(Resource):
+    isLeaf = True
+
+    def __init__(self, app: DemoApp) -> None:
+        super().__init__()
+        self.app = app
+
+    def render(self, request: Any) -> Any:
+        return self.app.render(request)
+
+
+class TrackedChannel(HTTPChannel):
+    """An HTTP connection the app knows about, to close it at shutdown."""
+
+    app: DemoApp
+    on_close: Optional[defer.Deferred] = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.app.channels.add(self)
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self.app.channels.discard(self)
+        if self.on_close is not None and not self.on_close.called:
+            self.on_close.callback(None)
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pyo3_twisted.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on (default: loopback)")
+    parser.add_argument("--port", type=int, default=8008, help="port (default 8008; 0 picks a free one)")
+    parser.add_argument(
+        "--database",
+        default="pyo3_twisted_demo.sqlite3",
+        help="SQLite file (default pyo3_twisted_demo.sqlite3) or postgresql:// DSN",
+    )
+    parser.add_argument("--shutdown-timeout", type=float, default=10.0, help="seconds (default 10)")
+    parser.add_argument("--workers", type=int, default=2, help="Tokio worker threads (default 2)")
+    parser.add_argument(
+        "--rust-work-ms", type=int, default=0, help="CPU milliseconds the Rust handler spends per request"
+    )
+    return parser.parse_args(argv)
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(lc.LoggingContextFilter(request="-"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s {%(request)s} %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    from twisted.internet import reactor
+
+    pyo3_twisted.install(
+        reactor,
+        worker_threads=args.workers,
+        shutdown_timeout=args.shutdown_timeout,
+        logcontext="pyo3_twisted.logcontext",
+    )
+    pool = DatabasePool(reactor, args.database, logcontext=lc)
+    app = DemoApp(reactor, pool, args.rust_work_ms, args.shutdown_timeout)
+    site = Site(DemoResource(app))
+    site.protocol = type("DemoChannel", (TrackedChannel,), {"app": app})
+    site.noisy = False
+    failed: list[str] = []
+
+    async def start() -> None:
+        try:
+            await pool.runInteraction("create_schema", create_schema)
+            app.port = reactor.listenTCP(args.port, site, interface=args.bind)
+        except Exception as e:
+            failed.append(f"cannot start: {e}")
+            reactor.stop()
+            return
+        host = app.port.getHost()
+        logger.info("database: %s", redact(args.database))
+        print(f"listening on http://{host.host}:{host.port}", flush=True)
+
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(app.drain()))
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(start()))
+    reactor.run()
+    if failed:
+        print(failed[0], file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

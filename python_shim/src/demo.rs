@@ -1,0 +1,86 @@
+//! The demo service's Rust handler: `GET /versions`, the shape of Synapse's.
+//!
+//! It reads the user's feature flags through `run_interaction` on the same Python
+//! pool the Python handlers use, and builds the answer on a Tokio worker.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3_twisted::create_deferred;
+use pyo3_twisted::db::PythonDatabasePool;
+
+use crate::flags::get_flags;
+
+/// The spec versions the demo claims to support.
+const VERSIONS: [&str; 4] = ["v1.1", "v1.2", "v1.3", "v1.11"];
+
+/// `GET /versions?user_id=…`, answered in Rust.
+#[pyclass(frozen, module = "pyo3_twisted.demo")]
+struct VersionsHandler {
+    pool: Arc<PythonDatabasePool>,
+    known_features: Arc<Vec<String>>,
+    work: Duration,
+}
+
+#[pymethods]
+impl VersionsHandler {
+    /// `pool`: the Python `DatabasePool`; `known_features`: every feature the server
+    /// knows (off unless the user turned it on); `rust_work_ms`: CPU time to spend
+    /// per request, standing in for real handler work (0 by default).
+    #[new]
+    #[pyo3(signature = (pool, reactor, known_features, rust_work_ms=0))]
+    fn new(pool: Py<PyAny>, reactor: Py<PyAny>, known_features: Vec<String>, rust_work_ms: u64) -> Self {
+        Self {
+            pool: Arc::new(PythonDatabasePool::new(pool, reactor)),
+            known_features: Arc::new(known_features),
+            work: Duration::from_millis(rust_work_ms),
+        }
+    }
+
+    /// A Deferred of `{"versions": [...], "unstable_features": {feature: bool}}`.
+    fn handle<'py>(&self, py: Python<'py>, reactor: &Bound<'py, PyAny>, user_id: String) -> PyResult<Bound<'py, PyAny>> {
+        let (pool, known, work) = (Arc::clone(&self.pool), Arc::clone(&self.known_features), self.work);
+        create_deferred(py, reactor, async move {
+            let flags = get_flags(&*pool, user_id)
+                .await
+                .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(format!("{e:#}")))?;
+            let mut features: BTreeMap<String, bool> = known.iter().map(|name| (name.clone(), false)).collect();
+            for (name, enabled) in flags {
+                if let Some(slot) = features.get_mut(&name) {
+                    *slot = enabled;
+                }
+            }
+            spend_cpu(work);
+            Ok(Response {
+                versions: VERSIONS.to_vec(),
+                unstable_features: features,
+            })
+        })
+    }
+}
+
+/// Converted to a Python dict on the reactor thread.
+#[derive(IntoPyObject)]
+struct Response {
+    versions: Vec<&'static str>,
+    unstable_features: BTreeMap<String, bool>,
+}
+
+fn spend_cpu(work: Duration) {
+    if work.is_zero() {
+        return;
+    }
+    let start = std::time::Instant::now();
+    let mut x = 0_u64;
+    while start.elapsed() < work {
+        for _ in 0..10_000 {
+            x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+        }
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<VersionsHandler>()
+}

@@ -1,0 +1,177 @@
+"""The demo service end to end: a subprocess, real HTTP, the access log, SIGTERM."""
+
+import http.client
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+ACCESS = re.compile(
+    r'"(?P<method>\w+) (?P<uri>\S+)" (?P<status>\d+) (?P<size>\d+)B \S+sec '
+    r"ru=\((?P<utime>[\d.]+), (?P<stime>[\d.]+)\) db=\((?P<sched>[\d.]+)/(?P<txn>[\d.]+)/(?P<count>\d+)\)"
+)
+
+
+class Demo:
+    def __init__(self, database, *extra):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pyo3_twisted.demo", "--port", "0", "--database", database, *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "RUST_BACKTRACE": "0"},
+        )
+        self.stderr_lines = []
+        self._stderr = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr.start()
+        line = self.proc.stdout.readline()  # blocks until ready (or exit)
+        match = re.match(r"listening on http://([\d.]+):(\d+)", line)
+        assert match, f"demo did not start: {line!r}\n" + "".join(self.stderr_lines)
+        self.host, self.port = match.group(1), int(match.group(2))
+
+    def _read_stderr(self):
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
+
+    def request(self, method, path, body=None, timeout=30):
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body)
+            response = conn.getresponse()
+            return response.status, json.loads(response.read() or b"null")
+        finally:
+            conn.close()
+
+    def access_lines(self):
+        return [m.groupdict() for line in list(self.stderr_lines) if (m := ACCESS.search(line))]
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._stderr.join(5)
+        return code
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    if request.param == "sqlite":
+        return str(tmp_path / "demo.sqlite3")
+    dsn = request.getfixturevalue("pg_dsn")
+    import psycopg2
+
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS feature_flags")
+    conn.close()
+    return dsn
+
+
+def test_versions_put_and_the_access_log(database):
+    demo = Demo(database, "--rust-work-ms", "30")
+    try:
+        status, body = demo.request("GET", "/versions?user_id=@alice:example.org")
+        assert status == 200
+        assert "v1.11" in body["versions"]
+        assert body["unstable_features"] == {
+            "dark_mode": True,
+            "msc3026.busy_presence": False,
+            "msc3881": True,
+            "msc4140.delayed_events": False,
+        }
+        # A Python write is visible to the Rust read (one pool for both).
+        assert demo.request("PUT", "/features/@alice:example.org/dark_mode", b'{"enabled": false}') == (200, {})
+        status, body = demo.request("GET", "/versions?user_id=%40alice%3Aexample.org")
+        assert body["unstable_features"]["dark_mode"] is False
+    finally:
+        assert demo.stop() == 0
+    gets = [line for line in demo.access_lines() if line["method"] == "GET" and line["status"] == "200"]
+    assert len(gets) == 2, demo.stderr_lines
+    for line in gets:
+        # The Rust transaction is on the request's bill...
+        assert int(line["count"]) >= 1
+        # ...and so is the Rust handler's CPU time (30 ms per request).
+        assert float(line["utime"]) + float(line["stime"]) >= 0.025, line
+    puts = [line for line in demo.access_lines() if line["method"] == "PUT"]
+    assert puts and int(puts[0]["count"]) == 1
+    assert any("shut down cleanly" in line for line in demo.stderr_lines)
+
+
+def test_bad_requests_get_4xx_and_change_nothing(tmp_path):
+    path = str(tmp_path / "demo.sqlite3")
+    demo = Demo(path)
+    try:
+        before = demo.request("GET", "/versions?user_id=@alice:example.org")[1]
+        cases = [
+            (("GET", "/nowhere"), 404, "M_UNRECOGNIZED"),
+            (("DELETE", "/versions"), 405, "M_UNRECOGNIZED"),
+            (("GET", "/versions"), 400, "M_MISSING_PARAM"),
+            (("GET", "/versions?user_id="), 400, "M_MISSING_PARAM"),
+            (("PUT", "/features/@alice:example.org/dark_mode", b"{not json"), 400, "M_NOT_JSON"),
+            (("PUT", "/features/@alice:example.org/dark_mode", b'{"enabled": "yes"}'), 400, "M_BAD_JSON"),
+            (("PUT", "/features/@alice:example.org/teleport", b'{"enabled": true}'), 404, "M_NOT_FOUND"),
+            (("PUT", "/features/@alice:example.org/dark_mode", b"x" * 70000), 413, "M_TOO_LARGE"),
+        ]
+        for args, status, errcode in cases:
+            got_status, body = demo.request(*args)
+            assert (got_status, body.get("errcode")) == (status, errcode), (args[:2], got_status, body)
+            assert isinstance(body.get("error"), str)
+        # SQL-injection-shaped user ids are ordinary, unknown users.
+        status, body = demo.request("GET", "/versions?user_id=x%27%20OR%20%271%27%3D%271")
+        assert status == 200 and not any(body["unstable_features"].values())
+        status, _ = demo.request("PUT", "/features/x%27%20OR%20%271%27%3D%271/msc3881", b'{"enabled": true}')
+        assert status == 200
+        assert demo.request("GET", "/versions?user_id=@alice:example.org")[1] == before
+    finally:
+        assert demo.stop() == 0
+    rows = sqlite3.connect(path).execute("SELECT user_id, feature, enabled FROM feature_flags ORDER BY 1, 2").fetchall()
+    assert rows == [
+        ("@alice:example.org", "dark_mode", 1),
+        ("@alice:example.org", "msc3881", 1),
+        ("@bob:example.org", "msc4140.delayed_events", 1),
+        ("x' OR '1'='1", "msc3881", 1),
+    ]
+
+
+def test_sigterm_during_200_concurrent_requests(tmp_path):
+    demo = Demo(str(tmp_path / "demo.sqlite3"), "--rust-work-ms", "20", "--shutdown-timeout", "10")
+    outcomes = []
+    lock = threading.Lock()
+    answered = threading.Semaphore(0)
+
+    def client():
+        try:
+            status, _ = demo.request("GET", "/versions?user_id=@alice:example.org", timeout=60)
+            outcome = f"status {status}"
+            answered.release()
+        except (ConnectionError, http.client.HTTPException, OSError) as e:
+            outcome = f"closed ({type(e).__name__})"
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=client) for _ in range(200)]
+    for t in threads:
+        t.start()
+    # Signal once the service is demonstrably busy answering.
+    for _ in range(10):
+        assert answered.acquire(timeout=30)
+    started = time.monotonic()
+    demo.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(60)
+    code = demo.stop()
+    elapsed = time.monotonic() - started
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    assert code == 0
+    assert elapsed < 10 + 5
+    assert len(outcomes) == 200
+    # Every request was answered (200, or 503 if it came in during shutdown) or its
+    # connection was closed; none hung.
+    assert all(o in ("status 200", "status 503") or o.startswith("closed") for o in outcomes), set(outcomes)
+    assert outcomes.count("status 200") >= 10
