@@ -30,7 +30,7 @@ export PYO3_PYTHON := $(VENV)/bin/python
 export PYO3_TWISTED_VENV := $(VENV)
 export CARGO_TERM_COLOR := never
 
-.PHONY: demo example test venv wheel lint postgres postgres-stop rust-test rust-test-pyo3-min py-test py-test-oldest clean
+.PHONY: demo example bench loom test venv wheel lint postgres postgres-stop rust-test rust-test-pyo3-min py-test py-test-oldest clean
 
 # The demo service on http://127.0.0.1:8008 (SQLite in target/, seeded on first run).
 # DEMO_ARGS="--database postgresql://user@127.0.0.1/db" switches to PostgreSQL.
@@ -41,7 +41,7 @@ demo: wheel
 example: wheel
 	$(VENV)/bin/python examples/hello_twisted.py
 
-test: wheel lint postgres rust-test rust-test-pyo3-min py-test py-test-oldest
+test: wheel lint postgres rust-test rust-test-pyo3-min loom py-test py-test-oldest
 	$(MAKE) --no-print-directory postgres-stop
 	@echo "== all tests passed =="
 
@@ -69,6 +69,22 @@ wheel: venv
 lint: venv
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+# The mailbox's wake protocol, model-checked (src/wake_flag.rs under loom's atomics;
+# its own cfg, and target dir, so tokio is not built in loom mode).
+loom:
+	RUSTFLAGS="--cfg pyo3_twisted_loom" CARGO_TARGET_DIR=$(CURDIR)/target/loom \
+	  cargo test --release -p pyo3-twisted-loom
+
+# pyo3-twisted against its peers, on this machine; figures in benches/results/ and
+# benches/README.md. The peers (naive bridge, pyo3-async-runtimes) are a wheel of
+# their own, never installed by the other targets.
+bench: wheel postgres
+	$(VENV)/bin/pip install -q matplotlib
+	$(VENV)/bin/maturin build --quiet -m benches/peers/Cargo.toml --release -o $(CURDIR)/target/bench-wheels -i $(PYO3_PYTHON)
+	$(VENV)/bin/pip install -q --force-reinstall --no-deps $(CURDIR)/target/bench-wheels/*.whl
+	cargo bench --bench rust_parts -- --warm-up-time 1 --measurement-time 3
+	$(WITH_PG) $(VENV)/bin/python benches/bench.py $(BENCH_ARGS)
 
 postgres:
 	mkdir -p $(dir $(PG_DSN_FILE))

@@ -235,7 +235,7 @@ where
 /// The start job. Reactor thread.
 fn start(
     py: Python<'_>,
-    bridge: &Bridge,
+    bridge: &Arc<Bridge>,
     scope: Option<&TaskScope>,
     factory: BoxedFactory,
     complete: Completer,
@@ -245,30 +245,45 @@ fn start(
         return Ok(());
     }
     Counters::bump(&bridge.counters.awaitables_started);
+    let started = match bridge.provider() {
+        // The provider's run_in_background runs the factory in the task's context
+        // and keeps the rules for whatever it returns.
+        Some(provider) => {
+            let begin = || {
+                let factory = Bound::new(
+                    py,
+                    Factory {
+                        f: Mutex::new(Some(factory)),
+                    },
+                )?;
+                provider.run_in_background(py, factory.into_any())
+            };
+            match scope {
+                Some(scope) => scope.with_context(py, begin),
+                None => begin(),
+            }
+        }
+        None => match factory(py) {
+            // A plain value needs no Deferred: answer at once.
+            Ok(value) if is_plain_value(&value) => {
+                Counters::bump(&bridge.counters.awaitables_completed);
+                complete(py, Ok(value));
+                bridge.note_handoff(py);
+                return Ok(());
+            }
+            Ok(value) => to_deferred(value),
+            Err(err) => Err(err),
+        },
+    };
     let resolver = Bound::new(
         py,
         Resolver {
             complete: Mutex::new(Some(complete)),
             shared: Arc::clone(&shared),
             counters: Arc::clone(&bridge.counters),
+            bridge: Arc::downgrade(bridge),
         },
     )?;
-    let begin = || match bridge.provider() {
-        Some(provider) => {
-            let factory = Bound::new(
-                py,
-                Factory {
-                    f: Mutex::new(Some(factory)),
-                },
-            )?;
-            provider.run_in_background(py, factory.into_any())
-        }
-        None => factory(py).and_then(to_deferred),
-    };
-    let started = match scope {
-        Some(scope) => scope.with_context(py, begin),
-        None => begin(),
-    };
     match started {
         Ok(deferred) => {
             deferred.call_method1(intern!(py, "addBoth"), (&resolver,))?;
@@ -279,6 +294,21 @@ fn start(
         Err(err) => resolver.get().resolve(py, Err(err)),
     }
     Ok(())
+}
+
+/// Values of the common built-in types, which cannot be awaited: checked by exact
+/// type, so no attribute lookup (and no exception) is spent on them.
+fn is_plain_value(value: &Bound<'_, PyAny>) -> bool {
+    use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+    value.is_none()
+        || value.is_exact_instance_of::<PyInt>()
+        || value.is_exact_instance_of::<PyString>()
+        || value.is_exact_instance_of::<PyBool>()
+        || value.is_exact_instance_of::<PyFloat>()
+        || value.is_exact_instance_of::<PyBytes>()
+        || value.is_exact_instance_of::<PyList>()
+        || value.is_exact_instance_of::<PyDict>()
+        || value.is_exact_instance_of::<PyTuple>()
 }
 
 /// Calls the Rust factory once, from `run_in_background` (so it runs in the
@@ -308,6 +338,7 @@ struct Resolver {
     complete: Mutex<Option<Completer>>,
     shared: Arc<Shared>,
     counters: Arc<Counters>,
+    bridge: std::sync::Weak<Bridge>,
 }
 
 impl Resolver {
@@ -318,6 +349,10 @@ impl Resolver {
         if let Some(complete) = complete {
             Counters::bump(&self.counters.awaitables_completed);
             complete(py, outcome);
+            // The waiting task will answer soon: linger for it.
+            if let Some(bridge) = self.bridge.upgrade() {
+                bridge.note_handoff(py);
+            }
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::logcontext::TaskScope;
 use crate::registry::Key;
 use crate::runtime::bridge_for;
 use crate::stats::Counters;
-use crate::twisted::deferred_class;
+use crate::twisted::{already_called_error, deferred_class};
 
 /// Runs `fut` on the reactor's Tokio runtime and returns a Twisted `Deferred` for its
 /// result.
@@ -46,8 +46,10 @@ use crate::twisted::deferred_class;
 /// - reactor shutdown with `fut` still running after `shutdown_timeout`, or a call
 ///   after shutdown began: fails with [`RuntimeShutdown`].
 ///
-/// With a logcontext provider configured, the Deferred follows its rules
-/// (`make_deferred_yieldable`).
+/// With a logcontext provider configured and a caller inside a logging context,
+/// the Deferred follows the provider's rules (`make_deferred_yieldable`): the
+/// reactor gets the sentinel back now and the caller's context is restored for the
+/// callbacks. A caller in the sentinel gets the plain Deferred, which fires there.
 ///
 /// ```no_run
 /// use pyo3::prelude::*;
@@ -82,6 +84,8 @@ where
         Some(provider) => provider.capture(py)?,
         None => None,
     };
+    // A caller in the sentinel (the reactor itself) needs no context restored.
+    let yieldable = context.is_some();
     let scope = Arc::new(TaskScope::new(Arc::clone(&bridge), context));
     let (abort, registration) = AbortHandle::new_pair();
     let key = bridge
@@ -109,10 +113,12 @@ where
             Counters::bump(&bridge.counters.tasks_rejected_after_shutdown);
             reject(py, &deferred)?;
         }
+    } else {
+        bridge.note_handoff(py);
     }
     match bridge.provider() {
-        Some(provider) => provider.make_deferred_yieldable(deferred),
-        None => Ok(deferred),
+        Some(provider) if yieldable => provider.make_deferred_yieldable(deferred),
+        _ => Ok(deferred),
     }
 }
 
@@ -173,11 +179,11 @@ where
             )
         }
     };
-    // Someone fired our Deferred by hand: the result has nowhere to go.
-    let fired = if deferred.getattr(intern!(py, "called"))?.is_truthy()? {
-        Ok(())
-    } else {
-        deferred.call_method1(method, (arg,)).map(drop)
+    let fired = match deferred.call_method1(method, (arg,)) {
+        Ok(_) => Ok(()),
+        // Someone fired our Deferred by hand: the result has nowhere to go.
+        Err(err) if err.is_instance(py, already_called_error(py)?) => Ok(()),
+        Err(err) => Err(err),
     };
     bridge.entry_left(py);
     fired

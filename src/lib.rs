@@ -82,7 +82,7 @@ mod deferred;
 mod errors;
 mod logcontext;
 mod logging;
-mod mailbox;
+pub(crate) mod mailbox;
 mod registry;
 mod runtime;
 mod stats;
@@ -91,6 +91,7 @@ mod task;
 mod threads;
 mod twisted;
 mod wake;
+mod wake_flag;
 
 pub use awaitable::{run_python_awaitable, ReactorHandle};
 pub use config::{LogContextProvider, RuntimeConfig, WakeMode};
@@ -100,3 +101,10 @@ pub use logging::Logger;
 pub use runtime::{install_runtime, stats, RUNTIME_ATTR};
 pub use stats::Stats;
 pub use task::spawn;
+
+/// Internals exposed for this crate's benchmarks and model checks; not a stable
+/// API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::mailbox::WakeFlag;
+}

@@ -30,6 +30,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::RwLock;
@@ -39,6 +40,7 @@ use pyo3::prelude::*;
 use crate::errors::{panic_message, report, RustPanicError};
 use crate::stats::Counters;
 use crate::wake::Waker;
+pub use crate::wake_flag::WakeFlag;
 
 /// Work for the reactor thread. Its error, if any, is reported through Twisted's log.
 pub(crate) type Job = Box<dyn for<'py> FnOnce(Python<'py>) -> PyResult<()> + Send>;
@@ -50,7 +52,7 @@ pub(crate) const MAX_BATCH: usize = 4096;
 pub(crate) struct Mailbox {
     tx: Sender<Job>,
     rx: Receiver<Job>,
-    wake_pending: AtomicBool,
+    wake_pending: WakeFlag,
     closed: AtomicBool,
     waker: RwLock<Option<Waker>>,
     counters: Arc<Counters>,
@@ -62,7 +64,7 @@ impl Mailbox {
         Self {
             tx,
             rx,
-            wake_pending: AtomicBool::new(false),
+            wake_pending: WakeFlag::new(),
             closed: AtomicBool::new(false),
             waker: RwLock::new(None),
             counters,
@@ -86,7 +88,7 @@ impl Mailbox {
             self.discard_queued();
             return;
         }
-        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+        if self.wake_pending.request_wake() {
             self.wake();
         }
     }
@@ -103,7 +105,7 @@ impl Mailbox {
     /// that was asked for before it existed.
     pub fn set_waker(&self, waker: Waker) {
         *self.waker.write() = Some(waker);
-        if self.wake_pending.load(Ordering::SeqCst) {
+        if self.wake_pending.is_pending() {
             self.wake();
         }
     }
@@ -116,7 +118,63 @@ impl Mailbox {
     /// returned, so no job is lost to it.
     pub fn drain(&self, py: Python<'_>) -> PyResult<usize> {
         Counters::bump(&self.counters.mailbox_drains);
-        self.wake_pending.swap(false, Ordering::AcqRel);
+        self.wake_pending.begin_drain();
+        self.run_jobs(py)
+    }
+
+    /// Keeps the reactor thread polling the mailbox, GIL released, while results
+    /// are expected: from now until `idle` passes without a job (at most `budget`
+    /// in all). Producers meanwhile push without waking anyone, sparing the
+    /// eventfd write, the epoll wake-up and, above all, the cross-thread wake-up
+    /// latency of a sleeping reactor. Reactor thread.
+    pub fn linger(&self, py: Python<'_>, idle: Duration, budget: Duration) -> PyResult<usize> {
+        let start = Instant::now();
+        // Producers that see the flag set push silently; we poll instead.
+        self.wake_pending.suppress();
+        let mut ran = 0;
+        let outcome = loop {
+            match self.run_jobs(py) {
+                Ok(0) => {}
+                Ok(n) => ran += n,
+                Err(err) => break Err(err),
+            }
+            let now = Instant::now();
+            if now.duration_since(start) >= budget {
+                break Ok(ran);
+            }
+            let until = (now + idle).min(start + budget);
+            let arrived = py.detach(|| {
+                let mut spins = 0_u32;
+                while self.rx.is_empty() {
+                    if Instant::now() >= until {
+                        return false;
+                    }
+                    spins += 1;
+                    if spins % 64 == 0 {
+                        std::thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+                true
+            });
+            if !arrived {
+                break Ok(ran);
+            }
+        };
+        // Back to the wake protocol: clear the flag, then take what was pushed
+        // before the clear (whoever pushes after it wakes the reactor).
+        self.wake_pending.begin_drain();
+        let last = self.run_jobs(py);
+        Counters::bump(&self.counters.mailbox_lingers);
+        match (outcome, last) {
+            (Ok(n), Ok(m)) => Ok(n + m),
+            (Err(err), _) | (_, Err(err)) => Err(err),
+        }
+    }
+
+    /// Runs up to `MAX_BATCH` queued jobs; schedules a wake-up if more remain.
+    fn run_jobs(&self, py: Python<'_>) -> PyResult<usize> {
         let mut ran = 0;
         let mut interrupt = None;
         while ran < MAX_BATCH {
@@ -142,10 +200,7 @@ impl Mailbox {
                 report(py, err, "pyo3-twisted: a mailbox job failed");
             }
         }
-        if ran == MAX_BATCH
-            && !self.rx.is_empty()
-            && !self.wake_pending.swap(true, Ordering::AcqRel)
-        {
+        if ran == MAX_BATCH && !self.rx.is_empty() && self.wake_pending.request_wake() {
             self.wake();
         }
         self.counters

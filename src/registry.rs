@@ -7,6 +7,7 @@
 //! makes "fires exactly once" hold when a cancel races a completion.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use futures_util::future::AbortHandle;
 use pyo3::prelude::*;
@@ -25,9 +26,33 @@ pub(crate) struct Entry {
     task: u64,
 }
 
+/// Hashes object addresses: they are distinct already, so one multiply mixes them
+/// (SipHash's resistance to chosen keys is not needed for our own pointers). The
+/// shift drops the alignment zeros; the fold spreads the high bits into the low
+/// ones the table indexes by.
+#[derive(Default, Clone, Copy)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_usize(&mut self, address: usize) {
+        let x = ((address as u64) >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = x ^ (x >> 32);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Registry {
-    entries: HashMap<usize, Entry>,
+    entries: HashMap<usize, Entry, BuildHasherDefault<AddressHasher>>,
     next_task: u64,
 }
 

@@ -47,6 +47,10 @@ pub const RUNTIME_ATTR: &str = "_pyo3_twisted_runtime";
 /// blocking call.
 const DROP_GRACE: Duration = Duration::from_secs(1);
 
+/// Longest the reactor lingers for results in one go, however busy the mailbox:
+/// then it returns to servicing its other file descriptors.
+const LINGER_BUDGET: Duration = Duration::from_millis(1);
+
 /// How long starting waits for the worker threads to come up before going on.
 const WORKER_START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -91,6 +95,10 @@ pub(crate) struct Bridge {
     tokio: OnceLock<tokio::runtime::Handle>,
     provider: Option<Provider>,
     reactor_address: usize,
+    /// The reactor-side linger: a `callLater(0)` callable (fd mode only), and
+    /// whether one is scheduled or running.
+    linger: OnceLock<Py<PyAny>>,
+    linger_scheduled: std::sync::atomic::AtomicBool,
     slow: Mutex<Slow>,
 }
 
@@ -202,6 +210,8 @@ fn install(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyResult<Arc<Br
         tokio: OnceLock::new(),
         provider,
         reactor_address: reactor.as_ptr() as usize,
+        linger: OnceLock::new(),
+        linger_scheduled: std::sync::atomic::AtomicBool::new(false),
         slow: Mutex::new(Slow {
             reactor: Some(reactor.clone().unbind()),
             wake_mode: "none",
@@ -301,10 +311,17 @@ impl Bridge {
         let runtime = self.build_tokio(py)?;
         let installed = wake::install(py, reactor.bind(py), self.config.wake, &self.mailbox)?;
         self.mailbox.set_waker(installed.waker);
-        self.submitter.start(runtime.handle());
+        self.submitter.start(runtime.handle(), self.config.linger);
         let _ = self.tokio.set(runtime.handle().clone());
         self.reactor_thread
             .store(threads::current_id(), Ordering::Release);
+        if installed.reader.is_some() && !self.config.linger.is_zero() {
+            let linger = bridge_callback(py, self, c"linger", |bridge, py, _| {
+                bridge.linger(py);
+                Ok(py.None())
+            })?;
+            let _ = self.linger.set(linger);
+        }
         {
             let mut slow = self.slow.lock();
             slow.runtime = Some(runtime);
@@ -429,6 +446,40 @@ impl Bridge {
             self.entry_left(py);
         }
         Ok(py.None())
+    }
+
+    /// Work was just handed to Tokio from the reactor thread: make sure the reactor
+    /// lingers for the results once the current reactor turn is done (one
+    /// `callLater(0)` per burst of hand-offs).
+    pub fn note_handoff(&self, py: Python<'_>) {
+        let Some(linger) = self.linger.get() else {
+            return;
+        };
+        if self.linger_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let reactor = self.slow.lock().reactor.as_ref().map(|r| r.clone_ref(py));
+        let scheduled = reactor.map(|reactor| {
+            reactor
+                .bind(py)
+                .call_method1(intern!(py, "callLater"), (0.0, linger.bind(py)))
+        });
+        if !matches!(scheduled, Some(Ok(_))) {
+            self.linger_scheduled.store(false, Ordering::Release);
+        }
+    }
+
+    fn linger(&self, py: Python<'_>) {
+        if self.phase.load(Ordering::Acquire) <= DRAINING {
+            if let Err(err) = self.mailbox.linger(py, self.config.linger, LINGER_BUDGET) {
+                report(
+                    py,
+                    err,
+                    "pyo3-twisted: interrupted while lingering for results",
+                );
+            }
+        }
+        self.linger_scheduled.store(false, Ordering::Release);
     }
 
     /// Called after an entry left the registry; finishes a shutdown that waited for it.
@@ -609,6 +660,7 @@ impl Bridge {
             mailbox_batches: get(&c.mailbox_batches),
             mailbox_jobs: get(&c.mailbox_jobs),
             mailbox_max_batch: get(&c.mailbox_max_batch),
+            mailbox_lingers: get(&c.mailbox_lingers),
             gil_acquisitions_on_tokio_threads: threads::gil_acquisitions_on_tokio_threads(),
         }
     }

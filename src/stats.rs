@@ -20,6 +20,7 @@ pub(crate) struct Counters {
     pub mailbox_batches: AtomicU64,
     pub mailbox_jobs: AtomicU64,
     pub mailbox_max_batch: AtomicU64,
+    pub mailbox_lingers: AtomicU64,
 }
 
 impl Counters {
@@ -72,6 +73,8 @@ pub struct Stats {
     pub mailbox_jobs: u64,
     /// Largest number of jobs run in one drain.
     pub mailbox_max_batch: u64,
+    /// Times the reactor lingered for results after handing work to Tokio.
+    pub mailbox_lingers: u64,
     /// GIL acquisitions made by this crate on Tokio threads, process-wide (the
     /// design keeps it at zero).
     pub gil_acquisitions_on_tokio_threads: u64,
@@ -80,7 +83,7 @@ pub struct Stats {
 impl Stats {
     /// The snapshot as `(name, value)` pairs, in declaration order; numbers as `u64`,
     /// `state` and `wake_mode` excluded.
-    pub fn counters(&self) -> [(&'static str, u64); 18] {
+    pub fn counters(&self) -> [(&'static str, u64); 19] {
         [
             ("worker_threads", self.worker_threads),
             ("tokio_threads_live", self.tokio_threads_live),
@@ -102,6 +105,7 @@ impl Stats {
             ("mailbox_batches", self.mailbox_batches),
             ("mailbox_jobs", self.mailbox_jobs),
             ("mailbox_max_batch", self.mailbox_max_batch),
+            ("mailbox_lingers", self.mailbox_lingers),
             (
                 "gil_acquisitions_on_tokio_threads",
                 self.gil_acquisitions_on_tokio_threads,

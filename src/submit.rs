@@ -15,7 +15,10 @@ use std::future::Future;
 use std::pin::Pin;
 
 use parking_lot::Mutex;
+use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
+
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// A type-erased task, ready to spawn.
@@ -44,14 +47,36 @@ impl Submitter {
     }
 
     /// Starts the pump on `handle`; tasks queued so far start now.
-    pub fn start(&self, handle: &Handle) {
+    ///
+    /// After a batch the pump keeps polling for `linger` (yielding to the tasks it
+    /// spawned in between) before it parks: a task submitted meanwhile starts
+    /// without waking a sleeping worker.
+    pub fn start(&self, handle: &Handle, linger: Duration) {
         if let Some(mut rx) = self.rx.lock().take() {
             handle.spawn(async move {
                 let mut batch = Vec::with_capacity(BATCH);
-                while rx.recv_many(&mut batch, BATCH).await > 0 {
+                let mut last_work = Instant::now();
+                loop {
+                    match rx.try_recv() {
+                        Ok(task) => {
+                            tokio::spawn(task);
+                            last_work = Instant::now();
+                            continue;
+                        }
+                        Err(TryRecvError::Disconnected) => break,
+                        Err(TryRecvError::Empty) if last_work.elapsed() < linger => {
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                        Err(TryRecvError::Empty) => {}
+                    }
+                    if rx.recv_many(&mut batch, BATCH).await == 0 {
+                        break;
+                    }
                     for task in batch.drain(..) {
                         tokio::spawn(task);
                     }
+                    last_work = Instant::now();
                 }
             });
         }

@@ -20,6 +20,10 @@ cached!(
     deferred_class = "twisted.internet.defer"."Deferred"
 );
 cached!(
+    /// `twisted.internet.defer.AlreadyCalledError`
+    already_called_error = "twisted.internet.defer"."AlreadyCalledError"
+);
+cached!(
     /// `twisted.internet.defer.ensureDeferred`
     ensure_deferred = "twisted.internet.defer"."ensureDeferred"
 );

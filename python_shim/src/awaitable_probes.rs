@@ -162,6 +162,48 @@ fn call_python_many<'py>(
     })
 }
 
+/// One Rust future awaiting `factory(i)` for i in 0..n, one after the other (the
+/// sequential round trip of `run_python_awaitable`); fires with the sum.
+#[pyfunction]
+fn call_python_sequentially<'py>(
+    py: Python<'py>,
+    reactor: &Bound<'py, PyAny>,
+    n: usize,
+    factory: Py<PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let factory = Arc::new(factory);
+    create_deferred(py, reactor, async move {
+        let handle = ReactorHandle::current().expect("inside a bridged task");
+        let mut sum = 0_i64;
+        for i in 0..n {
+            let factory = Arc::clone(&factory);
+            sum += handle
+                .run_python_awaitable_map(
+                    move |py| factory.bind(py).call1((i,)),
+                    |v| v.extract::<i64>(),
+                )
+                .await?;
+        }
+        Ok(sum)
+    })
+}
+
+/// A future that yields to Tokio `n` times (so is polled n + 1 times), then fires
+/// with n: the per-poll cost of the bridge's wrappers (CPU metering among them).
+#[pyfunction]
+fn yield_many<'py>(
+    py: Python<'py>,
+    reactor: &Bound<'py, PyAny>,
+    n: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    create_deferred(py, reactor, async move {
+        for _ in 0..n {
+            tokio::task::yield_now().await;
+        }
+        Ok(n)
+    })
+}
+
 /// Calls `run_python_awaitable(reactor, factory)` from a thread of its own (a Tokio
 /// runtime that is not the reactor's); `.wait(timeout)` returns `(ok, repr or error)`.
 #[pyfunction]
@@ -240,6 +282,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(log_messages, m)?)?;
     m.add_function(wrap_pyfunction!(call_python_many, m)?)?;
     m.add_function(wrap_pyfunction!(call_python_in_thread, m)?)?;
+    m.add_function(wrap_pyfunction!(call_python_sequentially, m)?)?;
+    m.add_function(wrap_pyfunction!(yield_many, m)?)?;
     m.add_class::<Gate>()?;
     m.add_class::<ForeignCall>()?;
     Ok(())

@@ -31,7 +31,12 @@ impl VersionsHandler {
     /// per request, standing in for real handler work (0 by default).
     #[new]
     #[pyo3(signature = (pool, reactor, known_features, rust_work_ms=0))]
-    fn new(pool: Py<PyAny>, reactor: Py<PyAny>, known_features: Vec<String>, rust_work_ms: u64) -> Self {
+    fn new(
+        pool: Py<PyAny>,
+        reactor: Py<PyAny>,
+        known_features: Vec<String>,
+        rust_work_ms: u64,
+    ) -> Self {
         Self {
             pool: Arc::new(PythonDatabasePool::new(pool, reactor)),
             known_features: Arc::new(known_features),
@@ -40,13 +45,23 @@ impl VersionsHandler {
     }
 
     /// A Deferred of `{"versions": [...], "unstable_features": {feature: bool}}`.
-    fn handle<'py>(&self, py: Python<'py>, reactor: &Bound<'py, PyAny>, user_id: String) -> PyResult<Bound<'py, PyAny>> {
-        let (pool, known, work) = (Arc::clone(&self.pool), Arc::clone(&self.known_features), self.work);
+    fn handle<'py>(
+        &self,
+        py: Python<'py>,
+        reactor: &Bound<'py, PyAny>,
+        user_id: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (pool, known, work) = (
+            Arc::clone(&self.pool),
+            Arc::clone(&self.known_features),
+            self.work,
+        );
         create_deferred(py, reactor, async move {
             let flags = get_flags(&*pool, user_id)
                 .await
                 .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(format!("{e:#}")))?;
-            let mut features: BTreeMap<String, bool> = known.iter().map(|name| (name.clone(), false)).collect();
+            let mut features: BTreeMap<String, bool> =
+                known.iter().map(|name| (name.clone(), false)).collect();
             for (name, enabled) in flags {
                 if let Some(slot) = features.get_mut(&name) {
                     *slot = enabled;

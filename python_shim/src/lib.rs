@@ -19,7 +19,7 @@ mod flags;
 mod probes;
 
 /// install(reactor, *, worker_threads=None, thread_name=None, shutdown_timeout=None,
-///         logcontext=None, track_cpu_time=None, wake=None)
+///         logcontext=None, track_cpu_time=None, wake=None, linger=None)
 ///
 /// Installs the pyo3-twisted runtime on `reactor`. Omitted options keep their
 /// defaults. Installing again with the same options is a no-op; with different ones,
@@ -27,7 +27,7 @@ mod probes;
 #[pyfunction]
 #[pyo3(signature = (
     reactor, *, worker_threads=None, thread_name=None, shutdown_timeout=None,
-    logcontext=None, track_cpu_time=None, wake=None
+    logcontext=None, track_cpu_time=None, wake=None, linger=None
 ))]
 #[allow(clippy::too_many_arguments)]
 fn install(
@@ -38,6 +38,7 @@ fn install(
     logcontext: Option<String>,
     track_cpu_time: Option<bool>,
     wake: Option<String>,
+    linger: Option<f64>,
 ) -> PyResult<()> {
     let mut config = RuntimeConfig::default();
     if let Some(n) = worker_threads {
@@ -61,6 +62,13 @@ fn install(
     }
     if let Some(wake) = wake {
         config.wake = WakeMode::parse(&wake)?;
+    }
+    if let Some(seconds) = linger {
+        config.linger = Duration::try_from_secs_f64(seconds).map_err(|_| {
+            PyValueError::new_err(format!(
+                "linger must be a number of seconds >= 0, got {seconds}"
+            ))
+        })?;
     }
     install_runtime(reactor, config)
 }

@@ -41,7 +41,9 @@
 
 use std::any::Any;
 use std::future::Future;
+#[cfg(feature = "postgres")]
 use std::sync::atomic::{AtomicBool, Ordering};
+#[cfg(feature = "postgres")]
 use std::task::Poll;
 
 use futures_util::future::BoxFuture;
@@ -145,9 +147,11 @@ pub(crate) fn foreign_await(name: &str) -> anyhow::Error {
 
 /// Set while a [`Transaction`] method is awaiting the database; lets a pool tell a
 /// closure waiting on its transaction from one waiting on anything else.
+#[cfg(feature = "postgres")]
 #[derive(Default, Debug)]
 pub(crate) struct InTransactionCall(AtomicBool);
 
+#[cfg(feature = "postgres")]
 impl InTransactionCall {
     /// Runs `fut` (a transaction method's database round trip) marked as in flight.
     pub async fn around<T>(&self, fut: impl Future<Output = T>) -> T {

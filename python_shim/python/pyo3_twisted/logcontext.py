@@ -151,12 +151,19 @@ class _Sentinel:
 SENTINEL_CONTEXT = _Sentinel()
 LoggingContextOrSentinel = Union["LoggingContext", _Sentinel]
 
-_local = threading.local()
+class _ThreadContext(threading.local):
+    # A class-level default: reading an attribute a thread never set would
+    # otherwise raise and catch AttributeError, costing a microsecond on every
+    # lookup from the reactor thread, which lives in the sentinel.
+    context: LoggingContextOrSentinel = SENTINEL_CONTEXT
+
+
+_local = _ThreadContext()
 
 
 def current_context() -> LoggingContextOrSentinel:
     """The calling thread's context (the sentinel if none)."""
-    return getattr(_local, "context", SENTINEL_CONTEXT)
+    return _local.context
 
 
 def set_current_context(context: LoggingContextOrSentinel) -> LoggingContextOrSentinel:
@@ -166,7 +173,7 @@ def set_current_context(context: LoggingContextOrSentinel) -> LoggingContextOrSe
     """
     if context is None:
         raise TypeError("set_current_context: context may not be None (use SENTINEL_CONTEXT)")
-    previous = current_context()
+    previous = _local.context
     if previous is not context:
         rusage = _thread_rusage()
         previous.stop(rusage)

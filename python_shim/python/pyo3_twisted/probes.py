@@ -14,6 +14,7 @@ from ._native import (
     call_python,
     call_python_in_thread,
     call_python_many,
+    call_python_sequentially,
     fail,
     log_messages,
     panic,
@@ -24,6 +25,7 @@ from ._native import (
     thread_name,
     three_calls,
     touch_python,
+    yield_many,
 )
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "call_python",
     "call_python_in_thread",
     "call_python_many",
+    "call_python_sequentially",
     "fail",
     "log_messages",
     "panic",
@@ -45,4 +48,5 @@ __all__ = [
     "thread_name",
     "three_calls",
     "touch_python",
+    "yield_many",
 ]

@@ -1,0 +1,227 @@
+"""`make bench`: pyo3-twisted against its peers, in one run, on this machine.
+
+Every row runs in fresh interpreters (a Twisted reactor runs once per process):
+--procs processes (3) of --reps repetitions (2) each, since on a small VM the
+figures move between processes as much as within one (thread placement). Prints µs
+per operation (median over all runs, min-max) with each row's ratio to its
+baselines and the goals of issue 6, writes the same as JSON, and draws throughput
+against concurrency for each strategy (one process of 3 repetitions per point).
+
+    python benches/bench.py [--procs N] [--reps N] [--quick] [--no-curve] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+ROWS = [
+    # name, case, params, description
+    ("floor", "deferred_floor", {"n": 10_000}, "plain-Python Deferred create+callback+fire"),
+    ("floor_lc", "deferred_floor", {"n": 10_000, "logcontext": True}, "the floor inside a request's logcontext (same dance as ours_conc_lc)"),
+    ("pingpong", "pingpong", {"m": 2_000}, "callFromThread ping-pong, Python thread <-> reactor"),
+    ("dtt_conc", "twisted", {"strategy": "defer_to_thread", "mode": "concurrent", "n": 10_000}, "deferToThread, 10k concurrent"),
+    ("dtt_seq", "twisted", {"strategy": "defer_to_thread", "mode": "sequential", "m": 2_000}, "deferToThread, sequential"),
+    ("naive_conc", "twisted", {"strategy": "naive", "mode": "concurrent", "n": 10_000}, "naive GIL-per-completion bridge, 10k concurrent"),
+    ("naive_seq", "twisted", {"strategy": "naive", "mode": "sequential", "m": 2_000}, "naive GIL-per-completion bridge, sequential"),
+    ("asyncio_conc", "asyncio", {"mode": "concurrent", "n": 10_000}, "pyo3-async-runtimes on asyncio, 10k concurrent"),
+    ("asyncio_seq", "asyncio", {"mode": "sequential", "m": 2_000}, "pyo3-async-runtimes on asyncio, sequential"),
+    ("ours_conc", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 10_000}, "create_deferred, 10k concurrent"),
+    ("ours_conc_prov", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 10_000, "provider_only": True}, "create_deferred, pyo3_twisted.logcontext provider, caller in the sentinel"),
+    ("ours_conc_lc", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 10_000, "logcontext": True}, "create_deferred + pyo3_twisted.logcontext, 10k concurrent"),
+    ("ours_conc_100k", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 100_000}, "create_deferred, 100k concurrent"),
+    ("ours_seq", "twisted", {"strategy": "ours", "mode": "sequential", "m": 2_000}, "create_deferred, sequential"),
+    ("await_conc", "awaitable", {"mode": "concurrent", "n": 10_000}, "run_python_awaitable from Tokio, 10k concurrent"),
+    ("await_seq", "awaitable", {"mode": "sequential", "m": 2_000}, "run_python_awaitable from Tokio, sequential"),
+    ("txn_rust", "interaction_sqlite", {"side": "rust", "m": 1_000}, "SQLite SELECT via run_interaction (Rust)"),
+    ("txn_python", "interaction_sqlite", {"side": "python", "m": 1_000}, "SQLite SELECT via runInteraction (Python)"),
+    ("pg_native", "pg_throughput", {"pool": "native", "total": 1_000}, "PostgreSQL, native pool, concurrency 8"),
+    ("pg_python", "pg_throughput", {"pool": "python", "total": 1_000}, "PostgreSQL, Python pool via run_interaction, concurrency 8"),
+    ("cpu_on", "cpu_accounting", {"track": True, "n": 200_000}, "per poll, CPU accounting on"),
+    ("cpu_off", "cpu_accounting", {"track": False, "n": 200_000}, "per poll, CPU accounting off"),
+]
+
+CURVE_STRATEGIES = {
+    "ours (create_deferred)": ("twisted", {"strategy": "ours"}),
+    "naive GIL bridge": ("twisted", {"strategy": "naive"}),
+    "pyo3-async-runtimes (asyncio)": ("asyncio", {}),
+    "deferToThread": ("twisted", {"strategy": "defer_to_thread"}),
+}
+CURVE_CONCURRENCY = [1, 10, 100, 1_000, 10_000, 100_000]
+
+# (description, numerator row, denominator row, bound, "<=" or ">=")
+GOALS = [
+    ("1. create_deferred 10k concurrent vs Deferred floor", "ours_conc", "floor", 3.0, "<="),
+    ("1. ... with the pyo3_twisted.logcontext provider vs floor", "ours_conc_prov", "floor", 4.0, "<="),
+    ("1. ... inside a request's logcontext vs the floor in one", "ours_conc_lc", "floor_lc", 4.0, "<="),
+    ("1. naive bridge vs create_deferred, 10k concurrent", "naive_conc", "ours_conc", 10.0, ">="),
+    ("2. create_deferred sequential vs ping-pong", "ours_seq", "pingpong", 0.5, "<="),
+    ("3. run_python_awaitable 10k concurrent vs floor", "await_conc", "floor", 4.0, "<="),
+    ("3. run_python_awaitable sequential vs ping-pong", "await_seq", "pingpong", 0.8, "<="),
+    ("4. Rust run_interaction vs Python runInteraction (SQLite)", "txn_rust", "txn_python", 1.15, "<="),
+    ("4. Python pool vs native pool time per txn (PostgreSQL)", "pg_python", "pg_native", 3.0, ">="),
+    ("5. 100k vs 10k concurrent, per completion", "ours_conc_100k", "ours_conc", 1.5, "<="),
+]
+
+
+def run_case(case: str, params: dict, timeout: float = 600) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "cases.py"), case, json.dumps(params)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "RUST_BACKTRACE": "0"},
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"case {case} {params} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summary(us: list[float]) -> dict:
+    return {"median": statistics.median(us), "min": min(us), "max": max(us), "runs": us}
+
+
+def scaled(params: dict, quick: bool) -> dict:
+    if not quick:
+        return params
+    return {k: (max(100, v // 10) if k in ("n", "m", "total") and isinstance(v, int) else v) for k, v in params.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--procs", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for trying the script")
+    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--no-curve", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    results: dict = {}
+    for name, case, params, description in ROWS:
+        if name.startswith("pg_") and not os.environ.get("PYO3_TWISTED_TEST_PG_DSN"):
+            print(f"  {name}: no PostgreSQL (set PYO3_TWISTED_TEST_PG_DSN; make bench does)", flush=True)
+            continue
+        runs: list[float] = []
+        extra: dict = {}
+        for _ in range(args.procs):
+            raw = run_case(case, {**scaled(params, args.quick), "reps": args.reps})
+            runs += raw["us"]
+            extra.update({k: v for k, v in raw.items() if k != "us"})
+        results[name] = {"description": description, **summary(runs), **extra}
+        print(f"  {name:15} {results[name]['median']:9.2f} µs  {description}", flush=True)
+    memory = run_case("memory", {"n": 10_000 if args.quick else 100_000})
+    results["memory"] = memory
+    print(f"  memory          {memory['bytes_per_inflight']:.0f} B per in-flight future", flush=True)
+
+    curve: dict = {}
+    if not args.no_curve:
+        for label, (case, base) in CURVE_STRATEGIES.items():
+            curve[label] = {}
+            previous = 0.0
+            for c in CURVE_CONCURRENCY:
+                if args.quick and c > 10_000:
+                    continue
+                total = max(c, 2_000 if args.quick else 20_000)
+                # A point predicted to take over a minute is left out (and said so).
+                if previous * total * 4 / 1e6 > 60:
+                    print(f"  curve {label:30} c={c:<7} skipped: ~{previous:.0f} µs/completion at the previous point", flush=True)
+                    continue
+                params = {**base, "mode": "batches", "c": c, "total": total, "reps": 3}
+                us = run_case(case, params)["us"]
+                curve[label][c] = previous = statistics.median(us)
+                print(f"  curve {label:30} c={c:<7} {curve[label][c]:9.2f} µs/completion", flush=True)
+        curve["Deferred floor (plain Python)"] = {c: results["floor"]["median"] for c in CURVE_CONCURRENCY}
+
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "twisted": __import__("twisted").__version__,
+        },
+        "seconds": round(time.time() - started),
+        "rows": results,
+        "goals": evaluate(results),
+        "curve": curve,
+    }
+    (out / "latest.json").write_text(json.dumps(report, indent=2))
+    print_table(report)
+    if curve:
+        draw(curve, out / "throughput.png")
+        print(f"\nwrote {out / 'latest.json'} and {out / 'throughput.png'}")
+    return 0
+
+
+def evaluate(results: dict) -> list[dict]:
+    goals = []
+    for description, num, den, bound, op in GOALS:
+        if num not in results or den not in results:
+            continue
+        ratio = results[num]["median"] / results[den]["median"]
+        met = ratio <= bound if op == "<=" else ratio >= bound
+        goals.append({"goal": description, "ratio": ratio, "bound": f"{op} {bound}", "met": met})
+    if "cpu_on" in results and "cpu_off" in results:
+        cost = results["cpu_on"]["median"] - results["cpu_off"]["median"]
+        goals.append({"goal": "6. CPU accounting cost per poll (µs)", "ratio": cost, "bound": "<= 1.0", "met": cost <= 1.0})
+    per_task = results["memory"]["bytes_per_inflight"]
+    goals.append({"goal": "5. memory per in-flight future (bytes)", "ratio": per_task, "bound": "<= 2048", "met": per_task <= 2048})
+    return goals
+
+
+def print_table(report: dict) -> None:
+    rows = report["rows"]
+    floor = rows["floor"]["median"]
+    pingpong = rows["pingpong"]["median"]
+    print(f"\n{'row':16} {'median µs':>10} {'min-max µs':>17} {'÷floor':>8} {'÷ping-pong':>11}  description")
+    for name, row in rows.items():
+        if name == "memory":
+            continue
+        print(
+            f"{name:16} {row['median']:10.2f} {row['min']:8.2f}-{row['max']:<8.2f} "
+            f"{row['median'] / floor:8.2f} {row['median'] / pingpong:11.3f}  {row['description']}"
+        )
+    mem = rows["memory"]
+    print(f"\nmemory: {mem['bytes_per_inflight']:.0f} B per in-flight future "
+          f"(a bare Deferred: {mem['bytes_per_bare_deferred']:.0f} B)")
+    print("\ngoals:")
+    for g in report["goals"]:
+        print(f"  [{'met' if g['met'] else 'NOT MET':7}] {g['goal']}: {g['ratio']:.3f} (goal {g['bound']})")
+
+
+def draw(curve: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, points in curve.items():
+        xs = sorted(points)
+        ys = [1e6 / points[x] for x in xs]
+        style = "--" if "floor" in label else "-o"
+        ax.plot(xs, ys, style, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("futures in flight (concurrency)")
+    ax.set_ylabel("completions per second")
+    ax.set_title("Rust future -> Python completion throughput (epoll reactor / asyncio)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

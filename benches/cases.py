@@ -1,0 +1,509 @@
+"""One benchmark case per process: `python benches/cases.py CASE JSON_PARAMS`.
+
+Prints one JSON object: {"us": [µs per operation, one per repetition], ...}.
+Twisted cases run on the real epoll reactor (it runs once per process, hence one
+process per case); asyncio cases on asyncio's default loop.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+PARAMS: dict = {}
+
+
+def emit(**result: Any) -> None:
+    print(json.dumps(result), flush=True)
+
+
+# -- Twisted drivers -----------------------------------------------------------------
+
+
+def twisted_main(body: Callable[[Any], Any], runtime: dict | None = None, hard_exit: bool = False) -> None:
+    """Install epoll, optionally our runtime, run `body(reactor)` (a coroutine
+    function) inside the reactor, emit its result, stop.
+
+    `hard_exit`: leave with os._exit once the result is out. The naive bridge needs
+    it: its Tokio threads take the GIL, and one doing so while CPython finalizes
+    aborts the process ("Fatal Python error: PyGILState_Release ... finalizing",
+    CPython gh-87135) — the failure mode pyo3-twisted is designed to avoid."""
+    from twisted.internet import epollreactor
+
+    epollreactor.install()
+    from twisted.internet import defer, reactor
+
+    if runtime is not None:
+        import pyo3_twisted
+
+        pyo3_twisted.install(reactor, **runtime)
+    outcome: dict = {}
+
+    async def main() -> None:
+        try:
+            outcome.update(await body(reactor))
+        except BaseException as e:  # reported, not swallowed
+            import traceback
+
+            outcome["error"] = "".join(traceback.format_exception(e))
+        finally:
+            reactor.stop()
+
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(main()))
+    reactor.run()
+    if "error" in outcome:
+        print(outcome["error"], file=sys.stderr)
+        sys.exit(1)
+    emit(**outcome)
+    if hard_exit:
+        os._exit(0)
+
+
+def concurrent(reactor: Any, make: Callable[[int], Any], n: int, after: Callable | None = None) -> Any:
+    """µs per completion: create n Deferreds at once, count completions with a plain
+    callback (not gatherResults, whose DeferredList costs more than the bridge)."""
+    from twisted.internet import defer
+
+    done = defer.Deferred()
+    left = [n]
+
+    def count(_: Any) -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            done.callback(None)
+
+    start = time.perf_counter()
+    for i in range(n):
+        d = make(i)
+        d.addCallback(count)
+        if after is not None:
+            d.addBoth(after)
+    return done, start
+
+
+async def measure_concurrent(reactor: Any, make: Callable, n: int, reps: int, after: Callable | None = None) -> list[float]:
+    await run_concurrent(reactor, make, min(n, 2000), after)  # warm up
+    out = []
+    for _ in range(reps):
+        gc.collect()
+        out.append(await run_concurrent(reactor, make, n, after))
+    return out
+
+
+async def run_concurrent(reactor: Any, make: Callable, n: int, after: Callable | None = None) -> float:
+    done, start = concurrent(reactor, make, n, after)
+    await done
+    return (time.perf_counter() - start) / n * 1e6
+
+
+async def measure_sequential(reactor: Any, make: Callable, m: int, reps: int) -> list[float]:
+    async def once(count: int) -> float:
+        start = time.perf_counter()
+        for i in range(count):
+            await make(i)
+        return (time.perf_counter() - start) / count * 1e6
+
+    await once(min(m, 200))
+    out = []
+    for _ in range(reps):
+        gc.collect()
+        out.append(await once(m))
+    return out
+
+
+async def measure_batches(reactor: Any, make: Callable, c: int, total: int, reps: int) -> list[float]:
+    """µs per completion with c in flight: batches of c until `total` completed."""
+    if c == 1:
+        return await measure_sequential(reactor, make, total, reps)
+    batches = max(1, total // c)
+    await run_concurrent(reactor, make, min(c, 2000))
+    out = []
+    for _ in range(reps):
+        gc.collect()
+        start = time.perf_counter()
+        for _ in range(batches):
+            done, _t = concurrent(reactor, make, c)
+            await done
+        out.append((time.perf_counter() - start) / (batches * c) * 1e6)
+    return out
+
+
+# -- makers ------------------------------------------------------------------------
+
+
+def maker(strategy: str, reactor: Any) -> Callable[[int], Any]:
+    from twisted.internet import threads
+
+    if strategy == "defer_to_thread":
+        return lambda i: threads.deferToThread(int, i)
+    if strategy == "naive":
+        from pyo3_twisted_bench_peers import naive_ready
+
+        return lambda i: naive_ready(reactor, i)
+    if strategy == "ours":
+        from pyo3_twisted import probes
+
+        return lambda i: probes.ready(reactor, i)
+    raise ValueError(strategy)
+
+
+def floor_us(n: int) -> float:
+    """Create a Deferred, add a callback, fire it: plain Python."""
+    from twisted.internet import defer
+
+    sink = [0]
+
+    def count(_: Any) -> None:
+        sink[0] += 1
+
+    start = time.perf_counter()
+    for i in range(n):
+        d = defer.Deferred()
+        d.addCallback(count)
+        d.callback(i)
+    return (time.perf_counter() - start) / n * 1e6
+
+
+# -- cases -------------------------------------------------------------------------
+
+
+def floor_lc_us(n: int) -> float:
+    """The floor, inside a request's logging context with the same dance the bridge
+    row does: enter the context, create the Deferred, make_deferred_yieldable (back
+    to the sentinel), fire it (the context is restored for the callbacks), reset."""
+    from twisted.internet import defer
+
+    from pyo3_twisted import logcontext as lc
+
+    context = lc.LoggingContext("bench")
+    sink = [0]
+
+    def count(_: Any) -> None:
+        sink[0] += 1
+
+    def reset(result: Any) -> Any:
+        lc.set_current_context(lc.SENTINEL_CONTEXT)
+        return result
+
+    start = time.perf_counter()
+    for i in range(n):
+        lc.set_current_context(context)
+        d = lc.make_deferred_yieldable(defer.Deferred())
+        d.addCallback(count)
+        d.addBoth(reset)
+        d.callback(i)
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def case_deferred_floor(p: dict) -> None:
+    measure = floor_lc_us if p.get("logcontext") else floor_us
+    measure(2000)
+    us = []
+    for _ in range(p["reps"]):
+        gc.collect()
+        us.append(measure(p["n"]))
+    emit(us=us)
+
+
+def case_pingpong(p: dict) -> None:
+    """A Python thread calls into the reactor with callFromThread and waits for the
+    reactor to answer: one round trip per operation."""
+    from twisted.internet import epollreactor
+
+    epollreactor.install()
+    from twisted.internet import reactor
+
+    answered = threading.Event()
+    us: list[float] = []
+
+    def thread_main() -> None:
+        for rep in range(p["reps"] + 1):
+            count = 200 if rep == 0 else p["m"]
+            start = time.perf_counter()
+            for _ in range(count):
+                answered.clear()
+                reactor.callFromThread(answered.set)
+                answered.wait()
+            if rep:
+                us.append((time.perf_counter() - start) / count * 1e6)
+        reactor.callFromThread(reactor.stop)
+
+    reactor.callWhenRunning(lambda: threading.Thread(target=thread_main).start())
+    reactor.run()
+    emit(us=us)
+
+
+def case_twisted(p: dict) -> None:
+    """A bridge strategy on Twisted: concurrent (n at once), sequential (m in a row),
+    or batches of c for the throughput curve."""
+    runtime = None
+    if p["strategy"] == "ours":
+        runtime = {}  # the default configuration
+        if p.get("logcontext") or p.get("provider_only"):
+            runtime["logcontext"] = "pyo3_twisted.logcontext"
+
+    async def body(reactor: Any) -> dict:
+        make = maker(p["strategy"], reactor)
+        after = None
+        # provider_only: the provider is configured but the caller is in the
+        # sentinel, so only the bridge's own logcontext work is measured.
+        if p.get("logcontext"):
+            from pyo3_twisted import logcontext as lc
+
+            inner = make
+            context = lc.LoggingContext("bench")
+
+            def make(i: int) -> Any:  # noqa: F811 - created inside a request's context
+                # As a request handler does: run in its context, create the
+                # Deferred, which (make_deferred_yieldable) hands the reactor back
+                # the sentinel and restores `context` when it fires.
+                lc.set_current_context(context)
+                return inner(i)
+
+            # What an awaiting coroutine does when it is done: back to the sentinel.
+            def after(result: Any) -> Any:
+                lc.set_current_context(lc.SENTINEL_CONTEXT)
+                return result
+
+        if p["mode"] == "concurrent":
+            return {"us": await measure_concurrent(reactor, make, p["n"], p["reps"], after)}
+        if p["mode"] == "sequential":
+            return {"us": await measure_sequential(reactor, make, p["m"], p["reps"])}
+        return {"us": await measure_batches(reactor, make, p["c"], p["total"], p["reps"])}
+
+    twisted_main(body, runtime, hard_exit=p["strategy"] == "naive")
+
+
+def case_asyncio(p: dict) -> None:
+    """pyo3-async-runtimes: a Rust future through future_into_py, awaited on asyncio."""
+    import asyncio
+
+    from pyo3_twisted_bench_peers import asyncio_ready
+
+    async def run_batch(c: int) -> float:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        left = [c]
+
+        def count(_: Any) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                done.set_result(None)
+
+        start = time.perf_counter()
+        for i in range(c):
+            asyncio.ensure_future(asyncio_ready(i)).add_done_callback(count)
+        await done
+        return (time.perf_counter() - start) / c * 1e6
+
+    async def sequential(m: int) -> float:
+        start = time.perf_counter()
+        for i in range(m):
+            await asyncio_ready(i)
+        return (time.perf_counter() - start) / m * 1e6
+
+    async def main() -> list[float]:
+        mode = p["mode"]
+        c = p.get("c", p.get("n", 1))
+        if mode == "sequential" or (mode == "batches" and c == 1):
+            m = p.get("m", p.get("total"))
+            await sequential(200)
+            return [await sequential(m) for _ in range(p["reps"])]
+        total = p.get("total", c)
+        await run_batch(min(c, 2000))
+        out = []
+        for _ in range(p["reps"]):
+            gc.collect()
+            batches = max(1, total // c)
+            out.append(sum([await run_batch(c) for _ in range(batches)]) / batches)
+        return out
+
+    emit(us=asyncio.run(main()))
+    # Like the naive bridge, pyo3-async-runtimes takes the GIL on Tokio threads, and
+    # can abort the process if one does so while CPython finalizes.
+    os._exit(0)
+
+
+def case_awaitable(p: dict) -> None:
+    """run_python_awaitable from Tokio: n concurrent round trips (children of one
+    bridged future), or m one after the other."""
+    runtime = {}
+
+    async def body(reactor: Any) -> dict:
+        from pyo3_twisted import probes
+
+        def factory(i: int) -> int:
+            return i
+
+        async def once() -> float:
+            start = time.perf_counter()
+            if p["mode"] == "concurrent":
+                await probes.call_python_many(reactor, p["n"], factory)
+                return (time.perf_counter() - start) / p["n"] * 1e6
+            await probes.call_python_sequentially(reactor, p["m"], factory)
+            return (time.perf_counter() - start) / p["m"] * 1e6
+
+        await probes.call_python_many(reactor, 1000, factory)
+        us = []
+        for _ in range(p["reps"]):
+            gc.collect()
+            us.append(await once())
+        import pyo3_twisted
+
+        return {"us": us, "gil_on_tokio": pyo3_twisted.stats(reactor)["gil_acquisitions_on_tokio_threads"]}
+
+    twisted_main(body, runtime)
+
+
+def case_interaction_sqlite(p: dict) -> None:
+    """A one-row SELECT through the Python pool on SQLite: from Rust
+    (run_interaction via runInteraction) vs from Python (runInteraction)."""
+
+    async def body(reactor: Any) -> dict:
+        from pyo3_twisted.database import DatabasePool
+        from pyo3_twisted.probes import RustStore
+
+        pool = DatabasePool(reactor, ":memory:")
+        store = RustStore.python(pool, reactor)
+
+        def select(txn: Any) -> Any:
+            txn.execute("SELECT 1")
+            return txn.fetchall()
+
+        if p["side"] == "rust":
+            make = lambda i: store.query(reactor, "SELECT 1", [])  # noqa: E731
+        else:
+            from twisted.internet import defer
+
+            make = lambda i: defer.ensureDeferred(pool.runInteraction("select", select))  # noqa: E731
+        us = await measure_sequential(reactor, make, p["m"], p["reps"])
+        pool.close()
+        return {"us": us}
+
+    twisted_main(body, {})
+
+
+def case_pg_throughput(p: dict) -> None:
+    """1,000 small transactions at concurrency 8 on PostgreSQL: the native pool vs
+    the Python pool (through run_interaction): µs per transaction."""
+
+    async def body(reactor: Any) -> dict:
+        from twisted.internet import defer
+
+        from pyo3_twisted.database import DatabasePool
+        from pyo3_twisted.probes import RustStore
+
+        dsn = os.environ["PYO3_TWISTED_TEST_PG_DSN"]
+        pool = None
+        if p["pool"] == "native":
+            store = RustStore.postgres(dsn, max_size=8)
+        else:
+            pool = DatabasePool(reactor, dsn, max_connections=8)
+            store = RustStore.python(pool, reactor)
+
+        async def run(total: int) -> float:
+            done = defer.Deferred()
+            state = {"started": 0, "finished": 0}
+
+            def launch() -> None:
+                state["started"] += 1
+                store.query(reactor, "SELECT 1", []).addBoth(finished)
+
+            def finished(_: Any) -> None:
+                state["finished"] += 1
+                if state["started"] < total:
+                    launch()
+                elif state["finished"] == total:
+                    done.callback(None)
+
+            start = time.perf_counter()
+            for _ in range(min(8, total)):
+                launch()
+            await done
+            return (time.perf_counter() - start) / total * 1e6
+
+        await run(100)
+        us = [await run(p["total"]) for _ in range(p["reps"])]
+        if pool is not None:
+            pool.close()
+        return {"us": us}
+
+    twisted_main(body, {})
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def case_memory(p: dict) -> None:
+    """Resident memory per in-flight bridged future (Deferred, registry entry, Tokio
+    task and wrappers; the user's future is a sleep), and per bare Deferred."""
+
+    async def body(reactor: Any) -> dict:
+        from twisted.internet import defer
+
+        from pyo3_twisted import probes
+
+        n = p["n"]
+        warm = [probes.sleep(reactor, 3600.0, None) for _ in range(1000)]
+        for d in warm:
+            d.cancel()
+            d.addErrback(lambda f: None)
+        del warm
+        gc.collect()
+        before = rss_bytes()
+        bare = [defer.Deferred() for _ in range(n)]
+        gc.collect()
+        per_deferred = (rss_bytes() - before) / n
+        del bare
+        gc.collect()
+        before = rss_bytes()
+        inflight = [probes.sleep(reactor, 3600.0, None) for _ in range(n)]
+        gc.collect()
+        per_task = (rss_bytes() - before) / n
+        for d in inflight:
+            d.cancel()
+            d.addErrback(lambda f: None)
+        return {"bytes_per_inflight": per_task, "bytes_per_bare_deferred": per_deferred}
+
+    twisted_main(body, {"shutdown_timeout": 0.1})
+
+
+def case_cpu_accounting(p: dict) -> None:
+    """µs per poll of a future polled p["n"] times inside a request's context, with
+    Rust CPU accounting on or off."""
+
+    async def body(reactor: Any) -> dict:
+        from pyo3_twisted import logcontext as lc
+        from pyo3_twisted import probes
+
+        context = lc.LoggingContext("bench")
+
+        async def once(n: int) -> float:
+            with lc.PreserveLoggingContext(context):
+                d = probes.yield_many(reactor, n)
+            start = time.perf_counter()
+            await d
+            lc.set_current_context(lc.SENTINEL_CONTEXT)
+            return (time.perf_counter() - start) / n * 1e6
+
+        await once(10_000)
+        return {"us": [await once(p["n"]) for _ in range(p["reps"])]}
+
+    twisted_main(
+        body,
+        {"logcontext": "pyo3_twisted.logcontext", "track_cpu_time": p["track"]},
+    )
+
+
+CASES = {name[len("case_") :]: f for name, f in globals().items() if name.startswith("case_")}
+
+if __name__ == "__main__":
+    name, params = sys.argv[1], json.loads(sys.argv[2])
+    CASES[name](params)
