@@ -30,7 +30,7 @@ export PYO3_PYTHON := $(VENV)/bin/python
 export PYO3_TWISTED_VENV := $(VENV)
 export CARGO_TERM_COLOR := never
 
-.PHONY: demo example bench loom test venv wheel lint postgres postgres-stop rust-test rust-test-pyo3-min py-test py-test-oldest clean
+.PHONY: demo example bench loom exit-soak test venv wheel lint postgres postgres-stop rust-test rust-test-pyo3-min py-test py-test-oldest clean
 
 # The demo service on http://127.0.0.1:8008 (SQLite in target/, seeded on first run).
 # DEMO_ARGS="--database postgresql://user@127.0.0.1/db" switches to PostgreSQL.
@@ -99,15 +99,21 @@ rust-test: venv postgres
 
 # The lowest PyO3 the crate declares, in a scratch copy of the workspace so the
 # committed lockfile stays as it is; build artifacts shared with the main target/.
+# `make exit-soak` runs the interpreter-exit cases 500 times each (CI: 10).
 rust-test-pyo3-min: venv
 	rm -rf target/pyo3-min && mkdir -p target/pyo3-min
-	cp -r Cargo.toml Cargo.lock build.rs src tests python_shim README.md target/pyo3-min/
+	cp -r Cargo.toml Cargo.lock build.rs src tests benches python_shim README.md target/pyo3-min/
+	# The benchmark peers pin PyO3 0.30 (pyo3-async-runtimes): not part of this check.
+	sed -i 's#, "benches/peers"##' target/pyo3-min/Cargo.toml
 	cd target/pyo3-min && cargo update -q -p pyo3 --precise $(PYO3_MIN) && \
 	  for v in $$(grep -A1 '^name = "pyo3-build-config"' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p'); do \
 	    if [ "$$v" != "$(PYO3_MIN)" ]; then cargo update -q -p "pyo3-build-config@$$v" --precise $(PYO3_MIN); fi; \
 	  done && \
 	  grep -A1 '^name = "pyo3"$$' Cargo.lock | grep -q 'version = "$(PYO3_MIN)"'
 	$(WITH_PG) CARGO_TARGET_DIR=$(CURDIR)/target cargo test --features postgres --manifest-path target/pyo3-min/Cargo.toml
+
+exit-soak: wheel
+	EXIT_RUNS=500 $(VENV)/bin/python -m pytest -q tests/python/test_exit.py
 
 py-test: wheel postgres
 	$(WITH_PG) $(VENV)/bin/python -m pytest -q

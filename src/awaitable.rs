@@ -196,6 +196,7 @@ where
     C: for<'py> FnOnce(&Bound<'py, PyAny>) -> PyResult<T> + Send + 'static,
     T: Send + 'static,
 {
+    bridge.check_not_forked()?;
     let (tx, rx) = oneshot::channel::<PyResult<T>>();
     let complete: Completer = Box::new(move |_py, result| {
         // If the Rust side is gone the value is dropped here, on the reactor thread.

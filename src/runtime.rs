@@ -99,6 +99,8 @@ pub(crate) struct Bridge {
     /// whether one is scheduled or running.
     linger: OnceLock<Py<PyAny>>,
     linger_scheduled: std::sync::atomic::AtomicBool,
+    /// The process generation (see `forks`) the Tokio runtime was started in.
+    started_in: AtomicU64,
     slow: Mutex<Slow>,
 }
 
@@ -212,6 +214,7 @@ fn install(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyResult<Arc<Br
         reactor_address: reactor.as_ptr() as usize,
         linger: OnceLock::new(),
         linger_scheduled: std::sync::atomic::AtomicBool::new(false),
+        started_in: AtomicU64::new(0),
         slow: Mutex::new(Slow {
             reactor: Some(reactor.clone().unbind()),
             wake_mode: "none",
@@ -239,6 +242,7 @@ fn install(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyResult<Arc<Br
         ("before", "shutdown", before_shutdown),
     )?;
     directory::track(py, &bridge)?;
+    forks::watch(py)?;
 
     if already_running(reactor)? {
         bridge.start(py)?;
@@ -315,6 +319,8 @@ impl Bridge {
         let _ = self.tokio.set(runtime.handle().clone());
         self.reactor_thread
             .store(threads::current_id(), Ordering::Release);
+        self.started_in
+            .store(forks::generation(), Ordering::Release);
         if installed.reader.is_some() && !self.config.linger.is_zero() {
             let linger = bridge_callback(py, self, c"linger", |bridge, py, _| {
                 bridge.linger(py);
@@ -377,8 +383,10 @@ impl Bridge {
         Ok(runtime)
     }
 
-    /// Raises unless called on the reactor thread.
+    /// Raises unless called on the reactor thread of the process that started the
+    /// runtime.
     pub fn check_reactor_thread(&self, what: &str) -> PyResult<()> {
+        self.check_not_forked()?;
         if self.is_reactor_thread() {
             Ok(())
         } else {
@@ -388,6 +396,21 @@ impl Bridge {
                  pyo3_twisted::run_python_awaitable"
             )))
         }
+    }
+
+    /// A process forked after the runtime started has none of its threads: say so
+    /// instead of queueing work that would never run.
+    pub fn check_not_forked(&self) -> PyResult<()> {
+        if self.phase.load(Ordering::Acquire) >= RUNNING
+            && self.started_in.load(Ordering::Acquire) != forks::generation()
+        {
+            return Err(PyRuntimeError::new_err(
+                "this process was forked after its pyo3-twisted runtime started: the child \
+                 has none of the runtime's threads. Fork before the reactor runs (as a \
+                 daemonizing server does), or install a runtime on a new reactor in the child.",
+            ));
+        }
+        Ok(())
     }
 
     /// Whether the calling thread is this reactor's thread.
@@ -680,6 +703,43 @@ impl Drop for Bridge {
 /// it: they cannot ask the reactor object). The caller keeps the reactor alive.
 pub(crate) fn bridge_for_address(address: usize) -> Option<Arc<Bridge>> {
     directory::find(address)
+}
+
+mod forks {
+    //! Counts forks, so a child can tell a runtime started in its parent (whose
+    //! threads it does not have) from one of its own.
+
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    static GENERATION: AtomicU64 = AtomicU64::new(0);
+    static WATCHING: PyOnceLock<()> = PyOnceLock::new();
+
+    pub(super) fn generation() -> u64 {
+        GENERATION.load(Ordering::Acquire)
+    }
+
+    /// Registers `os.register_at_fork(after_in_child=...)` once per process.
+    pub(super) fn watch(py: Python<'_>) -> PyResult<()> {
+        WATCHING
+            .get_or_try_init(py, || -> PyResult<()> {
+                let in_child = PyCFunction::new_closure(
+                    py,
+                    Some(c"pyo3_twisted_after_fork_in_child"),
+                    None,
+                    |_args, _kwargs| {
+                        GENERATION.fetch_add(1, Ordering::AcqRel);
+                    },
+                )?;
+                let kwargs = pyo3::types::PyDict::new(py);
+                kwargs.set_item("after_in_child", in_child)?;
+                py.import("os")?
+                    .call_method("register_at_fork", (), Some(&kwargs))?;
+                Ok(())
+            })
+            .map(drop)
+    }
 }
 
 mod directory {

@@ -52,8 +52,8 @@ class Demo:
     def access_lines(self):
         return [m.groupdict() for line in list(self.stderr_lines) if (m := ACCESS.search(line))]
 
-    def stop(self, sig=signal.SIGTERM, timeout=30):
-        if self.proc.poll() is None:
+    def stop(self, sig=signal.SIGTERM, timeout=30, signal_first=True):
+        if signal_first and self.proc.poll() is None:
             self.proc.send_signal(sig)
         code = self.proc.wait(timeout)
         self._stderr.join(5)
@@ -165,7 +165,9 @@ def test_sigterm_during_200_concurrent_requests(tmp_path):
     demo.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(60)
-    code = demo.stop()
+    # One SIGTERM only: a second one during shutdown may meet Twisted's restored
+    # default handler (Twisted 24.11) and kill the process.
+    code = demo.stop(signal_first=False)
     elapsed = time.monotonic() - started
     assert not any(t.is_alive() for t in threads), "a request hung"
     assert code == 0

@@ -179,3 +179,16 @@ def test_unimportable_logcontext_provider_is_a_clear_error(reactor):
 def test_module_that_is_not_a_provider_is_a_clear_error(reactor):
     with pytest.raises(RuntimeError, match='"json" is not a logcontext provider'):
         pyo3_twisted.install(reactor, logcontext="json")
+
+
+def test_fork_before_the_reactor_runs_works_in_the_child():
+    result = run_script("fork.py", "before_run")
+    assert result["value"] == "queued before the fork"
+    assert result["stats_state"] == "stopped"
+    assert result["logged_errors"] == []
+
+
+def test_fork_after_the_runtime_started_is_a_clear_error_in_the_child():
+    result = run_script("fork.py", "after_start", timeout=60)
+    assert result["parent_value"] == "parent works"
+    assert "forked after its pyo3-twisted runtime started" in result["child"]

@@ -46,3 +46,17 @@ def test_cancel_racing_completion_fires_each_deferred_once():
     stats = result["stats"]
     assert stats["tasks_in_flight"] == 0
     assert stats["tasks_completed"] == result["value"]
+
+
+def test_soak_memory_and_objects_return_to_their_level():
+    deferreds, awaitables = 1_000_000, 200_000
+    result = run_script("soak.py", str(deferreds), str(awaitables), timeout=300)
+    stats = result["stats"]
+    assert result["logged_errors"] == []
+    assert result["rss_growth_mb"] < 5, result["rss_growth_mb"]
+    assert abs(result["objects_delta"]) < 1000, result["objects_delta"]
+    assert stats["tasks_in_flight"] == 0
+    # Warm-up included: a tenth more of each.
+    assert stats["tasks_completed"] == deferreds * 11 // 10 + awaitables * 11 // 10 // 10_000
+    assert stats["awaitables_completed"] == stats["awaitables_started"] == awaitables * 11 // 10
+    assert stats["gil_acquisitions_on_tokio_threads"] == 0
