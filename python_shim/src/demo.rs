@@ -83,17 +83,29 @@ struct Response {
     unstable_features: BTreeMap<String, bool>,
 }
 
+/// Spends `work` of this thread's CPU time (not wall time: a preempted thread
+/// would otherwise spend less than it claims).
 fn spend_cpu(work: Duration) {
     if work.is_zero() {
         return;
     }
-    let start = std::time::Instant::now();
+    let start = thread_cpu();
     let mut x = 0_u64;
-    while start.elapsed() < work {
+    while thread_cpu().saturating_sub(start) < work {
         for _ in 0..10_000 {
             x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
         }
     }
+}
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: fills the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

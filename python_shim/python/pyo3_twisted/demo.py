@@ -252,7 +252,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--shutdown-timeout", type=float, default=10.0, help="seconds (default 10)")
     parser.add_argument("--workers", type=int, default=2, help="Tokio worker threads (default 2)")
     parser.add_argument(
-        "--rust-work-ms", type=int, default=0, help="CPU milliseconds the Rust handler spends per request"
+        "--rust-work-ms", type=int, default=0, help="thread CPU milliseconds the Rust handler spends per request"
     )
     return parser.parse_args(argv)
 
