@@ -30,7 +30,7 @@ export PYO3_PYTHON := $(VENV)/bin/python
 export PYO3_TWISTED_VENV := $(VENV)
 export CARGO_TERM_COLOR := never
 
-.PHONY: demo example bench loom exit-soak test venv wheel lint postgres postgres-stop rust-test rust-test-pyo3-min py-test py-test-oldest clean
+.PHONY: demo example bench loom exit-soak test venv wheel lint postgres postgres-stop rust-test rust-test-pyo3-min py-test py-test-oldest py-test-asyncio clean
 
 # The demo service on http://127.0.0.1:8008 (SQLite in target/, seeded on first run).
 # DEMO_ARGS="--database postgresql://user@127.0.0.1/db" switches to PostgreSQL.
@@ -41,7 +41,7 @@ demo: wheel
 example: wheel
 	$(VENV)/bin/python examples/hello_twisted.py
 
-test: wheel lint postgres rust-test rust-test-pyo3-min loom py-test py-test-oldest
+test: wheel lint postgres rust-test rust-test-pyo3-min loom py-test py-test-oldest py-test-asyncio
 	$(MAKE) --no-print-directory postgres-stop
 	@echo "== all tests passed =="
 
@@ -121,6 +121,11 @@ py-test: wheel postgres
 py-test-oldest: wheel postgres
 	@$(VENV_OLDEST)/bin/python -c 'import sys, twisted; print("oldest environment: Python", sys.version.split()[0], "Twisted", twisted.__version__)'
 	$(WITH_PG) $(VENV_OLDEST)/bin/python -m pytest -q
+
+# The whole Python suite again on Twisted's asyncio reactor, oldest and newest Twisted.
+py-test-asyncio: wheel postgres
+	$(WITH_PG) PYO3_TWISTED_TEST_REACTOR=asyncio $(VENV)/bin/python -m pytest -q
+	$(WITH_PG) PYO3_TWISTED_TEST_REACTOR=asyncio $(VENV_OLDEST)/bin/python -m pytest -q
 
 clean:
 	rm -rf target $(VENV) $(VENV_OLDEST)

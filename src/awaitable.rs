@@ -41,7 +41,12 @@ type Completer = Box<dyn for<'py> FnOnce(Python<'py>, PyResult<Bound<'py, PyAny>
 ///
 /// - `make_awaitable` runs on the reactor thread, inside the logging context the
 ///   calling task works for (the sentinel if none, or if that context has finished).
-///   It may return a coroutine, a Deferred, any awaitable, or a plain value.
+///   It may return a coroutine, a Deferred, any awaitable, or a plain value. On
+///   Twisted's asyncio reactor it may also return an asyncio future or Task, and a
+///   coroutine may await asyncio futures (`asyncio.sleep`, ...) as well as Deferreds:
+///   it keeps its logging context across both. Code that needs a current asyncio
+///   Task (`asyncio.timeout`, `TaskGroup`) should be returned wrapped in one
+///   (`asyncio.ensure_future(coro)`). On other reactors an asyncio future is an error.
 /// - `Err` carries the original Python exception, traceback included.
 /// - Dropping the returned future before it resolves cancels the Python side
 ///   (`Deferred.cancel()`, so a coroutine sees `CancelledError`).
@@ -255,6 +260,7 @@ fn start(
                     py,
                     Factory {
                         f: Mutex::new(Some(factory)),
+                        bridge: Arc::downgrade(bridge),
                     },
                 )?;
                 provider.run_in_background(py, factory.into_any())
@@ -272,7 +278,7 @@ fn start(
                 bridge.note_handoff(py);
                 return Ok(());
             }
-            Ok(value) => to_deferred(value),
+            Ok(value) => to_deferred(value, bridge.asyncio()),
             Err(err) => Err(err),
         },
     };
@@ -317,6 +323,9 @@ fn is_plain_value(value: &Bound<'_, PyAny>) -> bool {
 #[pyclass(frozen, module = "pyo3_twisted")]
 struct Factory {
     f: Mutex<Option<BoxedFactory>>,
+    /// For the asyncio reactor: what the factory returns is adapted before the
+    /// provider sees it (the provider knows Deferreds and coroutines, not futures).
+    bridge: std::sync::Weak<Bridge>,
 }
 
 #[pymethods]
@@ -324,7 +333,19 @@ impl Factory {
     fn __call__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let f = self.f.lock().take();
         match f {
-            Some(f) => f(py),
+            Some(f) => {
+                let made = f(py)?;
+                match self.bridge.upgrade() {
+                    Some(bridge) => match bridge.asyncio() {
+                        Some(asyncio) => asyncio.adapt(made),
+                        None => {
+                            crate::asyncio::reject_future(&made)?;
+                            Ok(made)
+                        }
+                    },
+                    None => Ok(made),
+                }
+            }
             None => Err(PyRuntimeError::new_err(
                 "pyo3-twisted: an awaitable factory was called twice",
             )),

@@ -74,6 +74,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod asyncio;
 mod awaitable;
 mod config;
 mod cputime;

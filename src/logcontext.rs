@@ -80,6 +80,11 @@ impl Provider {
             .call1((deferred,))
     }
 
+    /// `make_deferred_yieldable` itself, for Python code that needs it.
+    pub fn make_deferred_yieldable_fn(&self, py: Python<'_>) -> Py<PyAny> {
+        self.make_deferred_yieldable.clone_ref(py)
+    }
+
     pub fn run_in_background<'py>(
         &self,
         py: Python<'py>,

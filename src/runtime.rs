@@ -29,6 +29,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyCFunction;
 use tokio::runtime::Runtime;
 
+use crate::asyncio::AsyncioLoop;
 use crate::config::{LogContextProvider, RuntimeConfig};
 use crate::errors::{report, RuntimeShutdown};
 use crate::logcontext::Provider;
@@ -94,6 +95,8 @@ pub(crate) struct Bridge {
     canceller: OnceLock<Py<PyAny>>,
     tokio: OnceLock<tokio::runtime::Handle>,
     provider: Option<Provider>,
+    /// The reactor's asyncio loop, on Twisted's asyncio reactor.
+    asyncio: Option<AsyncioLoop>,
     reactor_address: usize,
     /// The reactor-side linger: a `callLater(0)` callable (fd mode only), and
     /// whether one is scheduled or running.
@@ -199,6 +202,7 @@ fn install(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyResult<Arc<Br
         LogContextProvider::None => None,
         LogContextProvider::Module(module) => Some(Provider::load(py, module)?),
     };
+    let asyncio = AsyncioLoop::of_reactor(reactor, provider.as_ref())?;
     let counters = Arc::new(Counters::default());
     let bridge = Arc::new(Bridge {
         mailbox: Arc::new(Mailbox::new(Arc::clone(&counters))),
@@ -211,6 +215,7 @@ fn install(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyResult<Arc<Br
         canceller: OnceLock::new(),
         tokio: OnceLock::new(),
         provider,
+        asyncio,
         reactor_address: reactor.as_ptr() as usize,
         linger: OnceLock::new(),
         linger_scheduled: std::sync::atomic::AtomicBool::new(false),
@@ -431,6 +436,11 @@ impl Bridge {
     /// The logcontext provider, if one is configured.
     pub fn provider(&self) -> Option<&Provider> {
         self.provider.as_ref()
+    }
+
+    /// The reactor's asyncio loop, if it is Twisted's asyncio reactor.
+    pub fn asyncio(&self) -> Option<&AsyncioLoop> {
+        self.asyncio.as_ref()
     }
 
     /// The bridge whose runtime owns the calling Tokio thread.

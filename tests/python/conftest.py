@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from pyo3_twisted.testing import capture_logged_errors, memory_reactor
+from pyo3_twisted.testing import REACTOR_ENV, capture_logged_errors, install_reactor, memory_reactor
+
+# With PYO3_TWISTED_TEST_REACTOR=asyncio the whole suite runs on Twisted's asyncio
+# reactor: this process's global reactor, every real-reactor script and the demo.
+# (Memory-reactor tests do not depend on the reactor class.)
+if os.environ.get(REACTOR_ENV):
+    install_reactor()
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -69,4 +75,12 @@ def run_script(name: str, *args: str, timeout: float = 120.0) -> dict:
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, f"{name} printed no result\nstderr:\n{proc.stderr}"
-    return json.loads(lines[-1])
+    result = json.loads(lines[-1])
+    if name != "asyncio_awaitables.py":
+        assert result["reactor_class"] == EXPECTED_REACTOR_CLASS, result["reactor_class"]
+    return result
+
+
+EXPECTED_REACTOR_CLASS = {"asyncio": "AsyncioSelectorReactor"}.get(
+    os.environ.get(REACTOR_ENV, ""), "EPollReactor"
+)

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from pyo3_twisted.testing import REACTOR_ENV
+
 ACCESS = re.compile(
     r'"(?P<method>\w+) (?P<uri>\S+)" (?P<status>\d+) (?P<size>\d+)B \S+sec '
     r"ru=\((?P<utime>[\d.]+), (?P<stime>[\d.]+)\) db=\((?P<sched>[\d.]+)/(?P<txn>[\d.]+)/(?P<count>\d+)\)"
@@ -22,7 +24,8 @@ ACCESS = re.compile(
 class Demo:
     def __init__(self, database, *extra):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pyo3_twisted.demo", "--port", "0", "--database", database, *extra],
+            [sys.executable, "-m", "pyo3_twisted.demo", "--port", "0", "--database", database,
+             "--reactor", "asyncio" if os.environ.get(REACTOR_ENV) == "asyncio" else "default", *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -102,6 +105,8 @@ def test_versions_put_and_the_access_log(database):
     puts = [line for line in demo.access_lines() if line["method"] == "PUT"]
     assert puts and int(puts[0]["count"]) == 1
     assert any("shut down cleanly" in line for line in demo.stderr_lines)
+    reactor = "AsyncioSelectorReactor" if os.environ.get(REACTOR_ENV) == "asyncio" else "EPollReactor"
+    assert any(f"reactor: {reactor}" in line for line in demo.stderr_lines), demo.stderr_lines
 
 
 def test_bad_requests_get_4xx_and_change_nothing(tmp_path):

@@ -1,5 +1,6 @@
 """pyo3_twisted.testing from pytest, and from trial (in a subprocess)."""
 
+import os
 import subprocess
 import sys
 import threading
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.defer import Deferred
 
-from pyo3_twisted.testing import ThreadedMemoryReactorClock, memory_reactor
+from pyo3_twisted.testing import REACTOR_ENV, ThreadedMemoryReactorClock, memory_reactor
 
 
 def test_call_from_thread_is_thread_safe_and_wakes_the_waiter():
@@ -61,14 +62,15 @@ def test_shutdown_fires_triggers_and_waits_for_their_deferreds():
 
 def test_trial_suite_passes_under_trial(tmp_path):
     suite = Path(__file__).parent / "trial_suite"
+    reactor = ["--reactor=asyncio"] if os.environ.get(REACTOR_ENV) == "asyncio" else []
     proc = subprocess.run(
         [sys.executable, "-m", "twisted.trial", "--temp-directory", str(tmp_path / "_trial"),
-         "trial_harness_cases"],
+         *reactor, "trial_harness_cases"],
         cwd=suite,
         capture_output=True,
         text=True,
         timeout=120,
-        env={**__import__("os").environ, "PYTHONPATH": str(suite), "RUST_BACKTRACE": "0"},
+        env={**os.environ, "PYTHONPATH": str(suite), "RUST_BACKTRACE": "0"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASSED (successes=5)" in proc.stdout, proc.stdout

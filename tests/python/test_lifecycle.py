@@ -139,7 +139,7 @@ def test_shutdown_on_memory_reactor_fails_stragglers():
 
 
 @pytest.mark.parametrize("mode", ["before_run", "when_running", "default"])
-def test_lifecycle_on_epoll_reactor(mode):
+def test_lifecycle_on_a_real_reactor(mode):
     result = run_script("lifecycle.py", mode)
     assert result.get("error") is None, result.get("error")
     assert result["logged_errors"] == []

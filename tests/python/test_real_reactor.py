@@ -1,4 +1,4 @@
-"""The bridge under load on the real epoll reactor, each case in a fresh interpreter."""
+"""The bridge under load on a real reactor (epoll, or asyncio with PYO3_TWISTED_TEST_REACTOR), each case in a fresh interpreter."""
 
 from conftest import run_script
 

@@ -1,5 +1,6 @@
 """run_python_awaitable: what a factory may return, errors, cancellation, shutdown."""
 
+import asyncio
 import traceback
 
 import pytest
@@ -40,6 +41,16 @@ def test_factory_may_return_a_coroutine(reactor):
         return await d
 
     assert reactor.get_success(probes.call_python(reactor, coro)) == "from a coroutine"
+
+
+def test_asyncio_future_off_the_asyncio_reactor_is_a_clear_error(reactor):
+    # No asyncio loop runs on this reactor: the future could never complete.
+    loop = asyncio.new_event_loop()
+    try:
+        failure = reactor.get_failure(probes.call_python(reactor, loop.create_future), TypeError)
+    finally:
+        loop.close()
+    assert "not Twisted's asyncio reactor" in str(failure.value)
 
 
 def test_factory_may_return_a_deferred(reactor):
@@ -144,7 +155,7 @@ def test_many_round_trips_on_the_memory_reactor(reactor):
     assert pyo3_twisted.stats(reactor)["gil_acquisitions_on_tokio_threads"] == 0
 
 
-def test_10000_round_trips_on_epoll_without_the_gil_on_tokio_threads():
+def test_10000_round_trips_on_a_real_reactor_without_the_gil_on_tokio_threads():
     result = run_script("awaitable_many.py", "10000")
     stats = result["stats"]
     assert result["logged_errors"] == []

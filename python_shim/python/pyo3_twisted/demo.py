@@ -252,6 +252,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--shutdown-timeout", type=float, default=10.0, help="seconds (default 10)")
     parser.add_argument("--workers", type=int, default=2, help="Tokio worker threads (default 2)")
     parser.add_argument(
+        "--reactor",
+        choices=["default", "asyncio"],
+        default="default",
+        help="Twisted reactor: the platform default (epoll on Linux) or asyncio",
+    )
+    parser.add_argument(
         "--rust-work-ms", type=int, default=0, help="thread CPU milliseconds the Rust handler spends per request"
     )
     return parser.parse_args(argv)
@@ -269,6 +275,10 @@ def setup_logging() -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    if args.reactor == "asyncio":
+        from .testing import install_reactor
+
+        install_reactor("asyncio")
     from twisted.internet import reactor
 
     pyo3_twisted.install(
@@ -293,7 +303,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             reactor.stop()
             return
         host = app.port.getHost()
-        logger.info("database: %s", redact(args.database))
+        logger.info("database: %s; reactor: %s", redact(args.database), type(reactor).__name__)
         print(f"listening on http://{host.host}:{host.port}", flush=True)
 
     reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(app.drain()))

@@ -43,9 +43,11 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 __all__ = [
+    "REACTOR_ENV",
     "ReactorTestCase",
     "ThreadedMemoryReactorClock",
     "capture_logged_errors",
+    "install_reactor",
     "memory_reactor",
 ]
 
@@ -279,3 +281,35 @@ class ReactorTestCase(unittest.TestCase):
     def get_failure(self, d: Deferred, exc_type: type, timeout: float = 10.0) -> Failure:
         """See :meth:`ThreadedMemoryReactorClock.get_failure`."""
         return self.reactor.get_failure(d, exc_type, timeout)
+
+
+#: Names the real reactor that test processes install: ``epoll`` (default) or
+#: ``asyncio`` (Twisted's ``AsyncioSelectorReactor``).
+REACTOR_ENV = "PYO3_TWISTED_TEST_REACTOR"
+
+
+def install_reactor(name: str | None = None) -> str:
+    """Installs the global Twisted reactor ``name`` (``"epoll"`` or ``"asyncio"``),
+    by default the one :data:`REACTOR_ENV` names, and returns the name.
+
+    Call it before anything imports ``twisted.internet.reactor``. Lets one test
+    suite run on either reactor: ``PYO3_TWISTED_TEST_REACTOR=asyncio pytest``.
+    """
+    import os
+
+    name = name or os.environ.get(REACTOR_ENV) or "epoll"
+    if name == "epoll":
+        from twisted.internet import epollreactor
+
+        epollreactor.install()
+    elif name == "asyncio":
+        import asyncio
+
+        from twisted.internet import asyncioreactor
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        asyncioreactor.install(loop)
+    else:
+        raise ValueError(f"{REACTOR_ENV} must be 'epoll' or 'asyncio', got {name!r}")
+    return name

@@ -1,13 +1,14 @@
 """Shared by the real-reactor scripts: each runs in its own interpreter, installs the
-epoll reactor, and prints one JSON object as its last line."""
+reactor that $PYO3_TWISTED_TEST_REACTOR names (epoll by default, or asyncio), and
+prints one JSON object as its last line."""
 
 import json
 import os
 import sys
 
-from twisted.internet import epollreactor
+from pyo3_twisted.testing import install_reactor
 
-epollreactor.install()
+REACTOR_NAME = install_reactor()
 
 from twisted.internet import reactor  # noqa: E402
 from twisted.logger import globalLogPublisher  # noqa: E402
@@ -47,5 +48,6 @@ def emit(result: dict) -> None:
 
     gc.collect()  # flush "Unhandled error in Deferred"
     result["logged_errors"] = LOGGED_ERRORS
+    result.setdefault("reactor_class", type(reactor).__name__)
     print(json.dumps(result))
     sys.stdout.flush()

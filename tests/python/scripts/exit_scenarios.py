@@ -8,9 +8,9 @@ usage: exit_scenarios.py stopped | sys_exit | never_run | never_started
 
 import sys
 
-from twisted.internet import epollreactor
+from pyo3_twisted.testing import install_reactor
 
-epollreactor.install()
+install_reactor()
 from twisted.internet import reactor  # noqa: E402
 
 import pyo3_twisted  # noqa: E402
