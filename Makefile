@@ -30,7 +30,7 @@ export PYO3_PYTHON := $(VENV)/bin/python
 export PYO3_TWISTED_VENV := $(VENV)
 export CARGO_TERM_COLOR := never
 
-.PHONY: demo example bench loom exit-soak test venv wheel lint postgres postgres-stop rust-test rust-test-pyo3-min py-test py-test-oldest py-test-asyncio clean
+.PHONY: demo example bench loom exit-soak test venv wheel lint postgres postgres-stop rust-test rust-test-pyo3-min test-ext py-test py-test-oldest py-test-asyncio clean
 
 # The demo service on http://127.0.0.1:8008 (SQLite in target/, seeded on first run).
 # DEMO_ARGS="--database postgresql://user@127.0.0.1/db" switches to PostgreSQL.
@@ -65,6 +65,14 @@ wheel: venv
 	$(VENV)/bin/maturin build --quiet -m python_shim/Cargo.toml --release -o $(WHEEL_DIR) -i $(PYO3_PYTHON)
 	$(VENV)/bin/pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
 	$(VENV_OLDEST)/bin/pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
+
+# A second extension module linking the crate (tests/ext), for the tests only.
+TEST_EXT_DIR := $(CURDIR)/target/test-ext-wheels
+test-ext: wheel
+	rm -rf $(TEST_EXT_DIR)
+	$(VENV)/bin/maturin build --quiet -m tests/ext/Cargo.toml --release -o $(TEST_EXT_DIR) -i $(PYO3_PYTHON)
+	$(VENV)/bin/pip install -q --force-reinstall --no-deps $(TEST_EXT_DIR)/*.whl
+	$(VENV_OLDEST)/bin/pip install -q --force-reinstall --no-deps $(TEST_EXT_DIR)/*.whl
 
 lint: venv
 	cargo fmt --all -- --check
@@ -103,8 +111,9 @@ rust-test: venv postgres
 rust-test-pyo3-min: venv
 	rm -rf target/pyo3-min && mkdir -p target/pyo3-min
 	cp -r Cargo.toml Cargo.lock build.rs src tests benches python_shim README.md target/pyo3-min/
-	# The benchmark peers pin PyO3 0.30 (pyo3-async-runtimes): not part of this check.
-	sed -i 's#, "benches/peers"##' target/pyo3-min/Cargo.toml
+	# The benchmark peers and the test extension pin PyO3 0.30 (pyo3-async-runtimes):
+	# not part of this check.
+	sed -i 's#, "benches/peers"##; s#, "tests/ext"##' target/pyo3-min/Cargo.toml
 	cd target/pyo3-min && cargo update -q -p pyo3 --precise $(PYO3_MIN) && \
 	  for v in $$(grep -A1 '^name = "pyo3-build-config"' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p'); do \
 	    if [ "$$v" != "$(PYO3_MIN)" ]; then cargo update -q -p "pyo3-build-config@$$v" --precise $(PYO3_MIN); fi; \
@@ -112,18 +121,18 @@ rust-test-pyo3-min: venv
 	  grep -A1 '^name = "pyo3"$$' Cargo.lock | grep -q 'version = "$(PYO3_MIN)"'
 	$(WITH_PG) CARGO_TARGET_DIR=$(CURDIR)/target cargo test --features postgres --manifest-path target/pyo3-min/Cargo.toml
 
-exit-soak: wheel
+exit-soak: test-ext
 	EXIT_RUNS=500 $(VENV)/bin/python -m pytest -q tests/python/test_exit.py
 
-py-test: wheel postgres
+py-test: test-ext postgres
 	$(WITH_PG) $(VENV)/bin/python -m pytest -q
 
-py-test-oldest: wheel postgres
+py-test-oldest: test-ext postgres
 	@$(VENV_OLDEST)/bin/python -c 'import sys, twisted; print("oldest environment: Python", sys.version.split()[0], "Twisted", twisted.__version__)'
 	$(WITH_PG) $(VENV_OLDEST)/bin/python -m pytest -q
 
 # The whole Python suite again on Twisted's asyncio reactor, oldest and newest Twisted.
-py-test-asyncio: wheel postgres
+py-test-asyncio: test-ext postgres
 	$(WITH_PG) PYO3_TWISTED_TEST_REACTOR=asyncio $(VENV)/bin/python -m pytest -q
 	$(WITH_PG) PYO3_TWISTED_TEST_REACTOR=asyncio $(VENV_OLDEST)/bin/python -m pytest -q
 

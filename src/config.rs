@@ -50,6 +50,8 @@ pub struct RuntimeConfig {
     /// lingering trades a little CPU right after activity for that latency. Zero
     /// disables it. Default: 50 µs.
     pub linger: Duration,
+    /// Which Tokio runtime runs the work. Default: [`TokioRuntime::PerReactor`].
+    pub tokio: TokioRuntime,
 }
 
 impl Default for RuntimeConfig {
@@ -63,6 +65,7 @@ impl Default for RuntimeConfig {
             track_cpu_time: true,
             wake: WakeMode::Auto,
             linger: Duration::from_micros(50),
+            tokio: TokioRuntime::PerReactor,
         }
     }
 }
@@ -108,6 +111,41 @@ pub enum LogContextProvider {
     /// `make_deferred_yieldable` and `run_in_background`, such as
     /// `"synapse.logging.context"` or `"pyo3_twisted.logcontext"`.
     Module(String),
+}
+
+/// Which Tokio runtime a reactor's work runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TokioRuntime {
+    /// A runtime of the reactor's own, built when the reactor starts and dropped at
+    /// reactor shutdown: nothing of it outlives the reactor.
+    #[default]
+    PerReactor,
+    /// The process-wide runtime of [`process_runtime`](crate::process_runtime), which
+    /// other libraries can share (pyo3-async-runtimes' `init_with_runtime`). It is
+    /// never dropped: at reactor shutdown this crate stops its own tasks there and
+    /// leaves the threads running.
+    Process,
+}
+
+impl TokioRuntime {
+    /// The spelling used by the Python `install(..., tokio=...)` keyword.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokioRuntime::PerReactor => "per_reactor",
+            TokioRuntime::Process => "process",
+        }
+    }
+
+    /// Parses the spelling of [`TokioRuntime::as_str`].
+    pub fn parse(s: &str) -> PyResult<Self> {
+        match s {
+            "per_reactor" => Ok(TokioRuntime::PerReactor),
+            "process" => Ok(TokioRuntime::Process),
+            other => Err(PyValueError::new_err(format!(
+                "tokio must be 'per_reactor' or 'process', got {other:?}"
+            ))),
+        }
+    }
 }
 
 /// How a Tokio thread tells the reactor that the mailbox has work.

@@ -92,7 +92,9 @@ where
         .registry
         .lock()
         .insert(deferred.clone().unbind(), abort);
+    let live = bridge.live_tasks.enter();
     let task = Box::pin(async move {
+        let _live = live;
         let scoped = TaskScope::enter(Arc::clone(&scope), fut);
         let outcome = match AssertUnwindSafe(Abortable::new(scoped, registration))
             .catch_unwind()

@@ -48,6 +48,17 @@
 //! - Build extension modules with `panic = "unwind"` (the default): a panic becomes a
 //!   [`RustPanicError`] only if it can unwind.
 //!
+//! # Other Tokio users, other extension modules
+//!
+//! - To share one pool with pyo3-async-runtimes, build [`process_runtime`], give it
+//!   to `pyo3_async_runtimes::tokio::init_with_runtime`, and install with
+//!   [`TokioRuntime::Process`]. That pool outlives the reactor.
+//! - Each extension module that links this crate has its own copy of it and of Tokio,
+//!   so each keeps its own runtime on a reactor ([`runtime_attr`]); they work side by
+//!   side and never share one.
+//! - On Twisted's asyncio reactor, [`run_python_awaitable`] also takes asyncio
+//!   coroutines, futures and Tasks.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -81,9 +92,11 @@ mod cputime;
 pub mod db;
 mod deferred;
 mod errors;
+mod live_tasks;
 mod logcontext;
 mod logging;
 pub(crate) mod mailbox;
+mod pool;
 mod registry;
 mod runtime;
 mod stats;
@@ -95,11 +108,12 @@ mod wake;
 mod wake_flag;
 
 pub use awaitable::{run_python_awaitable, ReactorHandle};
-pub use config::{LogContextProvider, RuntimeConfig, WakeMode};
+pub use config::{LogContextProvider, RuntimeConfig, TokioRuntime, WakeMode};
 pub use deferred::create_deferred;
 pub use errors::{RuntimeShutdown, RustPanicError};
 pub use logging::Logger;
-pub use runtime::{install_runtime, stats, RUNTIME_ATTR};
+pub use pool::process_runtime;
+pub use runtime::{install_runtime, runtime_attr, stats};
 pub use stats::Stats;
 pub use task::spawn;
 

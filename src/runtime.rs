@@ -8,10 +8,14 @@
 //! ```
 //!
 //! Every function here runs on the reactor thread with the GIL held, except the
-//! Tokio thread hooks. One [`Bridge`] per reactor, stored on the reactor object under
-//! [`RUNTIME_ATTR`] (this crate's own name, so it never collides with Synapse's
-//! runtime). The Tokio runtime is built only when the reactor starts, so a process
-//! that forks before `reactor.run()` (daemonizing) forks without Tokio threads.
+//! Tokio thread hooks. One [`Bridge`] per reactor and per copy of this crate, stored
+//! on the reactor object under [`runtime_attr`]: a name of this crate's own (so it
+//! never collides with Synapse's runtime) that differs between copies, so two
+//! extension modules that each link the crate each keep their own runtime on the same
+//! reactor. (They cannot share one: each copy has its own Tokio, whose thread-local
+//! context a future compiled into the other copy would not find.) The Tokio runtime is
+//! built only when the reactor starts, so a process that forks before `reactor.run()`
+//! (daemonizing) forks without Tokio threads.
 //!
 //! The runtime is dropped with the GIL released (Tokio threads may be waiting for it
 //! inside user code), and at interpreter exit an `atexit` hook stops any runtime still
@@ -30,8 +34,9 @@ use pyo3::types::PyCFunction;
 use tokio::runtime::Runtime;
 
 use crate::asyncio::AsyncioLoop;
-use crate::config::{LogContextProvider, RuntimeConfig};
+use crate::config::{LogContextProvider, RuntimeConfig, TokioRuntime};
 use crate::errors::{report, RuntimeShutdown};
+use crate::live_tasks::LiveTasks;
 use crate::logcontext::Provider;
 use crate::mailbox::Mailbox;
 use crate::registry::{Entry, Registry};
@@ -40,8 +45,23 @@ use crate::submit::Submitter;
 use crate::twisted::deferred_class;
 use crate::{threads, wake};
 
-/// The reactor attribute that holds the runtime.
-pub const RUNTIME_ATTR: &str = "_pyo3_twisted_runtime";
+/// The reactor attribute that holds this copy of the crate's runtime:
+/// `_pyo3_twisted_runtime_<version>_<copy>`.
+///
+/// Every extension module that links pyo3-twisted has its own copy of the crate, and
+/// each copy keeps its own runtime on a reactor under its own name: two modules used
+/// on one reactor both work, each on its own Tokio threads.
+pub fn runtime_attr() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    static COPY: u8 = 0;
+    NAME.get_or_init(|| {
+        format!(
+            "_pyo3_twisted_runtime_{}_{:x}",
+            env!("CARGO_PKG_VERSION").replace('.', "_"),
+            std::ptr::addr_of!(COPY) as usize
+        )
+    })
+}
 
 /// How long dropping the runtime waits for Tokio threads to finish their current
 /// poll. Aborted tasks stop at their next poll; this only bounds a task stuck in a
@@ -52,13 +72,13 @@ const DROP_GRACE: Duration = Duration::from_secs(1);
 /// then it returns to servicing its other file descriptors.
 const LINGER_BUDGET: Duration = Duration::from_millis(1);
 
-/// How long starting waits for the worker threads to come up before going on.
-const WORKER_START_TIMEOUT: Duration = Duration::from_secs(10);
-
 thread_local! {
     /// On a Tokio thread of ours: the bridge whose runtime it belongs to.
     static OWNER: std::cell::RefCell<Weak<Bridge>> = const { std::cell::RefCell::new(Weak::new()) };
 }
+
+/// The bridge that last started on the process-wide pool, for that pool's threads.
+static PROCESS_OWNER: Mutex<Weak<Bridge>> = Mutex::new(Weak::new());
 
 const INSTALLED: u8 = 0;
 const RUNNING: u8 = 1;
@@ -89,6 +109,8 @@ pub(crate) struct Bridge {
     pub counters: Arc<Counters>,
     pub mailbox: Arc<Mailbox>,
     pub registry: Mutex<Registry>,
+    /// The futures of `create_deferred` that still exist.
+    pub live_tasks: Arc<LiveTasks>,
     submitter: Submitter,
     phase: AtomicU8,
     reactor_thread: AtomicU64,
@@ -164,15 +186,15 @@ pub(crate) fn bridge_for(reactor: &Bound<'_, PyAny>) -> PyResult<Arc<Bridge>> {
 
 fn lookup(reactor: &Bound<'_, PyAny>) -> PyResult<Option<Arc<Bridge>>> {
     let py = reactor.py();
-    let Some(attr) = reactor.getattr_opt(intern!(py, RUNTIME_ATTR))? else {
+    let name = pyo3::types::PyString::intern(py, runtime_attr());
+    let Some(attr) = reactor.getattr_opt(&name)? else {
         return Ok(None);
     };
     match attr.cast::<RuntimeBinding>() {
         Ok(binding) => Ok(Some(Arc::clone(&binding.get().bridge))),
         Err(_) => Err(PyRuntimeError::new_err(format!(
-            "reactor.{RUNTIME_ATTR} holds {}, not a runtime of this build of pyo3-twisted \
-             (another extension module built against a different copy of the crate \
-             installed it)",
+            "reactor.{} holds {}, not a pyo3-twisted runtime",
+            runtime_attr(),
             attr.get_type().name()?
         ))),
     }
@@ -209,6 +231,7 @@ fn install(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyResult<Arc<Br
         counters,
         config,
         registry: Mutex::new(Registry::default()),
+        live_tasks: Arc::new(LiveTasks::default()),
         submitter: Submitter::new(),
         phase: AtomicU8::new(INSTALLED),
         reactor_thread: AtomicU64::new(threads::current_id()),
@@ -233,7 +256,7 @@ fn install(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyResult<Arc<Br
         |bridge, py, args| bridge.cancel(py, &args.get_item(0)?),
     )?);
     reactor.setattr(
-        intern!(py, RUNTIME_ATTR),
+        pyo3::types::PyString::intern(py, runtime_attr()),
         RuntimeBinding {
             bridge: Arc::clone(&bridge),
         },
@@ -317,11 +340,24 @@ impl Bridge {
         let Some(reactor) = self.slow.lock().reactor.as_ref().map(|r| r.clone_ref(py)) else {
             return Ok(());
         };
-        let runtime = self.build_tokio(py)?;
+        let (runtime, handle) = match self.config.tokio {
+            TokioRuntime::PerReactor => {
+                let runtime = self.build_tokio(py)?;
+                let handle = runtime.handle().clone();
+                (Some(runtime), handle)
+            }
+            TokioRuntime::Process => {
+                let handle = crate::pool::process_runtime(py, &self.config)?
+                    .handle()
+                    .clone();
+                *PROCESS_OWNER.lock() = Arc::downgrade(self);
+                (None, handle)
+            }
+        };
         let installed = wake::install(py, reactor.bind(py), self.config.wake, &self.mailbox)?;
         self.mailbox.set_waker(installed.waker);
-        self.submitter.start(runtime.handle(), self.config.linger);
-        let _ = self.tokio.set(runtime.handle().clone());
+        self.submitter.start(&handle, self.config.linger);
+        let _ = self.tokio.set(handle);
         self.reactor_thread
             .store(threads::current_id(), Ordering::Release);
         self.started_in
@@ -335,7 +371,7 @@ impl Bridge {
         }
         {
             let mut slow = self.slow.lock();
-            slow.runtime = Some(runtime);
+            slow.runtime = runtime;
             slow.reader = installed.reader;
             slow.wake_mode = installed.mode;
         }
@@ -343,49 +379,29 @@ impl Bridge {
         Ok(())
     }
 
-    /// Builds the Tokio runtime and returns once every worker thread runs (GIL
-    /// released while waiting), so "started" means the workers are live and named.
+    /// Builds this reactor's own Tokio runtime (GIL released while its workers
+    /// start).
     fn build_tokio(self: &Arc<Self>, py: Python<'_>) -> PyResult<Runtime> {
         let owner = Arc::downgrade(self);
-        let started = Arc::new((std::sync::Mutex::new(0_usize), std::sync::Condvar::new()));
-        let (on_start, counters_start) = (Arc::clone(&started), Arc::clone(&self.counters));
-        let counters_stop = Arc::clone(&self.counters);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(self.config.worker_threads)
-            .thread_name(self.config.thread_name.clone())
-            .enable_all()
-            .on_thread_start(move || {
-                threads::mark_tokio_thread();
-                OWNER.with(|o| *o.borrow_mut() = owner.clone());
-                counters_start
-                    .tokio_threads_live
-                    .fetch_add(1, Ordering::Relaxed);
-                let (count, changed) = &*on_start;
-                *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-                changed.notify_all();
-            })
-            .on_thread_stop(move || {
-                counters_stop
-                    .tokio_threads_live
-                    .fetch_sub(1, Ordering::Relaxed);
-            })
-            .build()
-            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the Tokio runtime: {e}")))?;
-        let workers = self.config.worker_threads;
-        let all_started = py.detach(move || {
-            let (count, changed) = &*started;
-            let count = count.lock().unwrap_or_else(|e| e.into_inner());
-            let (count, _) = changed
-                .wait_timeout_while(count, WORKER_START_TIMEOUT, |n| *n < workers)
-                .unwrap_or_else(|e| e.into_inner());
-            *count >= workers
-        });
-        if !all_started {
-            log::warn!(
-                "pyo3-twisted: not all {workers} Tokio workers started within {WORKER_START_TIMEOUT:?}"
-            );
-        }
-        Ok(runtime)
+        let (counters_start, counters_stop) =
+            (Arc::clone(&self.counters), Arc::clone(&self.counters));
+        let config = self.config.clone();
+        py.detach(move || {
+            crate::pool::build(
+                &config,
+                Arc::new(move || {
+                    OWNER.with(|o| *o.borrow_mut() = owner.clone());
+                    counters_start
+                        .tokio_threads_live
+                        .fetch_add(1, Ordering::Relaxed);
+                }),
+                Arc::new(move || {
+                    counters_stop
+                        .tokio_threads_live
+                        .fetch_sub(1, Ordering::Relaxed);
+                }),
+            )
+        })
     }
 
     /// Raises unless called on the reactor thread of the process that started the
@@ -445,7 +461,13 @@ impl Bridge {
 
     /// The bridge whose runtime owns the calling Tokio thread.
     pub fn of_current_thread() -> Option<Arc<Bridge>> {
-        OWNER.with(|owner| owner.borrow().upgrade())
+        OWNER.with(|owner| owner.borrow().upgrade()).or_else(|| {
+            if crate::pool::in_process_pool() {
+                PROCESS_OWNER.lock().upgrade()
+            } else {
+                None
+            }
+        })
     }
 
     /// Whether new work is accepted (shutdown has not begun).
@@ -633,10 +655,11 @@ impl Bridge {
                 report(py, err, "pyo3-twisted: unregistering the mailbox reader");
             }
         }
-        self.submitter.discard_unstarted();
+        self.submitter.stop();
         directory::forget(self);
-        if let Some(runtime) = slow.runtime {
-            py.detach(move || runtime.shutdown_timeout(DROP_GRACE));
+        match slow.runtime {
+            Some(runtime) => py.detach(move || runtime.shutdown_timeout(DROP_GRACE)),
+            None => self.stop_tasks_on_shared_pool(py),
         }
         self.mailbox.close(py);
         if let Some(done) = slow.shutdown_done {
@@ -649,14 +672,28 @@ impl Bridge {
         }
     }
 
+    /// On a pool that outlives us (the process-wide one), or none: aborts our tasks
+    /// one by one and waits (GIL released, bounded) until they are gone, as dropping
+    /// our own runtime would, so none is still taking the GIL when CPython finalizes.
+    fn stop_tasks_on_shared_pool(&self, py: Python<'_>) {
+        for entry in self.registry.lock().take_all() {
+            entry.abort.abort();
+        }
+        let live = Arc::clone(&self.live_tasks);
+        if !py.detach(move || live.wait_idle(DROP_GRACE)) {
+            log::warn!("pyo3-twisted: bridged tasks still running after shutdown");
+        }
+    }
+
     /// Stops the runtime at interpreter exit, whatever state the reactor is in.
     fn stop_for_exit(&self, py: Python<'_>) {
         self.phase.store(STOPPED, Ordering::Release);
         let runtime = self.slow.lock().runtime.take();
-        self.submitter.discard_unstarted();
+        self.submitter.stop();
         directory::forget(self);
-        if let Some(runtime) = runtime {
-            py.detach(move || runtime.shutdown_timeout(DROP_GRACE));
+        match runtime {
+            Some(runtime) => py.detach(move || runtime.shutdown_timeout(DROP_GRACE)),
+            None => self.stop_tasks_on_shared_pool(py),
         }
         self.mailbox.close(py);
     }
@@ -677,7 +714,10 @@ impl Bridge {
             state: self.phase_name(),
             wake_mode: self.slow.lock().wake_mode,
             worker_threads: self.config.worker_threads as u64,
-            tokio_threads_live: get(&c.tokio_threads_live),
+            tokio_threads_live: match self.config.tokio {
+                TokioRuntime::PerReactor => get(&c.tokio_threads_live),
+                TokioRuntime::Process => crate::pool::process_threads_live(),
+            },
             tasks_spawned: get(&c.tasks_spawned),
             tasks_completed: get(&c.tasks_completed),
             tasks_failed: get(&c.tasks_failed),
@@ -709,6 +749,12 @@ impl Drop for Bridge {
     }
 }
 
+/// How many times this process has forked since the crate loaded (0 in the
+/// original process).
+pub(crate) fn fork_generation() -> u64 {
+    forks::generation()
+}
+
 /// The bridge of the reactor at `address`, found without the GIL (Tokio threads use
 /// it: they cannot ask the reactor object). The caller keeps the reactor alive.
 pub(crate) fn bridge_for_address(address: usize) -> Option<Arc<Bridge>> {
@@ -726,7 +772,7 @@ mod forks {
     static GENERATION: AtomicU64 = AtomicU64::new(0);
     static WATCHING: PyOnceLock<()> = PyOnceLock::new();
 
-    pub(super) fn generation() -> u64 {
+    pub(crate) fn generation() -> u64 {
         GENERATION.load(Ordering::Acquire)
     }
 

@@ -29,6 +29,8 @@ const BATCH: usize = 256;
 pub(crate) struct Submitter {
     tx: UnboundedSender<Task>,
     rx: Mutex<Option<UnboundedReceiver<Task>>>,
+    /// The pump, stopped explicitly on a runtime that outlives the bridge.
+    pump: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Submitter {
@@ -37,6 +39,7 @@ impl Submitter {
         Self {
             tx,
             rx: Mutex::new(Some(rx)),
+            pump: Mutex::new(None),
         }
     }
 
@@ -53,7 +56,7 @@ impl Submitter {
     /// without waking a sleeping worker.
     pub fn start(&self, handle: &Handle, linger: Duration) {
         if let Some(mut rx) = self.rx.lock().take() {
-            handle.spawn(async move {
+            let pump = handle.spawn(async move {
                 let mut batch = Vec::with_capacity(BATCH);
                 let mut last_work = Instant::now();
                 loop {
@@ -79,7 +82,16 @@ impl Submitter {
                     last_work = Instant::now();
                 }
             });
+            *self.pump.lock() = Some(pump.abort_handle());
         }
+    }
+
+    /// Stops the pump (tasks not yet spawned are dropped) and anything queued.
+    pub fn stop(&self) {
+        if let Some(pump) = self.pump.lock().take() {
+            pump.abort();
+        }
+        self.discard_unstarted();
     }
 
     /// Drops the tasks of a runtime that never started.

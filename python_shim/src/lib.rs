@@ -10,7 +10,8 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_twisted::{
-    install_runtime, LogContextProvider, RuntimeConfig, RuntimeShutdown, RustPanicError, WakeMode,
+    install_runtime, LogContextProvider, RuntimeConfig, RuntimeShutdown, RustPanicError,
+    TokioRuntime, WakeMode,
 };
 
 mod awaitable_probes;
@@ -19,7 +20,7 @@ mod flags;
 mod probes;
 
 /// install(reactor, *, worker_threads=None, thread_name=None, shutdown_timeout=None,
-///         logcontext=None, track_cpu_time=None, wake=None, linger=None)
+///         logcontext=None, track_cpu_time=None, wake=None, linger=None, tokio=None)
 ///
 /// Installs the pyo3-twisted runtime on `reactor`. Omitted options keep their
 /// defaults. Installing again with the same options is a no-op; with different ones,
@@ -27,7 +28,7 @@ mod probes;
 #[pyfunction]
 #[pyo3(signature = (
     reactor, *, worker_threads=None, thread_name=None, shutdown_timeout=None,
-    logcontext=None, track_cpu_time=None, wake=None, linger=None
+    logcontext=None, track_cpu_time=None, wake=None, linger=None, tokio=None
 ))]
 #[allow(clippy::too_many_arguments)]
 fn install(
@@ -39,6 +40,7 @@ fn install(
     track_cpu_time: Option<bool>,
     wake: Option<String>,
     linger: Option<f64>,
+    tokio: Option<String>,
 ) -> PyResult<()> {
     let mut config = RuntimeConfig::default();
     if let Some(n) = worker_threads {
@@ -69,6 +71,9 @@ fn install(
                 "linger must be a number of seconds >= 0, got {seconds}"
             ))
         })?;
+    }
+    if let Some(tokio) = tokio {
+        config.tokio = TokioRuntime::parse(&tokio)?;
     }
     install_runtime(reactor, config)
 }
@@ -111,7 +116,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stats, m)?)?;
     m.add("RustPanicError", py.get_type::<RustPanicError>())?;
     m.add("RuntimeShutdown", py.get_type::<RuntimeShutdown>())?;
-    m.add("RUNTIME_ATTR", pyo3_twisted::RUNTIME_ATTR)?;
+    // The reactor attribute of this module's copy of the crate.
+    m.add("RUNTIME_ATTR", pyo3_twisted::runtime_attr())?;
     probes::register(m)?;
     awaitable_probes::register(m)?;
     flags::register(m)?;

@@ -12,15 +12,16 @@ SCRIPT = Path(__file__).parent / "scripts" / "exit_scenarios.py"
 RUNS = int(os.environ.get("EXIT_RUNS", "10"))
 
 
+@pytest.mark.parametrize("tokio", ["per_reactor", "process"])
 @pytest.mark.parametrize(
     "mode, status",
     [("stopped", 0), ("sys_exit", 3), ("never_run", 0), ("never_started", 0)],
 )
-def test_exit_status_is_the_processs_own(mode, status):
+def test_exit_status_is_the_processs_own(mode, status, tokio):
     outcomes = {}
     for _ in range(RUNS):
         proc = subprocess.run(
-            [sys.executable, str(SCRIPT), mode],
+            [sys.executable, str(SCRIPT), mode, tokio],
             capture_output=True,
             text=True,
             timeout=60,

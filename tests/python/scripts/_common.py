@@ -49,5 +49,6 @@ def emit(result: dict) -> None:
     gc.collect()  # flush "Unhandled error in Deferred"
     result["logged_errors"] = LOGGED_ERRORS
     result.setdefault("reactor_class", type(reactor).__name__)
+    result["reactor_requested"] = REACTOR_NAME
     print(json.dumps(result))
     sys.stdout.flush()
