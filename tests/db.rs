@@ -260,9 +260,10 @@ mod native {
     #[test]
     fn unreachable_server_names_the_dsn_without_the_password() {
         runtime().block_on(async {
-            let pool = PostgresPool::new(PostgresConfig::new(
-                "postgresql://app:hunter2@127.0.0.1:1/db",
-            ))
+            let pool = PostgresPool::new(PostgresConfig {
+                reconnect_timeout: std::time::Duration::from_millis(100),
+                ..PostgresConfig::new("postgresql://app:hunter2@127.0.0.1:1/db")
+            })
             .unwrap();
             let err = pool
                 .run_interaction("x", |txn| {
@@ -276,6 +277,9 @@ mod native {
                 "{message}"
             );
             assert!(!message.contains("hunter2"), "{message}");
+            // Refused connections were retried (reconnect_timeout) before giving up.
+            assert!(message.contains("Connection refused"), "{message}");
+            assert!(!message.contains("after 1 attempt(s)"), "{message}");
         });
     }
 }

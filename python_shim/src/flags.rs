@@ -111,11 +111,18 @@ impl RustStore {
 
     /// A store over a native PostgreSQL pool.
     #[staticmethod]
-    #[pyo3(signature = (dsn, max_size=4, max_attempts=5))]
-    fn postgres(dsn: String, max_size: usize, max_attempts: u32) -> PyResult<Self> {
+    #[pyo3(signature = (dsn, max_size=4, max_attempts=5, reconnect_timeout=5.0))]
+    fn postgres(
+        dsn: String,
+        max_size: usize,
+        max_attempts: u32,
+        reconnect_timeout: f64,
+    ) -> PyResult<Self> {
         let mut config = PostgresConfig::new(dsn);
         config.max_size = max_size;
         config.max_attempts = max_attempts;
+        config.reconnect_timeout = Duration::try_from_secs_f64(reconnect_timeout)
+            .map_err(|_| PyValueError::new_err("reconnect_timeout must be >= 0 seconds"))?;
         let pool = Arc::new(
             PostgresPool::new(config).map_err(|e| PyValueError::new_err(format!("{e:#}")))?,
         );
@@ -226,6 +233,38 @@ impl RustStore {
                 })
                 .await?;
             Ok((value, attempts.load(Ordering::SeqCst)))
+        })
+    }
+
+    /// Inserts `(txn_id, attempt)` into `restart_log` and holds the transaction for
+    /// `hold` seconds (`pg_sleep`): Deferred of the number of attempts run. Rolled-back
+    /// attempts leave no row, so the table shows what committed.
+    #[pyo3(signature = (reactor, txn_id, hold=0.003))]
+    fn insert_attempt<'py>(
+        &self,
+        py: Python<'py>,
+        reactor: &Bound<'py, PyAny>,
+        txn_id: i64,
+        hold: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, reactor, |pool| async move {
+            let attempts = Arc::new(AtomicUsize::new(0));
+            let counted = Arc::clone(&attempts);
+            pool.run_interaction("insert_attempt", move |txn| {
+                let attempt = counted.fetch_add(1, Ordering::SeqCst) as i64 + 1;
+                async move {
+                    txn.execute(
+                        "INSERT INTO restart_log (txn, attempt) VALUES (?, ?)",
+                        &[txn_id.into(), attempt.into()],
+                    )
+                    .await?;
+                    txn.execute("SELECT pg_sleep(?)", &[hold.into()]).await?;
+                    Ok(())
+                }
+                .boxed()
+            })
+            .await?;
+            Ok(attempts.load(Ordering::SeqCst))
         })
     }
 

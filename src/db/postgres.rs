@@ -6,6 +6,9 @@
 //!      connection ← deadpool (at most max_size)
 //!      BEGIN ISOLATION LEVEL …;  f(txn)  (only Transaction calls may be awaited);  COMMIT
 //!      40001 / 40P01 (in f or at COMMIT) → ROLLBACK, jittered backoff, again
+//!      connection lost or refused before COMMIT → drop the connection, back off,
+//!        again on a new one (for up to `reconnect_timeout`: a server restart)
+//!      connection lost during COMMIT → error, never retried (it may have committed)
 //! ```
 //!
 //! Everything runs on the calling Tokio task; the GIL is never involved.
@@ -38,6 +41,11 @@ pub struct PostgresConfig {
     /// Base delay before a retry, doubled each time, with up to 100% jitter added.
     /// Default: 5 ms.
     pub retry_backoff: Duration,
+    /// How long a transaction keeps retrying, on new connections, when the server
+    /// drops or refuses connections before its COMMIT (a restart or failover), in
+    /// addition to `max_attempts`. Retry delays grow to at most 250 ms. Zero turns
+    /// these retries off. Default: 5 seconds.
+    pub reconnect_timeout: Duration,
 }
 
 impl PostgresConfig {
@@ -49,6 +57,7 @@ impl PostgresConfig {
             isolation_level: IsolationLevel::RepeatableRead,
             max_attempts: 5,
             retry_backoff: Duration::from_millis(5),
+            reconnect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -139,13 +148,36 @@ impl PostgresPool {
 
     // `&mut`: the closure is `Send` but not `Sync`, and this future must be `Send`.
     async fn attempt(&self, name: &'static str, func: &mut ErasedInteraction) -> ErasedResult {
-        let mut client = self.pool.get().await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot get a connection to {}: {}",
-                self.safe_dsn,
-                describe(&e)
-            )
-        })?;
+        let mut client = match self.pool.get().await {
+            Ok(client) => client,
+            Err(err) => {
+                let message = format!(
+                    "cannot get a connection to {}: {}",
+                    self.safe_dsn,
+                    describe(&err)
+                );
+                return Err(match err {
+                    deadpool_postgres::PoolError::Backend(_) => {
+                        anyhow::Error::new(ServerUnreachable(message))
+                    }
+                    _ => anyhow::anyhow!(message),
+                });
+            }
+        };
+        let outcome = self.transaction(name, func, &mut client).await;
+        if outcome.as_ref().is_err_and(connection_lost) {
+            // Not back into the pool: the next user would find it dead too.
+            drop(deadpool_postgres::Object::take(client));
+        }
+        outcome
+    }
+
+    async fn transaction(
+        &self,
+        name: &'static str,
+        func: &mut ErasedInteraction,
+        client: &mut deadpool_postgres::Client,
+    ) -> ErasedResult {
         let txn = client
             .build_transaction()
             .isolation_level(self.config.isolation_level)
@@ -156,10 +188,15 @@ impl PostgresPool {
         let result = calls.drive(name, func(&mut transaction)).await;
         let PgTransaction { txn, .. } = transaction;
         match result {
-            Ok(value) => {
-                txn.commit().await?;
-                Ok(value)
-            }
+            Ok(value) => match txn.commit().await {
+                Ok(()) => Ok(value),
+                Err(err) if is_connection_loss(&err) => {
+                    Err(anyhow::Error::new(err).context(CommitOutcomeUnknown {
+                        dsn: self.safe_dsn.clone(),
+                    }))
+                }
+                Err(err) => Err(err.into()),
+            },
             Err(err) => {
                 // Best effort: dropping the transaction rolls it back too.
                 let _ = txn.rollback().await;
@@ -177,6 +214,7 @@ impl super::DatabasePool for PostgresPool {
         mut func: ErasedInteraction,
     ) -> ErasedResult {
         let mut attempt = 1;
+        let started = std::time::Instant::now();
         loop {
             match self.attempt(name, &mut func).await {
                 Err(err) if attempt < self.config.max_attempts && is_retryable(&err) => {
@@ -184,6 +222,20 @@ impl super::DatabasePool for PostgresPool {
                         "run_interaction({name}): attempt {attempt} failed, retrying: {err:#}"
                     );
                     tokio::time::sleep(backoff(self.config.retry_backoff, attempt)).await;
+                    attempt += 1;
+                }
+                Err(err)
+                    if connection_lost(&err)
+                        && started.elapsed() < self.config.reconnect_timeout =>
+                {
+                    log::warn!(
+                        "run_interaction({name}): connection to {} lost or refused \
+                         (attempt {attempt}), retrying on a new one: {err:#}",
+                        self.safe_dsn
+                    );
+                    let delay =
+                        backoff(self.config.retry_backoff, attempt).min(Duration::from_millis(250));
+                    tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
                 Err(err) => {
@@ -195,6 +247,68 @@ impl super::DatabasePool for PostgresPool {
             }
         }
     }
+}
+
+/// The connection dropped during COMMIT: the server may or may not have committed, so
+/// the transaction is not run again.
+#[derive(Debug)]
+pub struct CommitOutcomeUnknown {
+    dsn: String,
+}
+
+impl std::fmt::Display for CommitOutcomeUnknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the connection to {} was lost during COMMIT: the transaction may or may not \
+             have committed, so it was not retried",
+            self.dsn
+        )
+    }
+}
+
+impl std::error::Error for CommitOutcomeUnknown {}
+
+/// The server closed or refused the connection before COMMIT (nothing committed):
+/// safe to run again on a new connection. Not after an unknown COMMIT outcome.
+fn connection_lost(err: &anyhow::Error) -> bool {
+    // A context layer: found by anyhow's downcast, not by walking the chain.
+    if err.downcast_ref::<CommitOutcomeUnknown>().is_some() {
+        return false;
+    }
+    err.chain().any(|cause| {
+        if let Some(pg) = cause.downcast_ref::<tokio_postgres::Error>() {
+            return is_connection_loss(pg);
+        }
+        cause.is::<ServerUnreachable>()
+    })
+}
+
+/// A new connection could not be made.
+#[derive(Debug)]
+struct ServerUnreachable(String);
+
+impl std::fmt::Display for ServerUnreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServerUnreachable {}
+
+/// A closed connection, a refused one, or the server shutting down (SQLSTATE class
+/// 08, 57P01 to 57P03).
+fn is_connection_loss(err: &tokio_postgres::Error) -> bool {
+    if err.is_closed() {
+        return true;
+    }
+    if let Some(code) = err.code() {
+        let code = code.code();
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+    }
+    // No SQLSTATE and not a server error: an I/O failure on the socket.
+    err.as_db_error().is_none()
+        && std::error::Error::source(err).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 /// Serialization failures and deadlocks: the transaction can simply run again.
@@ -489,6 +603,18 @@ mod tests {
             .unwrap_err()
             .contains("beyond"));
         assert_eq!(numeric(-1, false, &[]), Ok(0));
+    }
+
+    #[test]
+    fn an_unknown_commit_outcome_is_never_retried() {
+        let refused = anyhow::Error::new(ServerUnreachable("refused".into()));
+        assert!(connection_lost(&refused));
+        let unknown = refused.context(CommitOutcomeUnknown {
+            dsn: "postgresql://h/db".into(),
+        });
+        assert!(!connection_lost(&unknown));
+        assert!(!is_retryable(&unknown));
+        assert!(format!("{unknown:#}").contains("may or may not have committed"));
     }
 
     #[test]

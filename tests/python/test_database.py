@@ -173,7 +173,9 @@ def test_connections_stay_within_the_configured_size(reactor, pool):
 
 
 def test_unreachable_postgres_names_the_dsn_without_the_password(reactor):
-    pool = DatabasePool(reactor, "postgresql://app:hunter2@127.0.0.1:1/nowhere", max_connections=1)
+    pool = DatabasePool(
+        reactor, "postgresql://app:hunter2@127.0.0.1:1/nowhere", max_connections=1, reconnect_timeout=0.2
+    )
     try:
         failure = run_failure(reactor, pool, Exception, "connect", count)
     finally:

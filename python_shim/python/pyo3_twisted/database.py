@@ -9,6 +9,10 @@ the same connections.
   ``OperationalError`` — which includes PostgreSQL's serialization failures (40001)
   and deadlocks (40P01) and SQLite's "database is locked" — with a rollback before
   each retry; a broken connection is replaced first.
+- A connection lost, or refused, before COMMIT (a server restart) is retried on a new
+  connection, with growing delays, for up to ``reconnect_timeout`` (5 s) on top of
+  ``max_attempts``. A connection lost *during* COMMIT raises
+  :class:`CommitOutcomeUnknown` and is never retried: the server may have committed.
 - SQL uses ``?`` placeholders on every engine; for PostgreSQL they become ``%s``
   outside string literals, quoted identifiers and comments.
 - Time waiting for a connection (``db_sched_duration_sec``) and in transactions
@@ -39,6 +43,7 @@ from twisted.internet import threads
 from twisted.python.threadpool import ThreadPool
 
 __all__ = [
+    "CommitOutcomeUnknown",
     "DatabasePool",
     "IsolationLevel",
     "LoggingTransaction",
@@ -50,6 +55,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+
+class CommitOutcomeUnknown(Exception):
+    """The connection was lost during COMMIT: the transaction may or may not have
+    committed, so it was not retried. The driver's error is the ``__cause__``."""
 
 
 class IsolationLevel:
@@ -264,6 +274,7 @@ class DatabasePool:
         max_connections: Optional[int] = None,
         isolation_level: str = IsolationLevel.REPEATABLE_READ,
         max_attempts: int = 5,
+        reconnect_timeout: float = 5.0,
         logcontext: Any = None,
         name: str = "db",
         application_name: str = "pyo3-twisted",
@@ -272,6 +283,8 @@ class DatabasePool:
             raise ValueError(f"unknown isolation level {isolation_level!r}")
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if not reconnect_timeout >= 0:
+            raise ValueError("reconnect_timeout must be a number of seconds >= 0")
         if logcontext is None or isinstance(logcontext, str):
             import importlib
 
@@ -286,6 +299,7 @@ class DatabasePool:
         self.max_connections = max_connections
         self.isolation_level = isolation_level
         self.max_attempts = max_attempts
+        self.reconnect_timeout = reconnect_timeout
         self.name = name
         self._local = threading.local()
         self._connections: list[Any] = []
@@ -379,38 +393,88 @@ class DatabasePool:
             parent_context=parent if parent else None,
         ) as context:
             context.add_database_scheduled(time.monotonic() - queued_at)
-            for attempt in range(1, self.max_attempts + 1):
+            return self._attempts(context, desc, func, args, kwargs, isolation_level, callbacks)
+
+    def _attempts(
+        self,
+        context: Any,
+        desc: str,
+        func: Callable[..., R],
+        args: tuple,
+        kwargs: dict,
+        isolation_level: str,
+        callbacks: dict[str, list],
+    ) -> R:
+        operational_error = self.engine.module.OperationalError
+        attempt = 0  # transient errors, limited by max_attempts
+        reconnects = 0  # lost or refused connections, limited by reconnect_timeout
+        first_started = time.monotonic()
+        while True:
+            try:
                 conn = self._connection()
-                txn = LoggingTransaction(conn, self.engine, desc)
-                started = time.monotonic()
-                try:
-                    self.engine.begin(conn, isolation_level)
-                    result = func(txn, *args, **kwargs)
-                    self.engine.commit(conn)
-                except self.engine.module.OperationalError as e:
-                    self._rollback(conn)
-                    callbacks["exception"] = txn._on_exception
-                    if attempt == self.max_attempts:
-                        raise
-                    logger.warning(
-                        "[TXN OPERROR] {%s} %s (attempt %d of %d)",
-                        desc,
-                        str(e).strip(),
-                        attempt,
-                        self.max_attempts,
-                    )
+            except operational_error as e:
+                if self._may_reconnect(first_started):
+                    reconnects += 1
+                    self._reconnect_delay(desc, e, reconnects)
                     continue
-                except BaseException:
-                    self._rollback(conn)
-                    callbacks["exception"] = txn._on_exception
+                raise
+            attempt += 1
+            txn = LoggingTransaction(conn, self.engine, desc)
+            started = time.monotonic()
+            committing = False
+            try:
+                self.engine.begin(conn, isolation_level)
+                result = func(txn, *args, **kwargs)
+                committing = True
+                self.engine.commit(conn)
+            except operational_error as e:
+                lost = self.engine.is_broken(conn)
+                self._rollback(conn)
+                callbacks["exception"] = txn._on_exception
+                if lost and committing:
+                    raise CommitOutcomeUnknown(
+                        f"{desc}: the database connection was lost during COMMIT: the "
+                        "transaction may or may not have committed, so it was not retried"
+                    ) from e
+                if lost and self._may_reconnect(first_started):
+                    attempt -= 1
+                    reconnects += 1
+                    self._reconnect_delay(desc, e, reconnects)
+                    continue
+                if attempt >= self.max_attempts:
                     raise
-                else:
-                    callbacks["after"] = txn._after
-                    return result
-                finally:
-                    txn.close()
-                    context.add_database_transaction(time.monotonic() - started)
-        raise AssertionError("unreachable")
+                logger.warning(
+                    "[TXN OPERROR] {%s} %s (attempt %d of %d)",
+                    desc,
+                    str(e).strip(),
+                    attempt,
+                    self.max_attempts,
+                )
+                continue
+            except BaseException:
+                self._rollback(conn)
+                callbacks["exception"] = txn._on_exception
+                raise
+            else:
+                callbacks["after"] = txn._after
+                return result
+            finally:
+                txn.close()
+                context.add_database_transaction(time.monotonic() - started)
+
+    def _may_reconnect(self, first_started: float) -> bool:
+        return time.monotonic() - first_started < self.reconnect_timeout
+
+    def _reconnect_delay(self, desc: str, error: Exception, reconnects: int) -> None:
+        # On this DB thread: the transaction waits for the server to come back.
+        delay = min(0.25, 0.005 * 2 ** min(reconnects, 10))
+        logger.warning(
+            "[TXN RECONNECT] {%s} %s (retrying on a new connection in %.0f ms)",
+            desc,
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
+            delay * 1000,
+        )
+        time.sleep(delay)
 
     def _rollback(self, conn: Any) -> None:
         try:
