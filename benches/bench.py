@@ -40,6 +40,8 @@ ROWS = [
     ("ours_conc_lc", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 10_000, "logcontext": True}, "create_deferred + pyo3_twisted.logcontext, 10k concurrent"),
     ("ours_conc_100k", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 100_000}, "create_deferred, 100k concurrent"),
     ("ours_seq", "twisted", {"strategy": "ours", "mode": "sequential", "m": 2_000}, "create_deferred, sequential"),
+    ("ours_conc_aio", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 10_000, "reactor": "asyncio"}, "create_deferred on Twisted's asyncio reactor, 10k concurrent"),
+    ("ours_seq_aio", "twisted", {"strategy": "ours", "mode": "sequential", "m": 2_000, "reactor": "asyncio"}, "create_deferred on Twisted's asyncio reactor, sequential"),
     ("await_conc", "awaitable", {"mode": "concurrent", "n": 10_000}, "run_python_awaitable from Tokio, 10k concurrent"),
     ("await_seq", "awaitable", {"mode": "sequential", "m": 2_000}, "run_python_awaitable from Tokio, sequential"),
     ("txn_rust", "interaction_sqlite", {"side": "rust", "m": 1_000}, "SQLite SELECT via run_interaction (Rust)"),

@@ -1,7 +1,7 @@
 """One benchmark case per process: `python benches/cases.py CASE JSON_PARAMS`.
 
 Prints one JSON object: {"us": [µs per operation, one per repetition], ...}.
-Twisted cases run on the real epoll reactor (it runs once per process, hence one
+Twisted cases run on the real epoll reactor (or Twisted's asyncio reactor) (it runs once per process, hence one
 process per case); asyncio cases on asyncio's default loop.
 """
 
@@ -25,17 +25,19 @@ def emit(**result: Any) -> None:
 # -- Twisted drivers -----------------------------------------------------------------
 
 
-def twisted_main(body: Callable[[Any], Any], runtime: dict | None = None, hard_exit: bool = False) -> None:
-    """Install epoll, optionally our runtime, run `body(reactor)` (a coroutine
+def twisted_main(
+    body: Callable[[Any], Any], runtime: dict | None = None, hard_exit: bool = False, reactor_name: str = "epoll"
+) -> None:
+    """Install the reactor (epoll, or Twisted's asyncio reactor), optionally our runtime, run `body(reactor)` (a coroutine
     function) inside the reactor, emit its result, stop.
 
     `hard_exit`: leave with os._exit once the result is out. The naive bridge needs
     it: its Tokio threads take the GIL, and one doing so while CPython finalizes
     aborts the process ("Fatal Python error: PyGILState_Release ... finalizing",
     CPython gh-87135) — the failure mode pyo3-twisted is designed to avoid."""
-    from twisted.internet import epollreactor
+    from pyo3_twisted.testing import install_reactor
 
-    epollreactor.install()
+    install_reactor(reactor_name)
     from twisted.internet import defer, reactor
 
     if runtime is not None:
@@ -276,7 +278,7 @@ def case_twisted(p: dict) -> None:
             return {"us": await measure_sequential(reactor, make, p["m"], p["reps"])}
         return {"us": await measure_batches(reactor, make, p["c"], p["total"], p["reps"])}
 
-    twisted_main(body, runtime, hard_exit=p["strategy"] == "naive")
+    twisted_main(body, runtime, hard_exit=p["strategy"] == "naive", reactor_name=p.get("reactor", "epoll"))
 
 
 def case_asyncio(p: dict) -> None:

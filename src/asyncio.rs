@@ -17,6 +17,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
 use crate::logcontext::Provider;
+use crate::twisted::deferred_class;
 
 /// The asyncio event loop behind a reactor, with what the relay needs.
 pub(crate) struct AsyncioLoop {
@@ -55,6 +56,10 @@ impl AsyncioLoop {
 /// loop runs it): refuse it with a message that says so.
 pub(crate) fn reject_future(obj: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = obj.py();
+    // The common answers without a Python call: a coroutine or a Deferred.
+    if obj.get_type().is(coroutine_type(py)?) || obj.is_instance(deferred_class(py)?)? {
+        return Ok(());
+    }
     if is_future(py)?.call1((obj,))?.is_truthy()? {
         return Err(PyTypeError::new_err(format!(
             "run_python_awaitable got an asyncio future ({}), but the reactor is not \
@@ -82,6 +87,14 @@ fn driver(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
             )
         })
         .map(|m| m.bind(py))
+}
+
+fn coroutine_type(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    CELL.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("types")?.getattr("CoroutineType")?.unbind())
+    })
+    .map(|t| t.bind(py))
 }
 
 fn is_future(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {

@@ -164,6 +164,15 @@ pub fn install_runtime(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyR
     install(reactor, config).map(drop)
 }
 
+/// [`runtime_attr`] as a Python string, made once (every `create_deferred` looks it up).
+fn runtime_attr_py(py: Python<'_>) -> &Bound<'_, pyo3::types::PyString> {
+    static NAME: PyOnceLock<Py<pyo3::types::PyString>> = PyOnceLock::new();
+    NAME.get_or_init(py, || {
+        pyo3::types::PyString::intern(py, runtime_attr()).unbind()
+    })
+    .bind(py)
+}
+
 /// A snapshot of the counters of the runtime installed on `reactor`.
 ///
 /// Errors if no runtime is installed there (this does not install one).
@@ -186,8 +195,7 @@ pub(crate) fn bridge_for(reactor: &Bound<'_, PyAny>) -> PyResult<Arc<Bridge>> {
 
 fn lookup(reactor: &Bound<'_, PyAny>) -> PyResult<Option<Arc<Bridge>>> {
     let py = reactor.py();
-    let name = pyo3::types::PyString::intern(py, runtime_attr());
-    let Some(attr) = reactor.getattr_opt(&name)? else {
+    let Some(attr) = reactor.getattr_opt(runtime_attr_py(py))? else {
         return Ok(None);
     };
     match attr.cast::<RuntimeBinding>() {
@@ -256,7 +264,7 @@ fn install(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyResult<Arc<Br
         |bridge, py, args| bridge.cancel(py, &args.get_item(0)?),
     )?);
     reactor.setattr(
-        pyo3::types::PyString::intern(py, runtime_attr()),
+        runtime_attr_py(py),
         RuntimeBinding {
             bridge: Arc::clone(&bridge),
         },

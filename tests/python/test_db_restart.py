@@ -43,19 +43,28 @@ def test_pools_ride_out_a_server_restart_and_report_an_outage(own_server, kind):
     outcomes = {int(txn): outcome for txn, outcome in result["outcomes"].items()}
 
     # Every transaction of the stream, the one held across the restart, and the 50
-    # after it committed: the pool recovered and retried what the restart cut off.
-    survived = [txn for txn in outcomes if txn < 450 or txn == 9999]
-    assert len(survived) == 451
-    failed = {txn: outcomes[txn] for txn in survived if not outcomes[txn]["ok"]}
-    assert failed == {}
-    assert outcomes[9999]["attempts"] >= 2, "the held transaction was not cut off and retried"
+    # after it committed -- the pool recovered and retried what the restart cut off --
+    # except any whose connection died during COMMIT: that outcome is unknowable, so
+    # it is reported as such and not retried.
+    stream = [txn for txn in outcomes if txn < 450 or txn == 9999]
+    assert len(stream) == 451
+    unknown = [txn for txn in stream if not outcomes[txn]["ok"]]
+    for txn in unknown:
+        outcome = outcomes[txn]
+        assert outcome["type"] == ("CommitOutcomeUnknown" if kind == "python" else "RuntimeError"), outcome
+        assert "may or may not have committed" in outcome["message"], outcome
+    assert len(unknown) <= 8, unknown  # at most the transactions in flight
+    assert outcomes[9999]["ok"] and outcomes[9999]["attempts"] >= 2, (
+        "the held transaction was not cut off and retried"
+    )
 
     # Nothing committed twice, and what committed is the attempt that reported success.
     rows = collections.Counter(txn for txn, _ in result["rows"])
     assert max(rows.values()) == 1
     committed_attempt = dict(result["rows"])
-    for txn in survived:
-        assert committed_attempt[txn] == outcomes[txn]["attempts"], txn
+    for txn in stream:
+        if txn not in unknown:
+            assert committed_attempt[txn] == outcomes[txn]["attempts"], txn
 
     # Down for longer than the second pool waits: clear errors, naming the server
     # without the password, nothing written; once it is back, that pool works again.

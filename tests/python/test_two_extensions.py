@@ -16,10 +16,11 @@ def test_two_extension_modules_on_one_reactor_each_keep_their_own_runtime():
     # They call each other through the reactor: no type errors between copies.
     assert result["ext_awaits_shim"] == "shim value"
     assert result["shim_awaits_ext"] == "ext-pool"
-    # Both stop with the reactor.
-    assert result["after_stop"] == {"shim-pool": 0, "ext-pool": 0}
+    # Both stop with the reactor (threads counted by Tokio's thread-stop hook: /proc
+    # may still list a thread that is exiting).
     for stats in (result["shim_stats"], result["ext_stats"]):
         assert stats["state"] == "stopped"
+        assert stats["tokio_threads_live"] == 0
         assert stats["tasks_in_flight"] == 0
         assert stats["tasks_completed"] == stats["tasks_spawned"] == 22
     assert result["logged_errors"] == []

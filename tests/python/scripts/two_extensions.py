@@ -86,7 +86,6 @@ reactor.callWhenRunning(start)
 reactor.run()
 if mode == "separate":
     result["shim_stats"] = pyo3_twisted.stats(reactor)
-    result["after_stop"] = {"shim-pool": threads_named("shim-pool"), "ext-pool": threads_named("ext-pool")}
 result["ext_stats"] = ext.stats(reactor)
 result["after_stop_shared"] = threads_named("shared-pool")
 emit(result)
