@@ -72,6 +72,8 @@ GOALS = [
     ("4. Rust run_interaction vs Python runInteraction (SQLite)", "txn_rust", "txn_python", 1.15, "<="),
     ("4. Python pool vs native pool time per txn (PostgreSQL)", "pg_python", "pg_native", 3.0, ">="),
     ("5. 100k vs 10k concurrent, per completion", "ours_conc_100k", "ours_conc", 1.5, "<="),
+    ("6. asyncio reactor: create_deferred vs pyo3-async-runtimes, 10k concurrent", "ours_conc_aio", "asyncio_conc", 0.5, "<="),
+    ("6. asyncio reactor: create_deferred vs pyo3-async-runtimes, sequential", "ours_seq_aio", "asyncio_seq", 0.5, "<="),
 ]
 
 

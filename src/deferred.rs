@@ -92,7 +92,7 @@ where
         .registry
         .lock()
         .insert(deferred.clone().unbind(), abort);
-    let live = bridge.live_tasks.enter();
+    let live = bridge.live_tasks.as_ref().map(|live| live.enter());
     let task = Box::pin(async move {
         let _live = live;
         let scoped = TaskScope::enter(Arc::clone(&scope), fut);

@@ -109,8 +109,10 @@ pub(crate) struct Bridge {
     pub counters: Arc<Counters>,
     pub mailbox: Arc<Mailbox>,
     pub registry: Mutex<Registry>,
-    /// The futures of `create_deferred` that still exist.
-    pub live_tasks: Arc<LiveTasks>,
+    /// The futures of `create_deferred` that still exist; counted only on the
+    /// process-wide pool (our own runtime is simply dropped), where stopping means
+    /// waiting for them.
+    pub live_tasks: Option<Arc<LiveTasks>>,
     submitter: Submitter,
     phase: AtomicU8,
     reactor_thread: AtomicU64,
@@ -234,12 +236,14 @@ fn install(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyResult<Arc<Br
     };
     let asyncio = AsyncioLoop::of_reactor(reactor, provider.as_ref())?;
     let counters = Arc::new(Counters::default());
+    let live_tasks =
+        (config.tokio == TokioRuntime::Process).then(|| Arc::new(LiveTasks::default()));
     let bridge = Arc::new(Bridge {
         mailbox: Arc::new(Mailbox::new(Arc::clone(&counters))),
         counters,
         config,
         registry: Mutex::new(Registry::default()),
-        live_tasks: Arc::new(LiveTasks::default()),
+        live_tasks,
         submitter: Submitter::new(),
         phase: AtomicU8::new(INSTALLED),
         reactor_thread: AtomicU64::new(threads::current_id()),
@@ -687,7 +691,9 @@ impl Bridge {
         for entry in self.registry.lock().take_all() {
             entry.abort.abort();
         }
-        let live = Arc::clone(&self.live_tasks);
+        let Some(live) = self.live_tasks.clone() else {
+            return;
+        };
         if !py.detach(move || live.wait_idle(DROP_GRACE)) {
             log::warn!("pyo3-twisted: bridged tasks still running after shutdown");
         }
