@@ -41,6 +41,7 @@ def test_pyo3_async_runtimes_futures_run_on_the_same_pool():
     assert stats["state"] == "stopped"
     assert stats["tasks_in_flight"] == 0
     assert stats["tasks_completed"] == 40
-    # The process-wide pool outlives the reactor (documented).
-    assert result["after_stop_shared"] == result["live_shared"]
+    # The process-wide pool outlives the reactor (documented): its workers are still
+    # there after the reactor stopped (idle blocking threads may come and go).
+    assert result["after_stop_shared"] >= 2
     assert result["logged_errors"] == []
