@@ -52,9 +52,25 @@ impl AsyncioLoop {
     }
 }
 
+/// What a factory returned, made fit for the reactor: on the asyncio reactor
+/// (`asyncio` is its loop) asyncio futures and coroutines become Deferreds; elsewhere
+/// an asyncio future is refused. Anything else comes back unchanged.
+pub(crate) fn prepare<'py>(
+    asyncio: Option<&AsyncioLoop>,
+    obj: Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match asyncio {
+        Some(asyncio) => asyncio.adapt(obj),
+        None => {
+            reject_future(&obj)?;
+            Ok(obj)
+        }
+    }
+}
+
 /// On a reactor that is not asyncio's, an asyncio future would never complete (no
 /// loop runs it): refuse it with a message that says so.
-pub(crate) fn reject_future(obj: &Bound<'_, PyAny>) -> PyResult<()> {
+fn reject_future(obj: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = obj.py();
     // The common answers without a Python call: a coroutine or a Deferred.
     if obj.get_type().is(coroutine_type(py)?) || obj.is_instance(deferred_class(py)?)? {

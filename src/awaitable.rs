@@ -278,7 +278,7 @@ fn start(
                 bridge.note_handoff(py);
                 return Ok(());
             }
-            Ok(value) => to_deferred(value, bridge.asyncio()),
+            Ok(value) => crate::asyncio::prepare(bridge.asyncio(), value).and_then(to_deferred),
             Err(err) => Err(err),
         },
     };
@@ -336,13 +336,7 @@ impl Factory {
             Some(f) => {
                 let made = f(py)?;
                 match self.bridge.upgrade() {
-                    Some(bridge) => match bridge.asyncio() {
-                        Some(asyncio) => asyncio.adapt(made),
-                        None => {
-                            crate::asyncio::reject_future(&made)?;
-                            Ok(made)
-                        }
-                    },
+                    Some(bridge) => crate::asyncio::prepare(bridge.asyncio(), made),
                     None => Ok(made),
                 }
             }

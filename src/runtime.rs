@@ -669,10 +669,7 @@ impl Bridge {
         }
         self.submitter.stop();
         directory::forget(self);
-        match slow.runtime {
-            Some(runtime) => py.detach(move || runtime.shutdown_timeout(DROP_GRACE)),
-            None => self.stop_tasks_on_shared_pool(py),
-        }
+        self.stop_runtime(py, slow.runtime);
         self.mailbox.close(py);
         if let Some(done) = slow.shutdown_done {
             if let Err(err) = done
@@ -681,6 +678,15 @@ impl Bridge {
             {
                 report(py, err, "pyo3-twisted: firing the shutdown Deferred");
             }
+        }
+    }
+
+    /// Drops our own runtime (GIL released; it cancels every task), or, on a pool we
+    /// do not own, stops our tasks there.
+    fn stop_runtime(&self, py: Python<'_>, runtime: Option<Runtime>) {
+        match runtime {
+            Some(runtime) => py.detach(move || runtime.shutdown_timeout(DROP_GRACE)),
+            None => self.stop_tasks_on_shared_pool(py),
         }
     }
 
@@ -705,10 +711,7 @@ impl Bridge {
         let runtime = self.slow.lock().runtime.take();
         self.submitter.stop();
         directory::forget(self);
-        match runtime {
-            Some(runtime) => py.detach(move || runtime.shutdown_timeout(DROP_GRACE)),
-            None => self.stop_tasks_on_shared_pool(py),
-        }
+        self.stop_runtime(py, runtime);
         self.mailbox.close(py);
     }
 

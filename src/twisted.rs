@@ -4,8 +4,6 @@
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
-use crate::asyncio::AsyncioLoop;
-
 macro_rules! cached {
     ($(#[$doc:meta])* $name:ident = $module:literal . $attr:literal) => {
         $(#[$doc])*
@@ -60,24 +58,14 @@ pub(crate) fn await_any(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 
 /// Turns whatever a factory returned into a Deferred: a Deferred as is, a coroutine
 /// or other awaitable driven by `ensureDeferred`, any other value already fired.
-/// `asyncio` is the reactor's loop when it is Twisted's asyncio reactor.
-pub(crate) fn to_deferred<'py>(
-    obj: Bound<'py, PyAny>,
-    asyncio: Option<&AsyncioLoop>,
-) -> PyResult<Bound<'py, PyAny>> {
+/// (asyncio objects are dealt with before, by `asyncio::prepare`).
+pub(crate) fn to_deferred(obj: Bound<'_, PyAny>) -> PyResult<Bound<'_, PyAny>> {
     let py = obj.py();
-    let obj = match asyncio {
-        Some(asyncio) => asyncio.adapt(obj)?,
-        None => obj,
-    };
     if obj.is_instance(deferred_class(py)?)? {
         Ok(obj)
     } else if is_coroutine(py)?.call1((&obj,))?.is_truthy()? {
         ensure_deferred(py)?.call1((obj,))
     } else if obj.hasattr(pyo3::intern!(py, "__await__"))? {
-        if asyncio.is_none() {
-            crate::asyncio::reject_future(&obj)?;
-        }
         ensure_deferred(py)?.call1((await_any(py)?.call1((obj,))?,))
     } else {
         succeed(py)?.call1((obj,))

@@ -406,7 +406,7 @@ class DatabasePool:
         callbacks: dict[str, list],
     ) -> R:
         operational_error = self.engine.module.OperationalError
-        attempt = 0  # transient errors, limited by max_attempts
+        failures = 0  # transient errors, limited by max_attempts
         reconnects = 0  # lost or refused connections, limited by reconnect_timeout
         first_started = time.monotonic()
         while True:
@@ -418,7 +418,6 @@ class DatabasePool:
                     self._reconnect_delay(desc, e, reconnects)
                     continue
                 raise
-            attempt += 1
             txn = LoggingTransaction(conn, self.engine, desc)
             started = time.monotonic()
             committing = False
@@ -437,17 +436,17 @@ class DatabasePool:
                         "transaction may or may not have committed, so it was not retried"
                     ) from e
                 if lost and self._may_reconnect(first_started):
-                    attempt -= 1
                     reconnects += 1
                     self._reconnect_delay(desc, e, reconnects)
                     continue
-                if attempt >= self.max_attempts:
+                failures += 1
+                if failures >= self.max_attempts:
                     raise
                 logger.warning(
                     "[TXN OPERROR] {%s} %s (attempt %d of %d)",
                     desc,
                     str(e).strip(),
-                    attempt,
+                    failures,
                     self.max_attempts,
                 )
                 continue
