@@ -23,9 +23,10 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::bridge::Bridge;
 use crate::errors::RuntimeShutdown;
 use crate::logcontext::TaskScope;
-use crate::runtime::{bridge_for, bridge_for_address, Bridge};
+use crate::runtime::RuntimeRef;
 use crate::stats::Counters;
 use crate::twisted::{failure_class, failure_to_pyerr, to_deferred};
 
@@ -37,7 +38,8 @@ type Completer = Box<dyn for<'py> FnOnce(Python<'py>, PyResult<Bound<'py, PyAny>
 /// Call it from any Tokio task: inside a future given to
 /// [`create_deferred`](crate::create_deferred), in a child made with
 /// [`spawn`](crate::spawn), or elsewhere once the reactor has a runtime. The calling
-/// thread never takes the GIL.
+/// thread never takes the GIL. `runtime` names the reactor: a [`Runtime`](crate::Runtime) handle, or
+/// the reactor object (`Py<PyAny>`, released on the reactor thread).
 ///
 /// - `make_awaitable` runs on the reactor thread, inside the logging context the
 ///   calling task works for (the sentinel if none, or if that context has finished).
@@ -50,11 +52,9 @@ type Completer = Box<dyn for<'py> FnOnce(Python<'py>, PyResult<Bound<'py, PyAny>
 /// - `Err` carries the original Python exception, traceback included.
 /// - Dropping the returned future before it resolves cancels the Python side
 ///   (`Deferred.cancel()`, so a coroutine sees `CancelledError`).
-/// - If the job can never run (the reactor stopped), the future resolves with
-///   [`RuntimeShutdown`]; it never hangs.
-///
-/// `reactor` is released on the reactor thread. To make many calls without a `Py` per
-/// call, use a [`ReactorHandle`].
+/// - If the job can never run (the runtime shut down, the reactor was collected),
+///   the future resolves with [`RuntimeShutdown`]; it never hangs. It runs whether or
+///   not the reactor was ever `run()`: a memory reactor's harness delivers it.
 ///
 /// ```no_run
 /// # use pyo3::prelude::*;
@@ -65,121 +65,19 @@ type Completer = Box<dyn for<'py> FnOnce(Python<'py>, PyResult<Bound<'py, PyAny>
 /// .await?;
 /// # Ok(()) }
 /// ```
-pub async fn run_python_awaitable<F>(reactor: Py<PyAny>, make_awaitable: F) -> PyResult<Py<PyAny>>
+pub async fn run_python_awaitable<R, F>(runtime: R, make_awaitable: F) -> PyResult<Py<PyAny>>
 where
+    R: RuntimeRef + Send + 'static,
     F: for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send + 'static,
 {
-    let address = reactor.as_ptr() as usize;
-    let bridge = TaskScope::current()
-        .map(|scope| Arc::clone(&scope.bridge))
-        .filter(|bridge| bridge.reactor_address() == address)
-        .or_else(|| bridge_for_address(address))
-        .ok_or_else(|| {
-            PyRuntimeError::new_err(
-                "no pyo3-twisted runtime is installed on this reactor: install it, or call \
-                 create_deferred, on the reactor thread first",
-            )
-        })?;
+    let bridge = Arc::clone(runtime.runtime_without_gil()?.bridge());
     run(
         bridge,
-        Some(reactor),
+        runtime,
         Box::new(make_awaitable),
         |obj: &Bound<'_, PyAny>| Ok(obj.clone().unbind()),
     )
     .await
-}
-
-/// A reactor's runtime, usable from any thread without the GIL: cheap to clone and
-/// send, for Tokio code that calls into Python repeatedly.
-///
-/// ```no_run
-/// # use pyo3::prelude::*;
-/// # async fn f() -> PyResult<()> {
-/// // Inside a bridged future:
-/// let reactor = pyo3_twisted::ReactorHandle::current().expect("in a bridged task");
-/// let n: i64 = reactor
-///     .run_python_awaitable_map(|py| py.eval(c"40 + 2", None, None), |v| v.extract())
-///     .await?;
-/// # Ok(()) }
-/// ```
-#[derive(Clone)]
-pub struct ReactorHandle {
-    bridge: Arc<Bridge>,
-}
-
-impl std::fmt::Debug for ReactorHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReactorHandle")
-            .field(
-                "reactor",
-                &format_args!("{:#x}", self.bridge.reactor_address()),
-            )
-            .finish()
-    }
-}
-
-impl ReactorHandle {
-    /// The handle of `reactor`'s runtime, installing the default runtime if it has
-    /// none (as `create_deferred` does). Needs the GIL.
-    pub fn new(reactor: &Bound<'_, PyAny>) -> PyResult<Self> {
-        Ok(Self {
-            bridge: bridge_for(reactor)?,
-        })
-    }
-
-    pub(crate) fn from_bridge(bridge: Arc<Bridge>) -> Self {
-        Self { bridge }
-    }
-
-    /// The Tokio runtime's handle, once it has started.
-    pub(crate) fn tokio_handle(&self) -> Option<tokio::runtime::Handle> {
-        self.bridge.tokio_handle().cloned()
-    }
-
-    /// The handle of the runtime running the calling task: inside a bridged future,
-    /// its `spawn`ed children, or anything else on this crate's Tokio threads.
-    pub fn current() -> Option<Self> {
-        TaskScope::current()
-            .map(|scope| Arc::clone(&scope.bridge))
-            .or_else(Bridge::of_current_thread)
-            .map(|bridge| Self { bridge })
-    }
-
-    /// [`run_python_awaitable`] on this handle's reactor.
-    pub async fn run_python_awaitable<F>(&self, make_awaitable: F) -> PyResult<Py<PyAny>>
-    where
-        F: for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send + 'static,
-    {
-        run(
-            Arc::clone(&self.bridge),
-            None,
-            Box::new(make_awaitable),
-            |obj: &Bound<'_, PyAny>| Ok(obj.clone().unbind()),
-        )
-        .await
-    }
-
-    /// [`run_python_awaitable`], with the result converted by `convert` on the
-    /// reactor thread: the Tokio side receives a plain Rust value and never needs the
-    /// GIL to use it.
-    pub async fn run_python_awaitable_map<F, C, T>(
-        &self,
-        make_awaitable: F,
-        convert: C,
-    ) -> PyResult<T>
-    where
-        F: for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send + 'static,
-        C: for<'py> FnOnce(&Bound<'py, PyAny>) -> PyResult<T> + Send + 'static,
-        T: Send + 'static,
-    {
-        run(
-            Arc::clone(&self.bridge),
-            None,
-            Box::new(make_awaitable),
-            convert,
-        )
-        .await
-    }
 }
 
 /// State shared by the Tokio side and the reactor side of one call.
@@ -191,17 +89,24 @@ struct Shared {
     deferred: Mutex<Option<Py<PyAny>>>,
 }
 
-async fn run<C, T>(
+/// The call itself. `keep` (the caller's reactor reference, if any) is released on
+/// the reactor thread.
+pub(crate) async fn run<K, C, T>(
     bridge: Arc<Bridge>,
-    reactor: Option<Py<PyAny>>,
+    keep: K,
     factory: BoxedFactory,
     convert: C,
 ) -> PyResult<T>
 where
+    K: Send + 'static,
     C: for<'py> FnOnce(&Bound<'py, PyAny>) -> PyResult<T> + Send + 'static,
     T: Send + 'static,
 {
-    bridge.check_not_forked()?;
+    if bridge.is_stopped() {
+        return Err(RuntimeShutdown::new_err(
+            "the pyo3-twisted runtime has shut down",
+        ));
+    }
     let (tx, rx) = oneshot::channel::<PyResult<T>>();
     let complete: Completer = Box::new(move |_py, result| {
         // If the Rust side is gone the value is dropped here, on the reactor thread.
@@ -211,8 +116,8 @@ where
     let scope = TaskScope::current();
     let job_shared = Arc::clone(&shared);
     let job_bridge = Arc::clone(&bridge);
-    bridge.mailbox.push(Box::new(move |py| {
-        drop(reactor);
+    bridge.mailbox().push(Box::new(move |py| {
+        drop(keep);
         start(
             py,
             &job_bridge,
@@ -250,7 +155,7 @@ fn start(
     if shared.abandoned.load(Ordering::Acquire) {
         return Ok(());
     }
-    Counters::bump(&bridge.counters.awaitables_started);
+    Counters::bump(&bridge.counters().awaitables_started);
     let started = match bridge.provider() {
         // The provider's run_in_background runs the factory in the task's context
         // and keeps the rules for whatever it returns.
@@ -273,7 +178,7 @@ fn start(
         None => match factory(py) {
             // A plain value needs no Deferred: answer at once.
             Ok(value) if is_plain_value(&value) => {
-                Counters::bump(&bridge.counters.awaitables_completed);
+                Counters::bump(&bridge.counters().awaitables_completed);
                 complete(py, Ok(value));
                 bridge.note_handoff(py);
                 return Ok(());
@@ -287,7 +192,6 @@ fn start(
         Resolver {
             complete: Mutex::new(Some(complete)),
             shared: Arc::clone(&shared),
-            counters: Arc::clone(&bridge.counters),
             bridge: Arc::downgrade(bridge),
         },
     )?;
@@ -353,7 +257,6 @@ impl Factory {
 struct Resolver {
     complete: Mutex<Option<Completer>>,
     shared: Arc<Shared>,
-    counters: Arc<Counters>,
     bridge: std::sync::Weak<Bridge>,
 }
 
@@ -363,10 +266,13 @@ impl Resolver {
         let deferred = self.shared.deferred.lock().take();
         drop(deferred);
         if let Some(complete) = complete {
-            Counters::bump(&self.counters.awaitables_completed);
+            let bridge = self.bridge.upgrade();
+            if let Some(bridge) = &bridge {
+                Counters::bump(&bridge.counters().awaitables_completed);
+            }
             complete(py, outcome);
             // The waiting task will answer soon: linger for it.
-            if let Some(bridge) = self.bridge.upgrade() {
+            if let Some(bridge) = bridge {
                 bridge.note_handoff(py);
             }
         }
@@ -401,7 +307,7 @@ impl Drop for CancelOnDrop {
         self.shared.abandoned.store(true, Ordering::Release);
         // Queued after the start job, so it finds the Deferred if one was made.
         let shared = Arc::clone(&self.shared);
-        self.bridge.mailbox.push(Box::new(move |py| {
+        self.bridge.mailbox().push(Box::new(move |py| {
             let deferred = shared.deferred.lock().take();
             if let Some(deferred) = deferred {
                 deferred.bind(py).call_method0(intern!(py, "cancel"))?;

@@ -2,11 +2,22 @@
 
 use std::time::Duration;
 
-use pyo3::exceptions::PyValueError;
-use pyo3::PyResult;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
-/// Configuration of the Tokio runtime that [`install_runtime`](crate::install_runtime)
-/// ties to a reactor.
+/// A duration option given in seconds.
+fn seconds(name: &str, value: &Bound<'_, PyAny>) -> PyResult<Duration> {
+    let seconds: f64 = value.extract()?;
+    Duration::try_from_secs_f64(seconds).map_err(|_| {
+        PyValueError::new_err(format!(
+            "{name} must be a finite number of seconds >= 0, got {seconds}"
+        ))
+    })
+}
+
+/// Configuration of the runtime that [`install_runtime`](crate::install_runtime) (or
+/// [`Runtime::install`](crate::Runtime::install)) ties to a reactor.
 ///
 /// Build it with struct-update syntax; every field has a sensible default:
 ///
@@ -50,7 +61,8 @@ pub struct RuntimeConfig {
     /// lingering trades a little CPU right after activity for that latency. Zero
     /// disables it. Default: 50 µs.
     pub linger: Duration,
-    /// Which Tokio runtime runs the work. Default: [`TokioRuntime::PerReactor`].
+    /// Which Tokio runtime runs the work. Default: [`TokioRuntime::Process`], one pool
+    /// shared by every reactor in the process.
     pub tokio: TokioRuntime,
 }
 
@@ -65,12 +77,61 @@ impl Default for RuntimeConfig {
             track_cpu_time: true,
             wake: WakeMode::Auto,
             linger: Duration::from_micros(50),
-            tokio: TokioRuntime::PerReactor,
+            tokio: TokioRuntime::Process,
         }
     }
 }
 
+/// The keyword arguments [`RuntimeConfig::from_kwargs`] understands.
+pub const CONFIG_KEYWORDS: [&str; 8] = [
+    "worker_threads",
+    "thread_name",
+    "shutdown_timeout",
+    "logcontext",
+    "track_cpu_time",
+    "wake",
+    "linger",
+    "tokio",
+];
+
 impl RuntimeConfig {
+    /// The config that Python keyword arguments describe, as `pyo3_twisted.install`
+    /// and `pyo3_twisted.Runtime` take them: `worker_threads` (int), `thread_name`
+    /// (str), `shutdown_timeout` and `linger` (seconds), `logcontext` (a module name),
+    /// `track_cpu_time` (bool), `wake` (`"auto"`, `"fd"`, `"call_from_thread"`) and
+    /// `tokio` (`"process"`, `"per_reactor"`). Omitted or `None` options keep their
+    /// defaults. An unknown keyword is a `TypeError`, a bad value a `ValueError`.
+    pub fn from_kwargs(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let mut config = RuntimeConfig::default();
+        let Some(kwargs) = kwargs else {
+            return Ok(config);
+        };
+        for (key, value) in kwargs.iter() {
+            let key: String = key.extract()?;
+            if value.is_none() && CONFIG_KEYWORDS.contains(&key.as_str()) {
+                continue;
+            }
+            match key.as_str() {
+                "worker_threads" => config.worker_threads = value.extract()?,
+                "thread_name" => config.thread_name = value.extract()?,
+                "shutdown_timeout" => config.shutdown_timeout = seconds(&key, &value)?,
+                "logcontext" => config.logcontext = LogContextProvider::Module(value.extract()?),
+                "track_cpu_time" => config.track_cpu_time = value.extract()?,
+                "wake" => config.wake = WakeMode::parse(&value.extract::<String>()?)?,
+                "linger" => config.linger = seconds(&key, &value)?,
+                "tokio" => config.tokio = TokioRuntime::parse(&value.extract::<String>()?)?,
+                other => {
+                    return Err(PyTypeError::new_err(format!(
+                        "unexpected keyword argument {other:?}; the runtime's options are {}",
+                        CONFIG_KEYWORDS.join(", ")
+                    )))
+                }
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Checks the values a caller could get wrong, with a message naming the field.
     pub fn validate(&self) -> PyResult<()> {
         if self.worker_threads == 0 || self.worker_threads > 1024 {
@@ -116,14 +177,17 @@ pub enum LogContextProvider {
 /// Which Tokio runtime a reactor's work runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum TokioRuntime {
-    /// A runtime of the reactor's own, built when the reactor starts and dropped at
-    /// reactor shutdown: nothing of it outlives the reactor.
-    #[default]
+    /// A runtime of the reactor's own, built when its bridge starts and dropped at its
+    /// shutdown: nothing of it outlives the reactor, and it costs `worker_threads`
+    /// threads per reactor.
     PerReactor,
-    /// The process-wide runtime of [`process_runtime`](crate::process_runtime), which
-    /// other libraries can share (pyo3-async-runtimes' `init_with_runtime`). It is
-    /// never dropped: at reactor shutdown this crate stops its own tasks there and
-    /// leaves the threads running.
+    /// The process-wide runtime of [`process_runtime`](crate::process_runtime), shared
+    /// by every reactor that asks for it and by other libraries (pyo3-async-runtimes'
+    /// `init_with_runtime`). The first install sizes it; a later one that asks for
+    /// other `worker_threads` or `thread_name` is an error. It is never dropped: at
+    /// shutdown a reactor's bridge stops its own tasks there and leaves the threads
+    /// running.
+    #[default]
     Process,
 }
 

@@ -25,16 +25,19 @@ use pyo3::IntoPyObjectExt;
 use crate::errors::{panic_message, RuntimeShutdown, RustPanicError};
 use crate::logcontext::TaskScope;
 use crate::registry::Key;
-use crate::runtime::bridge_for;
+use crate::runtime::RuntimeRef;
 use crate::stats::Counters;
 use crate::twisted::{already_called_error, deferred_class};
 
 /// Runs `fut` on the reactor's Tokio runtime and returns a Twisted `Deferred` for its
 /// result.
 ///
+/// `runtime` is a [`Runtime`](crate::Runtime) handle or the reactor (`&reactor`).
 /// Call it on the reactor thread (elsewhere it raises `RuntimeError`). The first call
 /// on a reactor without a runtime installs the default one (see
-/// [`install_runtime`](crate::install_runtime)).
+/// [`install_runtime`](crate::install_runtime)), and the first call starts the
+/// runtime if it has not started: a reactor that is never `run()` (a test's memory
+/// reactor) serves it too.
 ///
 /// What the Deferred does:
 /// - `Ok(v)`: fires with `v` converted to Python (on the reactor thread);
@@ -62,23 +65,27 @@ use crate::twisted::{already_called_error, deferred_class};
 ///     })
 /// }
 /// ```
-pub fn create_deferred<'py, F, O>(
+pub fn create_deferred<'py, R, F, O>(
     py: Python<'py>,
-    reactor: &Bound<'py, PyAny>,
+    runtime: &R,
     fut: F,
 ) -> PyResult<Bound<'py, PyAny>>
 where
+    R: RuntimeRef + ?Sized,
     F: Future<Output = PyResult<O>> + Send + 'static,
     for<'a> O: IntoPyObject<'a> + Send + 'static,
 {
-    let bridge = bridge_for(reactor)?;
+    let runtime = runtime.runtime_with_gil(py)?;
+    let bridge = runtime.bridge();
     bridge.check_reactor_thread("create_deferred")?;
     let deferred = deferred_class(py)?.call1((bridge.canceller(py)?,))?;
     if !bridge.accepting() {
-        Counters::bump(&bridge.counters.tasks_rejected_after_shutdown);
+        Counters::bump(&bridge.counters().tasks_rejected_after_shutdown);
         reject(py, &deferred)?;
         return Ok(deferred);
     }
+    // Starts the runtime on first use.
+    let engine = bridge.engine(py)?;
 
     let context = match bridge.provider() {
         Some(provider) => provider.capture(py)?,
@@ -86,13 +93,10 @@ where
     };
     // A caller in the sentinel (the reactor itself) needs no context restored.
     let yieldable = context.is_some();
-    let scope = Arc::new(TaskScope::new(Arc::clone(&bridge), context));
+    let scope = Arc::new(TaskScope::new(Arc::clone(bridge), context));
     let (abort, registration) = AbortHandle::new_pair();
-    let key = bridge
-        .registry
-        .lock()
-        .insert(deferred.clone().unbind(), abort);
-    let live = bridge.live_tasks.as_ref().map(|live| live.enter());
+    let key = bridge.register(deferred.clone().unbind(), abort);
+    let live = engine.enter_live();
     let task = Box::pin(async move {
         let _live = live;
         let scoped = TaskScope::enter(Arc::clone(&scope), fut);
@@ -105,14 +109,14 @@ where
             Ok(Err(_aborted)) => return,
             Err(payload) => Outcome::Panicked(panic_message(&*payload)),
         };
-        let mailbox = Arc::clone(&scope.bridge.mailbox);
+        let mailbox = Arc::clone(scope.bridge.mailbox());
         mailbox.push(Box::new(move |py| deliver(py, &scope, key, outcome)));
     });
-    Counters::bump(&bridge.counters.tasks_spawned);
-    if bridge.submitter().submit(task).is_err() {
-        // The runtime is gone (shutdown raced us): fail now rather than never.
-        if bridge.registry.lock().take(key).is_some() {
-            Counters::bump(&bridge.counters.tasks_rejected_after_shutdown);
+    Counters::bump(&bridge.counters().tasks_spawned);
+    if engine.submit(task).is_err() {
+        // The engine is gone (shutdown raced us): fail now rather than never.
+        if bridge.take_entry(key).is_some() {
+            Counters::bump(&bridge.counters().tasks_rejected_after_shutdown);
             reject(py, &deferred)?;
         }
     } else {
@@ -144,13 +148,13 @@ where
     for<'a> O: IntoPyObject<'a>,
 {
     let bridge = &scope.bridge;
-    let Some(entry) = bridge.registry.lock().take(key) else {
+    let Some(entry) = bridge.take_entry(key) else {
         return Ok(());
     };
     // Before the callbacks run, so the request's figures include the Rust work.
     scope.charge_cpu(py);
     let deferred = entry.deferred.bind(py);
-    let counters = &bridge.counters;
+    let counters = bridge.counters();
     let (method, arg) = match outcome {
         Outcome::Finished(Ok(value)) => match value.into_bound_py_any(py) {
             Ok(value) => {

@@ -87,6 +87,7 @@
 
 mod asyncio;
 mod awaitable;
+mod bridge;
 mod config;
 mod cputime;
 pub mod db;
@@ -107,15 +108,17 @@ mod twisted;
 mod wake;
 mod wake_flag;
 
-pub use awaitable::{run_python_awaitable, ReactorHandle};
+pub use awaitable::run_python_awaitable;
+pub use bridge::runtime_attr;
 pub use config::{LogContextProvider, RuntimeConfig, TokioRuntime, WakeMode};
 pub use deferred::create_deferred;
 pub use errors::{RuntimeShutdown, RustPanicError};
 pub use logging::Logger;
 pub use pool::process_runtime;
-pub use runtime::{install_runtime, runtime_attr, stats};
+pub use runtime::{install_runtime, stats, PyRuntime, ReactorHandle, Runtime, RuntimeRef};
 pub use stats::Stats;
 pub use task::spawn;
+pub use wake::POLLS_READERS_ATTR;
 
 /// Internals exposed for this crate's benchmarks and model checks; not a stable
 /// API.

@@ -22,9 +22,9 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 
+use crate::bridge::Bridge;
 use crate::cputime::CpuMeter;
 use crate::errors::report;
-use crate::runtime::Bridge;
 
 /// The functions of a logcontext provider module, looked up at install.
 pub(crate) struct Provider {
@@ -136,7 +136,7 @@ tokio::task_local! {
 
 impl TaskScope {
     pub fn new(bridge: Arc<Bridge>, context: Option<Py<PyAny>>) -> Self {
-        let cpu = (context.is_some() && bridge.config.track_cpu_time)
+        let cpu = (context.is_some() && bridge.config().track_cpu_time)
             .then(|| Arc::new(CpuMeter::default()));
         Self {
             bridge,
@@ -208,7 +208,7 @@ impl Drop for TaskScope {
         if self.bridge.is_reactor_thread() {
             crate::threads::attach(job);
         } else {
-            self.bridge.mailbox.push(Box::new(job));
+            self.bridge.mailbox().push(Box::new(job));
         }
     }
 }

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use log::{LevelFilter, Log, Metadata, Record};
 use pyo3::prelude::*;
 
+use crate::bridge::Bridge;
 use crate::logcontext::TaskScope;
-use crate::runtime::Bridge;
 use crate::threads;
 
 /// A `log` logger that sends records to Python logging without ever taking the GIL
@@ -94,7 +94,7 @@ impl Log for Logger {
         };
         let owned = OwnedRecord::new(record);
         let python = Arc::clone(&self.python);
-        bridge.mailbox.push(Box::new(move |py| {
+        bridge.mailbox().push(Box::new(move |py| {
             let emit = || {
                 owned.emit(&*python);
                 Ok(())

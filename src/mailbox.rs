@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
 
@@ -55,6 +55,10 @@ pub(crate) struct Mailbox {
     wake_pending: WakeFlag,
     closed: AtomicBool,
     waker: RwLock<Option<Waker>>,
+    /// A reactor thread blocked in [`Mailbox::wait_until`] (an explicit, blocking
+    /// shutdown), unparked by every push while it waits.
+    waiting: AtomicBool,
+    waiter: Mutex<Option<std::thread::Thread>>,
     counters: Arc<Counters>,
 }
 
@@ -67,6 +71,8 @@ impl Mailbox {
             wake_pending: WakeFlag::new(),
             closed: AtomicBool::new(false),
             waker: RwLock::new(None),
+            waiting: AtomicBool::new(false),
+            waiter: Mutex::new(None),
             counters,
         }
     }
@@ -88,6 +94,13 @@ impl Mailbox {
             self.discard_queued();
             return;
         }
+        // After the fence, as in `wait_until`: a waiter either sees our job or is
+        // seen here.
+        if self.waiting.load(Ordering::Relaxed) {
+            if let Some(waiter) = &*self.waiter.lock() {
+                waiter.unpark();
+            }
+        }
         if self.wake_pending.request_wake() {
             self.wake();
         }
@@ -101,8 +114,27 @@ impl Mailbox {
         // No waker yet: `set_waker` sees `wake_pending` and wakes on our behalf.
     }
 
-    /// Installs the wake mechanism (when the runtime starts) and delivers any wake
-    /// that was asked for before it existed.
+    /// Blocks the calling (reactor) thread until a job is queued or `deadline`
+    /// passes; call it without the GIL. Whether a job is queued.
+    pub fn wait_until(&self, deadline: Instant) -> bool {
+        *self.waiter.lock() = Some(std::thread::current());
+        self.waiting.store(true, Ordering::SeqCst);
+        // Pairs with the fence in `push`.
+        fence(Ordering::SeqCst);
+        while self.rx.is_empty() && !self.closed.load(Ordering::Acquire) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            std::thread::park_timeout(deadline - now);
+        }
+        self.waiting.store(false, Ordering::SeqCst);
+        self.waiter.lock().take();
+        !self.rx.is_empty()
+    }
+
+    /// Installs the wake mechanism, replacing any earlier one (a forked child's), and
+    /// delivers any wake that was asked for before it existed.
     pub fn set_waker(&self, waker: Waker) {
         *self.waker.write() = Some(waker);
         if self.wake_pending.is_pending() {
@@ -219,6 +251,12 @@ impl Mailbox {
         self.closed.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         self.waker.write().take();
+        self.discard_queued();
+    }
+
+    /// In a forked child: drops what the parent's threads queued (nobody waits for
+    /// it here). Reactor thread, GIL held.
+    pub fn discard_after_fork(&self, _py: Python<'_>) {
         self.discard_queued();
     }
 

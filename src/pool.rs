@@ -1,13 +1,13 @@
-//! Tokio worker pools: one per reactor (the default), or one for the whole process
-//! that other libraries can share.
+//! Tokio worker pools: one for the whole process (the default), which every reactor
+//! and other libraries can share, or one per reactor.
 //!
 //! ```text
-//!  TokioRuntime::PerReactor   reactor starts ──▶ build ──▶ Runtime owned by the Bridge,
-//!                                                          dropped at reactor shutdown
-//!  TokioRuntime::Process      process_runtime() ──first call──▶ build ──▶ &'static Runtime
-//!                               ├─▶ pyo3_async_runtimes::tokio::init_with_runtime(rt)
-//!                               └─▶ the Bridge spawns here; at shutdown it stops its
-//!                                   own tasks and leaves the pool running
+//!  TokioRuntime::Process      first start, or process_runtime() ──▶ build ──▶ &'static Runtime
+//!   (the default)               ├─▶ every reactor's bridge spawns here; at shutdown it
+//!                               │   stops its own tasks and leaves the pool running
+//!                               └─▶ pyo3_async_runtimes::tokio::init_with_runtime(rt)
+//!  TokioRuntime::PerReactor   bridge starts ──▶ build ──▶ Runtime owned by the bridge,
+//!                                                          dropped at its shutdown
 //! ```
 //!
 //! [`build`] runs on the reactor thread with the GIL released (it waits for the
@@ -75,7 +75,8 @@ struct Process {
     runtime: Runtime,
     worker_threads: usize,
     thread_name: String,
-    /// The fork generation it was built in: a forked child has none of its threads.
+    /// The fork generation it was built in: a forked child has none of its threads,
+    /// so it builds a pool of its own.
     generation: u64,
 }
 
@@ -89,18 +90,19 @@ thread_local! {
 /// The process-wide Tokio runtime, built on the first call with `config`'s
 /// `worker_threads` and `thread_name`; it is never dropped.
 ///
-/// This is the way to run this crate and another Tokio-based bridge on **one** pool of
-/// worker threads. Install the bridge with
-/// [`TokioRuntime::Process`](crate::TokioRuntime::Process) and hand the same runtime
-/// to the other library, e.g. `pyo3_async_runtimes::tokio::init_with_runtime`, which
-/// needs a `&'static Runtime`:
+/// Every reactor whose runtime uses [`TokioRuntime::Process`](crate::TokioRuntime::Process)
+/// (the default) runs its futures here, so a process that makes many reactors (a test
+/// suite that makes one per test) has one pool of threads, not one per reactor. It is
+/// also the way to run this crate and another Tokio-based bridge on **one** pool: hand
+/// the same runtime to the other library, e.g.
+/// `pyo3_async_runtimes::tokio::init_with_runtime`, which needs a `&'static Runtime`:
 ///
 /// ```no_run
 /// use pyo3::prelude::*;
-/// use pyo3_twisted::{install_runtime, process_runtime, RuntimeConfig, TokioRuntime};
+/// use pyo3_twisted::{install_runtime, process_runtime, RuntimeConfig};
 ///
 /// # fn f(reactor: &Bound<'_, PyAny>) -> PyResult<()> {
-/// let config = RuntimeConfig { tokio: TokioRuntime::Process, ..RuntimeConfig::default() };
+/// let config = RuntimeConfig::default();
 /// let runtime = process_runtime(reactor.py(), &config)?;
 /// // pyo3_async_runtimes::tokio::init_with_runtime(runtime).ok();
 /// install_runtime(reactor, config)?;
@@ -109,33 +111,39 @@ thread_local! {
 ///
 /// What a caller may rely on:
 /// - Later calls return the same runtime; asking for different `worker_threads` or
-///   `thread_name` than it was built with is an error (build it once, early).
+///   `thread_name` than it was built with is an error that names both (the first
+///   install sizes the pool; a reactor that needs other threads installs with
+///   [`TokioRuntime::PerReactor`](crate::TokioRuntime::PerReactor)).
 /// - The pool outlives reactors. At reactor shutdown the bridge stops *its* tasks
-///   (as with a per-reactor runtime) but the threads stay, running whatever else was
-///   spawned there, until the process exits. Tasks of other libraries must not be
-///   taking the GIL while the interpreter finalizes.
-/// - In a process forked after the pool was built it is an error: the child has
-///   none of its threads. Build it after daemonizing.
+///   but the threads stay, running whatever else was spawned there, until the
+///   process exits. Tasks of other libraries must not be taking the GIL while the
+///   interpreter finalizes.
+/// - In a process forked after the pool was built, the first call builds a new pool
+///   for the child (the parent's threads do not exist there; its runtime is leaked,
+///   never dropped). A runtime handed to another library before the fork stays the
+///   parent's: hand it over after forking.
 ///
 /// Takes the GIL token only to release it while the workers start.
 pub fn process_runtime(py: Python<'_>, config: &RuntimeConfig) -> PyResult<&'static Runtime> {
     config.validate()?;
-    let generation = crate::runtime::fork_generation();
-    py.detach(|| {
-        let mut slot = PROCESS.lock();
-        if let Some(process) = *slot {
-            if process.generation != generation {
-                return Err(PyRuntimeError::new_err(
-                    "the process-wide pyo3-twisted Tokio runtime was built before this \
-                     process forked: the child has none of its threads",
-                ));
-            }
+    py.detach(|| shared_pool(config))
+}
+
+/// [`process_runtime`] without the GIL. Blocks while the workers start.
+pub(crate) fn shared_pool(config: &RuntimeConfig) -> PyResult<&'static Runtime> {
+    let generation = crate::bridge::fork_generation();
+    let mut slot = PROCESS.lock();
+    if let Some(process) = *slot {
+        if process.generation == generation {
             if process.worker_threads != config.worker_threads
                 || process.thread_name != config.thread_name
             {
                 return Err(PyRuntimeError::new_err(format!(
-                    "the process-wide Tokio runtime was already built with \
-                     worker_threads={} and thread_name={:?}; asked for {} and {:?}",
+                    "the process-wide Tokio pool was already built with worker_threads={} and \
+                     thread_name={:?}; this runtime asks for worker_threads={} and \
+                     thread_name={:?}. Every reactor on the shared pool must ask for the same \
+                     threads (the first install sizes it), or install with \
+                     tokio='per_reactor' (TokioRuntime::PerReactor) for a pool of its own.",
                     process.worker_threads,
                     process.thread_name,
                     config.worker_threads,
@@ -144,25 +152,27 @@ pub fn process_runtime(py: Python<'_>, config: &RuntimeConfig) -> PyResult<&'sta
             }
             return Ok(&process.runtime);
         }
-        let runtime = build(
-            config,
-            Arc::new(|| {
-                IN_PROCESS_POOL.with(|flag| flag.set(true));
-                PROCESS_THREADS_LIVE.fetch_add(1, Ordering::Relaxed);
-            }),
-            Arc::new(|| {
-                PROCESS_THREADS_LIVE.fetch_sub(1, Ordering::Relaxed);
-            }),
-        )?;
-        let process: &'static Process = Box::leak(Box::new(Process {
-            runtime,
-            worker_threads: config.worker_threads,
-            thread_name: config.thread_name.clone(),
-            generation,
-        }));
-        *slot = Some(process);
-        Ok(&process.runtime)
-    })
+        // Built by the parent of this forked process: its threads are not here.
+        PROCESS_THREADS_LIVE.store(0, Ordering::Relaxed);
+    }
+    let runtime = build(
+        config,
+        Arc::new(|| {
+            IN_PROCESS_POOL.with(|flag| flag.set(true));
+            PROCESS_THREADS_LIVE.fetch_add(1, Ordering::Relaxed);
+        }),
+        Arc::new(|| {
+            PROCESS_THREADS_LIVE.fetch_sub(1, Ordering::Relaxed);
+        }),
+    )?;
+    let process: &'static Process = Box::leak(Box::new(Process {
+        runtime,
+        worker_threads: config.worker_threads,
+        thread_name: config.thread_name.clone(),
+        generation,
+    }));
+    *slot = Some(process);
+    Ok(&process.runtime)
 }
 
 /// Whether the calling thread is a worker of the process-wide pool.

@@ -95,11 +95,12 @@ impl Registry {
         self.entries.drain().map(|(_, entry)| entry).collect()
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
+    /// The entries, for Python's garbage collector.
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+    pub fn len(&self) -> usize {
+        self.entries.len()
     }
 }

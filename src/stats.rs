@@ -81,6 +81,22 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// The snapshot as the Python dict `pyo3_twisted.stats(reactor)` returns: every
+    /// counter, plus `state` and `wake_mode`.
+    pub fn to_dict<'py>(
+        &self,
+        py: pyo3::Python<'py>,
+    ) -> pyo3::PyResult<pyo3::Bound<'py, pyo3::types::PyDict>> {
+        use pyo3::types::PyDictMethods;
+        let dict = pyo3::types::PyDict::new(py);
+        dict.set_item("state", self.state)?;
+        dict.set_item("wake_mode", self.wake_mode)?;
+        for (name, value) in self.counters() {
+            dict.set_item(name, value)?;
+        }
+        Ok(dict)
+    }
+
     /// The snapshot as `(name, value)` pairs, in declaration order; numbers as `u64`,
     /// `state` and `wake_mode` excluded.
     pub fn counters(&self) -> [(&'static str, u64); 19] {

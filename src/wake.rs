@@ -1,26 +1,31 @@
 //! How a Tokio thread tells the reactor that the mailbox has work.
 //!
 //! ```text
-//!  fd mode (real reactors)                 call-from-thread mode (memory reactors)
+//!  fd mode (real reactors, and memory      call-from-thread mode (other memory reactors)
+//!  reactors that poll their readers)
 //!  Tokio thread                            Tokio thread
-//!    write(eventfd, 1)   no GIL              try_send(token)   no GIL
+//!    write(eventfd, 1)   no GIL              send(target)   no GIL
 //!          │                                       │
-//!  reactor thread                          waker thread "pyo3-twisted-wake"
-//!    MailboxReader.doRead():                 takes the GIL, calls
-//!      read(eventfd); Mailbox::drain          reactor.callFromThread(MailboxDrain)
+//!  reactor thread                          the process's one waker thread "pyo3-twisted-wake"
+//!    MailboxReader.doRead():                 takes the GIL, calls that reactor's
+//!      read(eventfd); Mailbox::drain          callFromThread(MailboxDrain)
 //!                                                  │
 //!                                          reactor thread: MailboxDrain() → drain
 //! ```
 //!
 //! [`Waker::wake`] runs on any thread and never takes the GIL. The waker thread is the
-//! only thread of this crate that waits for the GIL, and it is not a Tokio thread.
+//! only thread of this crate that waits for the GIL, it is not a Tokio thread, and
+//! there is one per process whatever the number of reactors; it holds each reactor
+//! weakly. [`install`] runs on the reactor thread.
 
 use std::sync::{Arc, Weak};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::PyWeakrefReference;
 
 use crate::config::WakeMode;
 use crate::errors::report;
@@ -31,7 +36,7 @@ use crate::threads;
 pub(crate) enum Waker {
     #[cfg(unix)]
     Fd(Arc<fd::WakeFd>),
-    Thread(Sender<()>),
+    Thread(Arc<ThreadTarget>),
 }
 
 impl Waker {
@@ -40,10 +45,7 @@ impl Waker {
         match self {
             #[cfg(unix)]
             Waker::Fd(fd) => fd.signal(),
-            // Full: a wake is already on its way, which is all we need.
-            Waker::Thread(tx) => match tx.try_send(()) {
-                Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
-            },
+            Waker::Thread(target) => waker_thread::send(Arc::clone(target)),
         }
     }
 }
@@ -55,6 +57,11 @@ pub(crate) struct Installed {
     pub mode: &'static str,
 }
 
+/// The attribute by which a memory reactor says that its `advance()` polls the
+/// file descriptors of its readers (as `pyo3_twisted.testing`'s does), so the bridge
+/// can wake it through an eventfd reader and needs no thread.
+pub const POLLS_READERS_ATTR: &str = "pyo3_twisted_polls_readers";
+
 /// Chooses and sets up the wake mechanism for `reactor`. Reactor thread.
 pub(crate) fn install(
     py: Python<'_>,
@@ -65,7 +72,7 @@ pub(crate) fn install(
     let use_fd = match mode {
         WakeMode::FileDescriptor => true,
         WakeMode::CallFromThread => false,
-        WakeMode::Auto => polls_file_descriptors(py, reactor)?,
+        WakeMode::Auto => wants_fd(py, reactor)?,
     };
     if use_fd {
         install_fd(py, reactor, mailbox)
@@ -75,15 +82,25 @@ pub(crate) fn install(
 }
 
 /// Reactors built on `PosixReactorBase` (epoll, poll, select, asyncio) really poll
-/// what `addReader` gives them; memory reactors only record it.
-fn polls_file_descriptors(py: Python<'_>, reactor: &Bound<'_, PyAny>) -> PyResult<bool> {
+/// what `addReader` gives them; so do memory reactors that say so
+/// ([`POLLS_READERS_ATTR`]). A reactor without `callFromThread` (Twisted's plain
+/// `MemoryReactorClock`) can only be woken through a reader, which its test drives.
+fn wants_fd(py: Python<'_>, reactor: &Bound<'_, PyAny>) -> PyResult<bool> {
     if !cfg!(unix) {
         return Ok(false);
     }
     let base = py
         .import("twisted.internet.posixbase")?
         .getattr("PosixReactorBase")?;
-    reactor.is_instance(&base)
+    if reactor.is_instance(&base)? {
+        return Ok(true);
+    }
+    if let Some(flag) = reactor.getattr_opt(POLLS_READERS_ATTR)? {
+        if flag.is_truthy()? {
+            return Ok(true);
+        }
+    }
+    Ok(!reactor.hasattr(intern!(py, "callFromThread"))?)
 }
 
 #[cfg(unix)]
@@ -123,11 +140,22 @@ fn install_fd(
     ))
 }
 
+/// One reactor, as the waker thread knows it: weakly.
+pub(crate) struct ThreadTarget {
+    reactor: Py<PyWeakrefReference>,
+    drain: Py<PyAny>,
+}
+
 fn install_thread(
     py: Python<'_>,
     reactor: &Bound<'_, PyAny>,
     mailbox: &Arc<Mailbox>,
 ) -> PyResult<Installed> {
+    if !reactor.hasattr(intern!(py, "callFromThread"))? {
+        return Err(PyRuntimeError::new_err(
+            "wake='call_from_thread' needs a reactor with callFromThread; use 'auto' or 'fd'",
+        ));
+    }
     let drain = Py::new(
         py,
         MailboxDrain {
@@ -135,31 +163,76 @@ fn install_thread(
         },
     )?
     .into_any();
-    let call_from_thread = reactor.getattr(intern!(py, "callFromThread"))?.unbind();
-    // Capacity one: a token in the channel means a wake is already on its way.
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    std::thread::Builder::new()
-        .name("pyo3-twisted-wake".to_owned())
-        .spawn(move || waker_thread(rx, call_from_thread, drain))
-        .map_err(|e| PyRuntimeError::new_err(format!("cannot start the waker thread: {e}")))?;
+    let target = ThreadTarget {
+        reactor: PyWeakrefReference::new(reactor)?.unbind(),
+        drain,
+    };
     Ok(Installed {
-        waker: Waker::Thread(tx),
+        waker: Waker::Thread(Arc::new(target)),
         reader: None,
         mode: "call_from_thread",
     })
 }
 
-/// Ends when the mailbox drops its sender (runtime shutdown) or the interpreter is
-/// finalizing.
-fn waker_thread(rx: Receiver<()>, call_from_thread: Py<PyAny>, drain: Py<PyAny>) {
-    while rx.recv().is_ok() {
-        let delivered = threads::attach(|py| {
-            if let Err(err) = call_from_thread.call1(py, (drain.bind(py),)) {
-                report(py, err, "pyo3-twisted: reactor.callFromThread failed");
+mod waker_thread {
+    //! The process's one call-from-thread waker. It is started on first use, again
+    //! in a forked child (which has none of its parent's threads), and ends when the
+    //! interpreter finalizes.
+
+    use super::*;
+
+    struct Thread {
+        tx: Sender<Arc<ThreadTarget>>,
+        generation: u64,
+    }
+
+    static THREAD: Mutex<Option<Thread>> = Mutex::new(None);
+
+    /// Asks the waker thread to wake `target`'s reactor. Any thread; no GIL.
+    pub(super) fn send(target: Arc<ThreadTarget>) {
+        let generation = crate::bridge::fork_generation();
+        let mut slot = THREAD.lock();
+        let current = slot.as_ref().filter(|t| t.generation == generation);
+        let tx = match current {
+            Some(thread) => thread.tx.clone(),
+            None => {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                let spawned = std::thread::Builder::new()
+                    .name("pyo3-twisted-wake".to_owned())
+                    .spawn(move || run(rx));
+                if let Err(err) = spawned {
+                    log::error!("pyo3-twisted: cannot start the waker thread: {err}");
+                    return;
+                }
+                *slot = Some(Thread {
+                    tx: tx.clone(),
+                    generation,
+                });
+                tx
             }
-        });
-        if delivered.is_none() {
-            break;
+        };
+        drop(slot);
+        // Cannot fail while the thread runs; if it ended (finalizing), nobody drains.
+        let _ = tx.send(target);
+    }
+
+    fn run(rx: Receiver<Arc<ThreadTarget>>) {
+        while let Ok(target) = rx.recv() {
+            let delivered = threads::attach(move |py| {
+                // A collected reactor needs no wake-up.
+                let Some(reactor) = target.reactor.bind(py).upgrade() else {
+                    return;
+                };
+                if let Err(err) =
+                    reactor.call_method1(intern!(py, "callFromThread"), (target.drain.bind(py),))
+                {
+                    report(py, err, "pyo3-twisted: reactor.callFromThread failed");
+                }
+                drop(target);
+            });
+            if delivered.is_none() {
+                break;
+            }
         }
     }
 }

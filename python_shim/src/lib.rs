@@ -4,15 +4,9 @@
 //! probes (small Rust futures with known behaviour) that the tests and benchmarks
 //! drive from Python.
 
-use std::time::Duration;
-
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use pyo3_twisted::{
-    install_runtime, LogContextProvider, RuntimeConfig, RuntimeShutdown, RustPanicError,
-    TokioRuntime, WakeMode,
-};
+use pyo3_twisted::{install_runtime, PyRuntime, RuntimeConfig, RuntimeShutdown, RustPanicError};
 
 mod awaitable_probes;
 mod demo;
@@ -26,56 +20,9 @@ mod probes;
 /// defaults. Installing again with the same options is a no-op; with different ones,
 /// a RuntimeError.
 #[pyfunction]
-#[pyo3(signature = (
-    reactor, *, worker_threads=None, thread_name=None, shutdown_timeout=None,
-    logcontext=None, track_cpu_time=None, wake=None, linger=None, tokio=None
-))]
-#[allow(clippy::too_many_arguments)]
-fn install(
-    reactor: &Bound<'_, PyAny>,
-    worker_threads: Option<usize>,
-    thread_name: Option<String>,
-    shutdown_timeout: Option<f64>,
-    logcontext: Option<String>,
-    track_cpu_time: Option<bool>,
-    wake: Option<String>,
-    linger: Option<f64>,
-    tokio: Option<String>,
-) -> PyResult<()> {
-    let mut config = RuntimeConfig::default();
-    if let Some(n) = worker_threads {
-        config.worker_threads = n;
-    }
-    if let Some(name) = thread_name {
-        config.thread_name = name;
-    }
-    if let Some(seconds) = shutdown_timeout {
-        config.shutdown_timeout = Duration::try_from_secs_f64(seconds).map_err(|_| {
-            PyValueError::new_err(format!(
-                "shutdown_timeout must be a finite number of seconds >= 0, got {seconds}"
-            ))
-        })?;
-    }
-    if let Some(module) = logcontext {
-        config.logcontext = LogContextProvider::Module(module);
-    }
-    if let Some(track) = track_cpu_time {
-        config.track_cpu_time = track;
-    }
-    if let Some(wake) = wake {
-        config.wake = WakeMode::parse(&wake)?;
-    }
-    if let Some(seconds) = linger {
-        config.linger = Duration::try_from_secs_f64(seconds).map_err(|_| {
-            PyValueError::new_err(format!(
-                "linger must be a number of seconds >= 0, got {seconds}"
-            ))
-        })?;
-    }
-    if let Some(tokio) = tokio {
-        config.tokio = TokioRuntime::parse(&tokio)?;
-    }
-    install_runtime(reactor, config)
+#[pyo3(signature = (reactor, **config))]
+fn install(reactor: &Bound<'_, PyAny>, config: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+    install_runtime(reactor, RuntimeConfig::from_kwargs(config)?)
 }
 
 /// stats(reactor) -> dict
@@ -86,14 +33,7 @@ fn install(
 /// threads. Raises RuntimeError if no runtime is installed.
 #[pyfunction]
 fn stats<'py>(py: Python<'py>, reactor: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
-    let stats = pyo3_twisted::stats(reactor)?;
-    let dict = PyDict::new(py);
-    dict.set_item("state", stats.state)?;
-    dict.set_item("wake_mode", stats.wake_mode)?;
-    for (name, value) in stats.counters() {
-        dict.set_item(name, value)?;
-    }
-    Ok(dict)
+    pyo3_twisted::stats(reactor)?.to_dict(py)
 }
 
 static LOG_RESET: std::sync::OnceLock<pyo3_log::ResetHandle> = std::sync::OnceLock::new();
@@ -114,6 +54,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_function(wrap_pyfunction!(install, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
+    m.add_class::<PyRuntime>()?;
+    m.add("POLLS_READERS_ATTR", pyo3_twisted::POLLS_READERS_ATTR)?;
     m.add("RustPanicError", py.get_type::<RustPanicError>())?;
     m.add("RuntimeShutdown", py.get_type::<RuntimeShutdown>())?;
     // The reactor attribute of this module's copy of the crate.

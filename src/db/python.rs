@@ -23,55 +23,98 @@ use parking_lot::Mutex;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyMemoryView, PyString, PyTuple};
+use pyo3::types::{
+    PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyMemoryView, PyString, PyTuple,
+    PyWeakrefReference,
+};
 
 use super::{
     foreign_await, DbRow, DbValue, ErasedInteraction, ErasedResult, Placeholders, Transaction,
 };
-use crate::awaitable::ReactorHandle;
-use crate::errors::{panic_message, RustPanicError};
-use crate::logcontext::TaskScope;
-use crate::runtime::bridge_for_address;
+use crate::errors::{panic_message, RuntimeShutdown, RustPanicError};
+use crate::runtime::Runtime;
 use crate::threads;
 
 /// A [`DatabasePool`](super::DatabasePool) that runs each transaction through a Python
 /// pool's `runInteraction(desc, func)`: Synapse's `DatabasePool`, or
 /// `pyo3_twisted.database.DatabasePool`.
 ///
-/// The reactor must have a pyo3-twisted runtime (create it, or call
-/// `create_deferred`, on the reactor thread first); `run_interaction` is then callable
-/// from any task on it.
+/// It holds the Python pool weakly, as Synapse's wrapper does: it never keeps the
+/// pool (or the homeserver that owns it) alive, and a transaction asked for once the
+/// pool is gone fails with a clear error. It holds the runtime by its handle, never
+/// the reactor. `run_interaction` is callable from any task on that runtime.
 ///
 /// The Python transaction object must offer `execute(sql, params)` (with `?`
 /// placeholders), `fetchall()`, `rowcount` and `description`, as Synapse's
 /// `LoggingTransaction` does.
 pub struct PythonDatabasePool {
-    pool: Arc<Py<PyAny>>,
-    reactor: Py<PyAny>,
+    pool: Arc<PoolRef>,
+    /// None when `new` could not find the reactor's runtime (`PoolRef::Broken` says
+    /// why).
+    runtime: Option<Runtime>,
 }
 
-impl PythonDatabasePool {
-    /// Wraps `py_pool`, whose `runInteraction` is called on `reactor`'s thread.
-    pub fn new(py_pool: Py<PyAny>, reactor: Py<PyAny>) -> Self {
-        Self {
-            pool: Arc::new(py_pool),
-            reactor,
+/// The Python pool: weakly if it can be weakly referenced, else (an object without
+/// `__weakref__`) strongly.
+enum PoolRef {
+    Weak(Py<PyWeakrefReference>),
+    Strong(Py<PyAny>),
+    /// Made without a runtime: why.
+    Broken(String),
+}
+
+impl PoolRef {
+    fn new(pool: &Bound<'_, PyAny>) -> Self {
+        match PyWeakrefReference::new(pool) {
+            Ok(weak) => PoolRef::Weak(weak.unbind()),
+            Err(_) => PoolRef::Strong(pool.clone().unbind()),
         }
     }
 
-    fn handle(&self) -> anyhow::Result<ReactorHandle> {
-        let address = self.reactor.as_ptr() as usize;
-        TaskScope::current()
-            .map(|scope| Arc::clone(&scope.bridge))
-            .filter(|bridge| bridge.reactor_address() == address)
-            .or_else(|| bridge_for_address(address))
-            .map(ReactorHandle::from_bridge)
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no pyo3-twisted runtime is installed on the pool's reactor: install it \
-                     (or call create_deferred) on the reactor thread first"
+    fn get<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self {
+            PoolRef::Weak(weak) => weak.bind(py).upgrade().ok_or_else(|| {
+                RuntimeShutdown::new_err(
+                    "the Python database pool behind this PythonDatabasePool has been \
+                     garbage-collected (it is held weakly: its owner must keep it alive)",
                 )
-            })
+            }),
+            PoolRef::Strong(pool) => Ok(pool.bind(py).clone()),
+            PoolRef::Broken(reason) => Err(PyRuntimeError::new_err(reason.clone())),
+        }
+    }
+}
+
+impl PythonDatabasePool {
+    /// Wraps `py_pool`, whose `runInteraction` is called on `reactor`'s thread. Takes
+    /// the GIL (briefly; call it on the reactor thread) to find the reactor's runtime,
+    /// installing the default one if it has none. If that fails, every transaction
+    /// fails with the reason; [`PythonDatabasePool::with_runtime`] takes a runtime
+    /// that exists already.
+    pub fn new(py_pool: Py<PyAny>, reactor: Py<PyAny>) -> Self {
+        let made = threads::attach(|py| {
+            Runtime::new(reactor.bind(py))
+                .map(|runtime| Self::with_runtime(py_pool.bind(py), runtime))
+                .map_err(|err| err.to_string())
+        });
+        let made = made.unwrap_or_else(|| Err("the Python interpreter is shutting down".into()));
+        made.unwrap_or_else(|reason| Self {
+            pool: Arc::new(PoolRef::Broken(reason)),
+            runtime: None,
+        })
+    }
+
+    /// Wraps `py_pool`, running its transactions on `runtime`'s reactor.
+    pub fn with_runtime(py_pool: &Bound<'_, PyAny>, runtime: Runtime) -> Self {
+        Self {
+            pool: Arc::new(PoolRef::new(py_pool)),
+            runtime: Some(runtime),
+        }
+    }
+
+    /// The runtime the pool's transactions run on.
+    pub fn runtime(&self) -> Option<&Runtime> {
+        self.runtime.as_ref()
     }
 }
 
@@ -88,10 +131,14 @@ impl super::DatabasePool for PythonDatabasePool {
         name: &'static str,
         func: ErasedInteraction,
     ) -> ErasedResult {
-        let handle = self.handle()?;
-        let runtime = handle
-            .tokio_handle()
-            .ok_or_else(|| anyhow::anyhow!("the pyo3-twisted runtime has not started"))?;
+        let Some(handle) = &self.runtime else {
+            let reason = match &*self.pool {
+                PoolRef::Broken(reason) => reason.clone(),
+                _ => String::new(),
+            };
+            anyhow::bail!("PythonDatabasePool has no pyo3-twisted runtime: {reason}");
+        };
+        let runtime = handle.tokio_handle()?;
         // Each attempt overwrites it; read once the Deferred has fired.
         let last_attempt: Arc<Mutex<Option<ErasedResult>>> = Arc::default();
         let callback = TransactionCallback {
@@ -105,7 +152,7 @@ impl super::DatabasePool for PythonDatabasePool {
             .run_python_awaitable_map(
                 move |py| {
                     let callback = Bound::new(py, callback)?;
-                    pool.bind(py)
+                    pool.get(py)?
                         .call_method1(intern!(py, "runInteraction"), (name, callback))
                 },
                 |_| Ok(()),

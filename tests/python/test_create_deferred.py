@@ -66,7 +66,7 @@ def test_cancel_after_completion_was_queued_fires_once(reactor):
 
 def test_cancel_before_the_runtime_starts(unstarted_reactor):
     reactor = unstarted_reactor
-    pyo3_twisted.install(reactor, worker_threads=1)
+    pyo3_twisted.install(reactor, worker_threads=1, tokio="per_reactor")
     d, flag = probes.pending(reactor)
     d.cancel()
     assert reactor.get_failure(d, CancelledError)
@@ -90,7 +90,7 @@ def test_children_spawned_with_pyo3_twisted_spawn(reactor):
 def test_off_reactor_thread_is_a_clear_error(reactor):
     import threading
 
-    pyo3_twisted.install(reactor, worker_threads=1)
+    pyo3_twisted.install(reactor, worker_threads=1, tokio="per_reactor")
     errors = []
 
     def worker():
@@ -132,9 +132,9 @@ def test_rejects_work_after_shutdown():
     from pyo3_twisted.testing import memory_reactor
 
     with memory_reactor() as reactor:
-        pyo3_twisted.install(reactor, worker_threads=1)
+        pyo3_twisted.install(reactor, worker_threads=1, tokio="per_reactor")
         assert reactor.get_success(probes.ready(reactor, 1)) == 1
     failure = reactor.get_failure(probes.ready(reactor, 2), RuntimeShutdown)
     assert "shutting down" in str(failure.value)
     with pytest.raises(RuntimeShutdown):
-        pyo3_twisted.install(reactor, worker_threads=1)
+        pyo3_twisted.install(reactor, worker_threads=1, tokio="per_reactor")

@@ -7,7 +7,7 @@ from pyo3_twisted import probes
 
 
 def test_a_raising_callback_does_not_stop_the_rest_of_the_batch(reactor):
-    pyo3_twisted.install(reactor, worker_threads=1)
+    pyo3_twisted.install(reactor, worker_threads=1, tokio="per_reactor")
     fired = []
     # Completing together, they share mailbox batches.
     ds = [probes.sleep(reactor, 0.02, i) for i in range(50)]
@@ -27,7 +27,7 @@ def test_a_raising_callback_does_not_stop_the_rest_of_the_batch(reactor):
 
 
 def test_keyboard_interrupt_from_a_factory_reaches_rust_and_nothing_else(reactor):
-    pyo3_twisted.install(reactor, worker_threads=1)
+    pyo3_twisted.install(reactor, worker_threads=1, tokio="per_reactor")
 
     def interrupted():
         raise KeyboardInterrupt

@@ -24,15 +24,15 @@ def threads_named(name):
 
 def test_install_before_run_on_memory_reactor(unstarted_reactor):
     reactor = unstarted_reactor
-    pyo3_twisted.install(reactor, worker_threads=3, thread_name="pt-mem-before")
-    d = probes.ready(reactor, "queued")
+    pyo3_twisted.install(reactor, worker_threads=3, tokio="per_reactor", thread_name="pt-mem-before")
     assert pyo3_twisted.stats(reactor)["state"] == "installed"
     assert threads_named("pt-mem-before") == 0
-    assert not d.called
-    reactor.run()
+    # The first bridged call starts the runtime; the reactor is never run.
+    d = probes.ready(reactor, "queued")
     assert pyo3_twisted.stats(reactor)["state"] == "running"
     assert threads_named("pt-mem-before") == 3
     assert reactor.get_success(d) == "queued"
+    assert not reactor.running
     reactor.shutdown()
     stats = pyo3_twisted.stats(reactor)
     assert stats["state"] == "stopped" and stats["tokio_threads_live"] == 0
@@ -42,7 +42,7 @@ def test_install_after_run_on_memory_reactor():
     # On Twisted < 26.4 a memory reactor never fires callWhenRunning after run():
     # the runtime must start at once anyway.
     with memory_reactor(run=True) as reactor:
-        pyo3_twisted.install(reactor, worker_threads=2, thread_name="pt-mem-after")
+        pyo3_twisted.install(reactor, worker_threads=2, tokio="per_reactor", thread_name="pt-mem-after")
         assert pyo3_twisted.stats(reactor)["state"] == "running"
         assert threads_named("pt-mem-after") == 2
         assert reactor.get_success(probes.thread_name(reactor)) == "pt-mem-after"
@@ -62,7 +62,7 @@ def test_plain_twisted_memory_reactor(install_before_run):
     reactor.callFromThread = harness.callFromThread
     if not install_before_run:
         reactor.run()
-    pyo3_twisted.install(reactor, worker_threads=1, thread_name="pt-plain")
+    pyo3_twisted.install(reactor, worker_threads=1, tokio="per_reactor", thread_name="pt-plain")
     d = probes.ready(reactor, "plain")
     if install_before_run:
         reactor.run()
@@ -80,17 +80,18 @@ def test_default_install_on_first_use(reactor):
     stats = pyo3_twisted.stats(reactor)
     assert stats["state"] == "running"
     assert 1 <= stats["worker_threads"] <= 4
-    assert stats["wake_mode"] == "call_from_thread"
+    # The harness polls its readers in advance(): woken through an eventfd.
+    assert stats["wake_mode"] == "fd"
     # An explicit install with a different config now is an error, with the reason.
     with pytest.raises(RuntimeError, match="different configuration"):
         pyo3_twisted.install(reactor, worker_threads=stats["worker_threads"] + 1)
 
 
 def test_install_same_config_twice_is_a_no_op(reactor):
-    pyo3_twisted.install(reactor, worker_threads=2, shutdown_timeout=3.0)
-    pyo3_twisted.install(reactor, worker_threads=2, shutdown_timeout=3.0)
+    pyo3_twisted.install(reactor, worker_threads=2, tokio="per_reactor", shutdown_timeout=3.0)
+    pyo3_twisted.install(reactor, worker_threads=2, tokio="per_reactor", shutdown_timeout=3.0)
     with pytest.raises(RuntimeError, match="different configuration"):
-        pyo3_twisted.install(reactor, worker_threads=2, shutdown_timeout=4.0)
+        pyo3_twisted.install(reactor, worker_threads=2, tokio="per_reactor", shutdown_timeout=4.0)
 
 
 @pytest.mark.parametrize(
@@ -121,7 +122,7 @@ def test_stats_without_runtime_is_an_error(reactor):
 
 def test_shutdown_on_memory_reactor_fails_stragglers():
     with memory_reactor() as reactor:
-        pyo3_twisted.install(reactor, worker_threads=2, shutdown_timeout=0.2)
+        pyo3_twisted.install(reactor, worker_threads=2, tokio="per_reactor", shutdown_timeout=0.2)
         short = [probes.sleep(reactor, 0.01, i) for i in range(50)]
         long = [probes.sleep(reactor, 3600.0, i) for i in range(50)]
         pending, flag = probes.pending(reactor)
@@ -146,11 +147,19 @@ def test_lifecycle_on_a_real_reactor(mode):
     assert result["state_running"] == "running"
     assert result["wake_mode"] == "fd"
     assert result["state_after"] == "stopped"
-    assert result["tokio_threads_live_after"] == 0
+    if mode == "default":
+        # The shared pool outlives the reactor; its threads stay for the process.
+        assert result["tokio_threads_live_after"] == result["worker_threads"]
+    else:
+        assert result["tokio_threads_live_after"] == 0
     assert result["gil_on_tokio"] == 0
     if mode == "before_run":
-        assert result["state_before_run"] == "installed"
-        assert result["threads_named_before_run"] == 0
+        assert result["state_at_install"] == "installed"
+        assert result["threads_named_at_install"] == 0
+        # The first create_deferred started the runtime; its result waits for the
+        # reactor to run.
+        assert result["state_before_run"] == "running"
+        assert result["threads_named_before_run"] == 3
         assert result["called_before_run"] is False
         assert result["value"] == "early"
     if mode == "when_running":
@@ -166,9 +175,9 @@ def test_lifecycle_on_a_real_reactor(mode):
 
 def test_rejects_install_after_shutdown():
     with memory_reactor() as reactor:
-        pyo3_twisted.install(reactor, worker_threads=1)
+        pyo3_twisted.install(reactor, worker_threads=1, tokio="per_reactor")
     with pytest.raises(RuntimeShutdown):
-        pyo3_twisted.install(reactor, worker_threads=1)
+        pyo3_twisted.install(reactor, worker_threads=1, tokio="per_reactor")
 
 
 def test_unimportable_logcontext_provider_is_a_clear_error(reactor):
@@ -183,12 +192,26 @@ def test_module_that_is_not_a_provider_is_a_clear_error(reactor):
 
 def test_fork_before_the_reactor_runs_works_in_the_child():
     result = run_script("fork.py", "before_run")
-    assert result["value"] == "queued before the fork"
+    # Work started before the fork belongs to the parent: it fails in the child,
+    # naming the fork; work made in the child runs on the child's own runtime.
+    assert "forked" in result["early"] and "RuntimeShutdown" in result["early"]
+    assert result["value"] == "made in the child"
     assert result["stats_state"] == "stopped"
     assert result["logged_errors"] == []
 
 
-def test_fork_after_the_runtime_started_is_a_clear_error_in_the_child():
+def test_fork_from_a_running_reactor_is_a_clear_error_in_the_child():
     result = run_script("fork.py", "after_start", timeout=60)
     assert result["parent_value"] == "parent works"
-    assert "forked after its pyo3-twisted runtime started" in result["child"]
+    assert "forked while its reactor was running" in result["child"]
+    assert result["parent_after"] == "parent still works"
+
+
+def test_fork_after_start_on_a_memory_reactor_many_times():
+    result = run_script("fork.py", "memory", "25", timeout=120)
+    assert result["failures"] == []
+    assert result["children_ok"] == 25
+    # The parent's in-flight task is untouched by its children...
+    assert result["in_flight_still_pending"] is True
+    # ...and cancelling it still drops its future.
+    assert result["dropped_after_cancel"] is True

@@ -35,6 +35,7 @@ def new_context(lc, name, **kwargs):
 def reactor_for(lc, **options):
     """A memory reactor whose every turn must end in the sentinel context."""
     options.setdefault("worker_threads", 2)
+    options.setdefault("tokio", "per_reactor")
     reactor_cm = memory_reactor(logcontext=lc)
     reactor = reactor_cm.__enter__()
     pyo3_twisted.install(reactor, logcontext=lc.__name__, **options)

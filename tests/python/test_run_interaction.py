@@ -40,7 +40,7 @@ class Setup:
         self.engine = "sqlite" if kind.endswith("sqlite") else "postgresql"
         self._reactor_cm = memory_reactor(logcontext=lc)
         self.reactor = self._reactor_cm.__enter__()
-        pyo3_twisted.install(self.reactor, worker_threads=2, logcontext="pyo3_twisted.logcontext")
+        pyo3_twisted.install(self.reactor, worker_threads=2, tokio="per_reactor", logcontext="pyo3_twisted.logcontext")
         database = ":memory:" if self.engine == "sqlite" else pg_dsn
         self.pool = DatabasePool(
             self.reactor, database, max_connections=1 if self.engine == "sqlite" else 4,

@@ -18,9 +18,9 @@ from conftest import run_script
 def reactor(request):
     with memory_reactor() as r:
         if request.param:
-            pyo3_twisted.install(r, worker_threads=2, logcontext=request.param)
+            pyo3_twisted.install(r, worker_threads=2, tokio="per_reactor", logcontext=request.param)
         else:
-            pyo3_twisted.install(r, worker_threads=2)
+            pyo3_twisted.install(r, worker_threads=2, tokio="per_reactor")
         yield r
 
 
@@ -122,7 +122,7 @@ def test_dropping_the_rust_future_cancels_the_python_side(reactor):
 
 def test_job_dropped_when_the_reactor_stops_errors_instead_of_hanging():
     with memory_reactor() as reactor:
-        pyo3_twisted.install(reactor, worker_threads=1)
+        pyo3_twisted.install(reactor, worker_threads=1, tokio="per_reactor")
         ran = []
         call = probes.call_python_in_thread(reactor, lambda: ran.append(1))
         # The job is queued (the wake-up reached the reactor) but not run...
@@ -135,7 +135,7 @@ def test_job_dropped_when_the_reactor_stops_errors_instead_of_hanging():
 
 def test_call_after_the_reactor_stopped_errors_at_once():
     with memory_reactor() as reactor:
-        pyo3_twisted.install(reactor, worker_threads=1)
+        pyo3_twisted.install(reactor, worker_threads=1, tokio="per_reactor")
     ok, text = probes.call_python_in_thread(reactor, lambda: 1).wait(5.0)
     assert not ok and "no pyo3-twisted runtime" in text, text
 

@@ -7,6 +7,32 @@ from twisted.internet.defer import Deferred
 DbValue = Union[None, bool, int, float, str, bytes]
 
 RUNTIME_ATTR: str
+POLLS_READERS_ATTR: str
+
+class Runtime:
+    """A handle on a reactor's pyo3-twisted runtime; keeps the reactor weakly."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        worker_threads: Optional[int] = ...,
+        thread_name: Optional[str] = ...,
+        shutdown_timeout: Optional[float] = ...,
+        logcontext: Optional[str] = ...,
+        track_cpu_time: Optional[bool] = ...,
+        wake: Optional[str] = ...,
+        linger: Optional[float] = ...,
+        tokio: Optional[str] = ...,
+    ) -> None: ...
+    @property
+    def reactor(self) -> Any: ...
+    @property
+    def is_shut_down(self) -> bool: ...
+    def start(self) -> None: ...
+    def shutdown(self, timeout: Optional[float] = ...) -> Deferred: ...
+    def shutdown_blocking(self, timeout: Optional[float] = ...) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
 
 class RustPanicError(Exception):
     """A Rust future panicked; the message is the panic's."""

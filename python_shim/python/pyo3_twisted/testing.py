@@ -2,11 +2,19 @@
 
 Twisted's ``MemoryReactorClock`` runs everything on the test's thread, which is what
 makes tests deterministic. Bridged work finishes on other threads, though, and comes
-back through ``reactor.callFromThread``. :class:`ThreadedMemoryReactorClock` accepts
-those calls from any thread and wakes a test that waits for them; :meth:`get_success`
-and :meth:`get_failure` wait with the GIL released (no busy loop) until a Deferred
-fires; :meth:`shutdown` fires the reactor's shutdown triggers the way a real reactor
-does, so a runtime tied to the reactor stops at the end of each test.
+back through a file descriptor the reactor reads (or ``reactor.callFromThread``).
+:class:`ThreadedMemoryReactorClock` polls its readers' file descriptors in
+``advance()``, accepts ``callFromThread`` from any thread, and wakes a test that waits
+for either; :meth:`get_success` and :meth:`get_failure` wait with the GIL released (no
+busy loop) until a Deferred fires; :meth:`shutdown` fires the reactor's shutdown
+triggers the way a real reactor does.
+
+The reactor need not be run, nor shut down: bridged work starts on first use, and a
+reactor that nobody references any more is garbage-collected with its runtime's state
+(its in-flight tasks are aborted). A suite that makes one reactor per test and never
+stops them (as Synapse's ``HomeserverTestCase`` does) keeps one Tokio pool for the
+whole process. An application object that owns a ``pyo3_twisted.Runtime`` stops it
+with ``runtime.shutdown_blocking()``.
 
 From trial::
 
@@ -31,6 +39,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
+import select
+import socket
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -55,14 +65,23 @@ _NOT_FIRED = object()
 
 
 class ThreadedMemoryReactorClock(MemoryReactorClock):
-    """A ``MemoryReactorClock`` with a thread-safe ``callFromThread``.
+    """A ``MemoryReactorClock`` with a thread-safe ``callFromThread`` that also polls
+    the file descriptors of its readers.
 
-    Calls from other threads are queued and run on the test's thread by :meth:`pump`
-    (and by everything that waits: :meth:`get_success`, :meth:`get_failure`,
-    :meth:`shutdown`). The clock moves only when told to (:meth:`advance`,
-    :meth:`pump` with seconds), except during :meth:`shutdown`, which lets it follow
-    real time so that shutdown timeouts can pass.
+    Calls from other threads are queued and run on the test's thread by
+    :meth:`advance` (and so by :meth:`pump` and everything that waits:
+    :meth:`get_success`, :meth:`get_failure`, :meth:`shutdown`). ``advance`` also runs
+    ``doRead`` on every reader whose file descriptor is readable, as a real reactor
+    would; it says so with ``pyo3_twisted_polls_readers = True``, and a pyo3-twisted
+    runtime then wakes it through an eventfd, with no thread of its own. The reactor
+    never needs to be ``run()``: bridged work starts on first use. The clock moves
+    only when told to (:meth:`advance`, :meth:`pump` with seconds), except during
+    :meth:`shutdown`, which lets it follow real time so that shutdown timeouts can
+    pass.
     """
+
+    #: Tells pyo3-twisted that :meth:`advance` polls the readers' file descriptors.
+    pyo3_twisted_polls_readers = True
 
     def __init__(self, logcontext: Any = None) -> None:
         """``logcontext``: a logcontext provider module (such as
@@ -71,20 +90,36 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
         super().__init__()
         self.logcontext = logcontext
         # Twisted 24.11 starts these at True; later versions at False. False is
-        # right for a reactor that has not run, and lets a runtime installed now
-        # wait for run() on every version.
+        # right for a reactor that has not run.
         self.hasRun = self.hasStopped = self.hasCrashed = False
         self._thread_calls: collections.deque[tuple[Callable[..., Any], tuple, dict]] = (
             collections.deque()
         )
-        self._thread_calls_changed = threading.Condition(threading.Lock())
+        self._thread_calls_lock = threading.Lock()
+        # Written by callFromThread so that a waiting test wakes; made on first use,
+        # closed when the reactor is collected.
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
         self.is_shut_down = False
+
+    def _wakeup_pair(self) -> tuple[socket.socket, socket.socket]:
+        with self._thread_calls_lock:
+            if self._wakeup is None:
+                read, write = socket.socketpair()
+                read.setblocking(False)
+                write.setblocking(False)
+                self._wakeup = (read, write)
+            return self._wakeup
 
     def callFromThread(self, callable: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Queue ``callable`` for the reactor's thread; safe from any thread."""
-        with self._thread_calls_changed:
+        with self._thread_calls_lock:
             self._thread_calls.append((callable, args, kwargs))
-            self._thread_calls_changed.notify_all()
+            wakeup = self._wakeup
+        if wakeup is not None:
+            try:
+                wakeup[1].send(b"x")
+            except (BlockingIOError, OSError):
+                pass  # Full: a wake-up is pending already.
 
     def run_thread_calls(self) -> int:
         """Run the queued ``callFromThread`` calls; return how many ran.
@@ -93,7 +128,7 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
         """
         ran = 0
         while True:
-            with self._thread_calls_changed:
+            with self._thread_calls_lock:
                 if not self._thread_calls:
                     return ran
                 callable, args, kwargs = self._thread_calls.popleft()
@@ -103,12 +138,47 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
             except BaseException:
                 log.err(None, "Error in a callFromThread call")
 
-    def pump(self, seconds: float = 0.0) -> None:
-        """Run queued thread calls, advance the clock by ``seconds`` (running the
-        delayed calls that fall due), and run the thread calls that caused."""
-        self.run_thread_calls()
+    def _pollable_readers(self) -> list[Any]:
+        readers = []
+        for reader in list(self.readers):
+            try:
+                fd = reader.fileno()
+            except Exception:
+                continue
+            if isinstance(fd, int) and fd >= 0:
+                readers.append(reader)
+        return readers
+
+    def poll_readers(self) -> int:
+        """Run ``doRead`` on each reader whose file descriptor is readable now;
+        return how many ran. An exception is logged, as a real reactor would."""
+        readers = self._pollable_readers()
+        if not readers:
+            return 0
+        ready, _, _ = select.select(readers, [], [], 0)
+        ran = 0
+        for reader in ready:
+            if reader not in self.readers:
+                continue
+            ran += 1
+            try:
+                reader.doRead()
+            except BaseException:
+                log.err(None, "Error in a reader's doRead")
+        return ran
+
+    def advance(self, amount: float) -> None:
+        """Move the clock by ``amount`` seconds and run the delayed calls that fall
+        due, then the thread calls and readable readers, and the delayed calls
+        those made due, until nothing more is ready."""
+        super().advance(amount)
+        while self.run_thread_calls() + self.poll_readers():
+            super().advance(0)
+
+    def pump(self, seconds: float = 0.0) -> None:  # type: ignore[override]
+        """Advance the clock by ``seconds``, running everything that is ready (see
+        :meth:`advance`), then check the logcontext rule."""
         self.advance(seconds)
-        self.run_thread_calls()
         self.check_logcontext()
 
     def check_logcontext(self) -> None:
@@ -121,13 +191,25 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
                     f"a reactor turn left the reactor thread in logcontext {context!r}"
                 )
 
-    def wait_for_thread_call(self, timeout: float) -> bool:
-        """Block (GIL released) until a ``callFromThread`` call is queued or
-        ``timeout`` seconds pass; return whether one is queued."""
-        with self._thread_calls_changed:
-            return self._thread_calls_changed.wait_for(
-                lambda: bool(self._thread_calls), timeout
-            )
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block (GIL released) until a ``callFromThread`` call is queued or a reader
+        is readable, or ``timeout`` seconds pass; return whether work is ready."""
+        wakeup_read, _ = self._wakeup_pair()
+        with self._thread_calls_lock:
+            if self._thread_calls:
+                return True
+        ready, _, _ = select.select([wakeup_read, *self._pollable_readers()], [], [], max(0.0, timeout))
+        try:
+            while wakeup_read.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        with self._thread_calls_lock:
+            queued = bool(self._thread_calls)
+        return queued or any(r is not wakeup_read for r in ready)
+
+    #: The earlier name of :meth:`wait_for_work`.
+    wait_for_thread_call = wait_for_work
 
     def wait_for(self, d: Deferred, timeout: float = 10.0) -> Any:
         """Pump until ``d`` has fired; return its result (a value or a
@@ -149,7 +231,7 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"{d!r} did not fire within {timeout} s")
-            self.wait_for_thread_call(remaining)
+            self.wait_for_work(remaining)
 
     def get_success(self, d: Deferred, timeout: float = 10.0) -> Any:
         """Wait for ``d`` and return its value; fail the test if it failed."""
@@ -201,7 +283,7 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
                     (c.getTime() - self.seconds() for c in self.getDelayedCalls()),
                     default=remaining,
                 )
-                self.wait_for_thread_call(max(0.0, min(remaining, next_call)))
+                self.wait_for_work(max(0.0, min(remaining, next_call)))
             if isinstance(fired[0], Failure):
                 log.err(fired[0], f"{phase}-shutdown trigger failed")
 

@@ -35,7 +35,10 @@ def check_running(d):
 
 
 if mode == "before_run":
-    pyo3_twisted.install(reactor, worker_threads=3, thread_name=NAME)
+    pyo3_twisted.install(reactor, worker_threads=3, thread_name=NAME, tokio="per_reactor")
+    # Installing starts nothing; the first bridged call starts the runtime.
+    result["state_at_install"] = pyo3_twisted.stats(reactor)["state"]
+    result["threads_named_at_install"] = threads_named(NAME)
     d = probes.ready(reactor, "early")
     result["state_before_run"] = pyo3_twisted.stats(reactor)["state"]
     result["threads_named_before_run"] = threads_named(NAME)
@@ -44,7 +47,7 @@ if mode == "before_run":
 elif mode == "when_running":
 
     def start():
-        pyo3_twisted.install(reactor, worker_threads=3, thread_name=NAME)
+        pyo3_twisted.install(reactor, worker_threads=3, thread_name=NAME, tokio="per_reactor")
         result["state_at_install"] = pyo3_twisted.stats(reactor)["state"]
         check_running(probes.ready(reactor, "late"))
 

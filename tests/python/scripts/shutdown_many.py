@@ -16,7 +16,7 @@ TIMEOUT = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
 N = 10_000
 TOUCHERS = 20
 
-pyo3_twisted.install(reactor, worker_threads=2, shutdown_timeout=TIMEOUT)
+pyo3_twisted.install(reactor, worker_threads=2, shutdown_timeout=TIMEOUT, tokio="per_reactor")
 outcomes = {"value": 0, "shutdown": 0, "other": []}
 times: dict = {}
 

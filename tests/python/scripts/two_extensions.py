@@ -71,7 +71,7 @@ def start():
 
 
 if mode == "separate":
-    pyo3_twisted.install(reactor, worker_threads=1, thread_name="shim-pool", shutdown_timeout=2.0)
+    pyo3_twisted.install(reactor, worker_threads=1, thread_name="shim-pool", shutdown_timeout=2.0, tokio="per_reactor")
     ext.install(reactor, 2, "ext-pool")
 else:
     result["shared_with_pyo3_async_runtimes"] = ext.share_with_pyo3_async_runtimes(2, "shared-pool")

@@ -11,7 +11,7 @@ from pyo3_twisted.testing import ReactorTestCase
 class BridgeUnderTrial(ReactorTestCase):
     def setUp(self):
         super().setUp()
-        pyo3_twisted.install(self.reactor, worker_threads=2, shutdown_timeout=0.5)
+        pyo3_twisted.install(self.reactor, worker_threads=2, tokio="per_reactor", shutdown_timeout=0.5)
 
     def test_value(self):
         self.assertEqual(self.get_success(probes.sleep(self.reactor, 0.01, 7)), 7)
