@@ -152,7 +152,9 @@ fn start(
     complete: Completer,
     shared: Arc<Shared>,
 ) -> PyResult<()> {
-    if shared.abandoned.load(Ordering::Acquire) {
+    // Abandoned, or reached in the last drain of a stopped runtime: never start it
+    // (dropping `complete` tells a waiting caller `RuntimeShutdown`).
+    if shared.abandoned.load(Ordering::Acquire) || bridge.is_stopped() {
         return Ok(());
     }
     Counters::bump(&bridge.counters().awaitables_started);

@@ -107,7 +107,10 @@ impl Mailbox {
     }
 
     fn wake(&self) {
-        if let Some(waker) = &*self.waker.read() {
+        // Signalled after the lock is released: the reactor thread this wakes may
+        // fork at once, and a child must not inherit the lock held.
+        let waker = self.waker.read().clone();
+        if let Some(waker) = waker {
             Counters::bump(&self.counters.mailbox_wakeups);
             waker.wake();
         }

@@ -32,7 +32,8 @@ use crate::errors::report;
 use crate::mailbox::Mailbox;
 use crate::threads;
 
-/// A way to wake the reactor; owned by the [`Mailbox`].
+/// A way to wake the reactor; owned by the [`Mailbox`]. Cheap to clone.
+#[derive(Clone)]
 pub(crate) enum Waker {
     #[cfg(unix)]
     Fd(Arc<fd::WakeFd>),

@@ -7,11 +7,12 @@ use std::time::Duration;
 use common::*;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3_twisted::{create_deferred, install_runtime, RuntimeConfig, RustPanicError};
+use pyo3_twisted::{create_deferred, install_runtime, Runtime, RuntimeConfig, RustPanicError};
 
 fn two_workers() -> RuntimeConfig {
     RuntimeConfig {
         worker_threads: 2,
+        tokio: pyo3_twisted::TokioRuntime::PerReactor,
         ..RuntimeConfig::default()
     }
 }
@@ -144,6 +145,7 @@ fn install_twice_same_config_is_a_no_op_different_is_an_error() {
             &reactor,
             RuntimeConfig {
                 worker_threads: 3,
+                tokio: pyo3_twisted::TokioRuntime::PerReactor,
                 ..RuntimeConfig::default()
             },
         )
@@ -153,6 +155,7 @@ fn install_twice_same_config_is_a_no_op_different_is_an_error() {
             &memory_reactor(py, true)?,
             RuntimeConfig {
                 worker_threads: 0,
+                tokio: pyo3_twisted::TokioRuntime::PerReactor,
                 ..RuntimeConfig::default()
             },
         );
@@ -163,18 +166,69 @@ fn install_twice_same_config_is_a_no_op_different_is_an_error() {
 }
 
 #[test]
-fn work_submitted_before_the_reactor_runs_starts_with_it() {
+fn first_use_starts_the_runtime_on_a_reactor_that_never_runs() {
     with_python(|py| {
         let reactor = memory_reactor(py, false)?;
-        install_runtime(&reactor, two_workers())?;
-        let d = create_deferred(py, &reactor, async { Ok(5) })?;
-        // No Tokio thread exists yet, so the future cannot have run.
+        let runtime = Runtime::install(&reactor, two_workers())?;
+        // Installing starts nothing.
         assert_eq!(stat(&reactor, "tokio_threads_live"), 0);
-        assert_eq!(pyo3_twisted::stats(&reactor)?.state, "installed");
-        assert!(!d.getattr("called")?.is_truthy()?);
-        reactor.call_method0("run")?;
+        assert_eq!(runtime.stats().state, "installed");
+        // The first bridged call does; a handle works like the reactor.
+        let d = create_deferred(py, &runtime, async { Ok(5) })?;
+        assert_eq!(runtime.stats().state, "running");
+        assert_eq!(stat(&reactor, "tokio_threads_live"), 2);
         assert_eq!(get_success(&reactor, &d)?.extract::<i64>()?, 5);
-        reactor.call_method0("shutdown")?;
+        assert!(!reactor.getattr("running")?.is_truthy()?);
+        // Shutdown by handle, blocking; twice is a no-op; later work is refused.
+        runtime.shutdown(py, std::time::Duration::from_secs(1))?;
+        runtime.shutdown(py, std::time::Duration::from_secs(1))?;
+        assert!(runtime.is_shut_down());
+        assert_eq!(stat(&reactor, "tokio_threads_live"), 0);
+        assert!(runtime.tokio_handle().is_err());
+        Ok(())
+    })
+}
+
+#[test]
+fn handle_offers_tokio_handle_spawn_and_dispatch() {
+    with_python(|py| {
+        let reactor = memory_reactor(py, false)?;
+        let runtime = Runtime::install(&reactor, two_workers())?;
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let child = runtime.clone();
+        runtime.tokio_handle()?.spawn(async move {
+            let value = child
+                .spawn(async { 6 * 7 })
+                .expect("spawn on a running runtime")
+                .await
+                .expect("the child task ran");
+            let sent = child.dispatch(move |py| {
+                let ident: u64 = py
+                    .import("threading")?
+                    .call_method0("get_ident")?
+                    .extract()?;
+                tx.send((value, ident)).ok();
+                Ok(())
+            });
+            sent.expect("dispatch on a running runtime");
+        });
+        let d = create_deferred(py, &runtime, async { Ok(()) })?;
+        get_success(&reactor, &d)?;
+        let outcome = loop {
+            if let Ok(outcome) = rx.try_recv() {
+                break outcome;
+            }
+            reactor.call_method1("wait_for_work", (10.0,))?;
+            reactor.call_method0("pump")?;
+        };
+        // Ran on the reactor (this test's) thread.
+        let here: u64 = py
+            .import("threading")?
+            .call_method0("get_ident")?
+            .extract()?;
+        assert_eq!(outcome, (42, here));
+        runtime.shutdown(py, std::time::Duration::from_secs(1))?;
+        assert!(runtime.dispatch(|_py| Ok(())).is_err());
         Ok(())
     })
 }

@@ -44,6 +44,7 @@ fn python_pool(py: Python<'_>) -> PyResult<(Bound<'_, PyAny>, Bound<'_, PyAny>)>
         &reactor,
         RuntimeConfig {
             worker_threads: 2,
+            tokio: pyo3_twisted::TokioRuntime::PerReactor,
             ..RuntimeConfig::default()
         },
     )?;

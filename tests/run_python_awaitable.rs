@@ -29,6 +29,7 @@ def fail():
 fn config() -> RuntimeConfig {
     RuntimeConfig {
         worker_threads: 2,
+        tokio: pyo3_twisted::TokioRuntime::PerReactor,
         ..RuntimeConfig::default()
     }
 }

@@ -76,7 +76,7 @@ fn to_py(err: anyhow::Error) -> PyErr {
 }
 
 /// The store over one pool, callable from Python; every method returns a Deferred.
-#[pyclass(frozen, module = "pyo3_twisted.probes")]
+#[pyclass(frozen, weakref, module = "pyo3_twisted.probes")]
 pub struct RustStore {
     pool: Arc<dyn DatabasePool>,
     native: Option<Arc<PostgresPool>>,

@@ -541,6 +541,11 @@ impl Bridge {
         }
         directory::forget(self);
         self.stop_engine(py, true);
+        // What the stopped tasks queued as they were dropped: the cancellation of
+        // the Python awaitables they were waiting for, their last log records.
+        if let Err(err) = self.mailbox.drain(py) {
+            report(py, err, "pyo3-twisted: interrupted while stopping");
+        }
         self.mailbox.close(py);
         for done in waiters {
             if let Err(err) = done
