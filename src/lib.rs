@@ -11,13 +11,16 @@
 //!                                              ◀──── result ─────
 //! ```
 //!
-//! - [`install_runtime`] ties a Tokio runtime to a reactor: it starts when the reactor
-//!   runs and stops at reactor shutdown (waiting up to `shutdown_timeout` for
-//!   in-flight work, then failing the rest with [`RuntimeShutdown`]).
+//! - [`install_runtime`] (or [`Runtime::install`], which returns a handle) ties a
+//!   runtime to a reactor: it starts when the reactor runs or at its first use (a
+//!   memory reactor need never run), and stops at reactor shutdown or
+//!   [`Runtime::shutdown`] (waiting up to `shutdown_timeout` for in-flight work, then
+//!   failing the rest with [`RuntimeShutdown`]). Every reactor of a process shares one
+//!   Tokio pool by default, and nothing the runtime holds keeps its reactor alive.
 //! - [`create_deferred`] runs a Rust future on that runtime and hands Python a
 //!   `Deferred` for its result. Errors, panics ([`RustPanicError`]) and `d.cancel()`
 //!   all behave as a Twisted programmer expects.
-//! - [`run_python_awaitable`] (or a [`ReactorHandle`]) goes the other way: from a
+//! - [`run_python_awaitable`] (or a [`Runtime`] handle) goes the other way: from a
 //!   Tokio task, run a coroutine or Deferred on the reactor and await its result.
 //! - [`spawn`] starts a child task that keeps the request's context.
 //! - With a logcontext provider ([`LogContextProvider`], e.g. Synapse's
@@ -32,7 +35,7 @@
 //! |----------------|-------------------------------------------------------------|
 //! | reactor        | `create_deferred`, `install_runtime`, every Deferred, logcontext switch and Python object this crate touches, the mailbox drain |
 //! | Tokio workers  | your futures; they never wait for the GIL on this crate's behalf |
-//! | `pyo3-twisted-wake` | only with memory reactors: one `callFromThread` per batch |
+//! | `pyo3-twisted-wake` | one per process, only for memory reactors that do not poll their readers: one `callFromThread` per batch |
 //!
 //! Results, Python calls and log records all travel back through one queue, the
 //! mailbox: a worker pushes and moves on; the reactor is woken at most once per batch
@@ -40,7 +43,8 @@
 //!
 //! # Rules for callers
 //!
-//! - Call [`create_deferred`] and [`install_runtime`] on the reactor thread.
+//! - Call [`create_deferred`], [`install_runtime`] and [`Runtime::shutdown`] on the
+//!   reactor thread; they take a [`Runtime`] handle or the reactor ([`RuntimeRef`]).
 //! - Inside a future, reach Python through [`run_python_awaitable`] rather than
 //!   `Python::attach`: the reactor thread may hold the GIL for a long time, and a
 //!   worker waiting for it stalls every task behind it.
