@@ -36,10 +36,12 @@ ROWS = [
     ("asyncio_conc", "asyncio", {"mode": "concurrent", "n": 10_000}, "pyo3-async-runtimes on asyncio, 10k concurrent"),
     ("asyncio_seq", "asyncio", {"mode": "sequential", "m": 2_000}, "pyo3-async-runtimes on asyncio, sequential"),
     ("ours_conc", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 10_000}, "create_deferred, 10k concurrent"),
+    ("ours_conc_own", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 10_000, "tokio": "per_reactor"}, "create_deferred, 10k concurrent, a Tokio pool of the reactor's own"),
     ("ours_conc_prov", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 10_000, "provider_only": True}, "create_deferred, pyo3_twisted.logcontext provider, caller in the sentinel"),
     ("ours_conc_lc", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 10_000, "logcontext": True}, "create_deferred + pyo3_twisted.logcontext, 10k concurrent"),
     ("ours_conc_100k", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 100_000}, "create_deferred, 100k concurrent"),
     ("ours_seq", "twisted", {"strategy": "ours", "mode": "sequential", "m": 2_000}, "create_deferred, sequential"),
+    ("ours_seq_own", "twisted", {"strategy": "ours", "mode": "sequential", "m": 2_000, "tokio": "per_reactor"}, "create_deferred, sequential, a Tokio pool of the reactor's own"),
     ("ours_conc_aio", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 10_000, "reactor": "asyncio"}, "create_deferred on Twisted's asyncio reactor, 10k concurrent"),
     ("ours_seq_aio", "twisted", {"strategy": "ours", "mode": "sequential", "m": 2_000, "reactor": "asyncio"}, "create_deferred on Twisted's asyncio reactor, sequential"),
     ("await_conc", "awaitable", {"mode": "concurrent", "n": 10_000}, "run_python_awaitable from Tokio, 10k concurrent"),
@@ -74,6 +76,8 @@ GOALS = [
     ("5. 100k vs 10k concurrent, per completion", "ours_conc_100k", "ours_conc", 1.5, "<="),
     ("6. asyncio reactor: create_deferred vs pyo3-async-runtimes, 10k concurrent", "ours_conc_aio", "asyncio_conc", 0.5, "<="),
     ("6. asyncio reactor: create_deferred vs pyo3-async-runtimes, sequential", "ours_seq_aio", "asyncio_seq", 0.5, "<="),
+    ("7. shared process pool (default) vs a pool of the reactor's own, 10k concurrent", "ours_conc", "ours_conc_own", 1.15, "<="),
+    ("7. shared process pool (default) vs a pool of the reactor's own, sequential", "ours_seq", "ours_seq_own", 1.15, "<="),
 ]
 
 
@@ -107,13 +111,18 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, for trying the script")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--no-curve", action="store_true")
+    parser.add_argument("--rows", help="comma-separated row names: run only these (and no curve)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
     results: dict = {}
+    # A partial run keeps the two baselines every ratio is printed against.
+    only = set(args.rows.split(",")) | {"floor", "pingpong"} if args.rows else None
     for name, case, params, description in ROWS:
+        if only is not None and name not in only:
+            continue
         if name.startswith("pg_") and not os.environ.get("PYO3_TWISTED_TEST_PG_DSN"):
             print(f"  {name}: no PostgreSQL (set PYO3_TWISTED_TEST_PG_DSN; make bench does)", flush=True)
             continue
@@ -130,7 +139,7 @@ def main() -> int:
     print(f"  memory          {memory['bytes_per_inflight']:.0f} B per in-flight future", flush=True)
 
     curve: dict = {}
-    if not args.no_curve:
+    if not args.no_curve and only is None:
         for label, (case, base) in CURVE_STRATEGIES.items():
             curve[label] = {}
             previous = 0.0
@@ -160,7 +169,7 @@ def main() -> int:
         "goals": evaluate(results),
         "curve": curve,
     }
-    (out / "latest.json").write_text(json.dumps(report, indent=2))
+    (out / ("partial.json" if only else "latest.json")).write_text(json.dumps(report, indent=2))
     print_table(report)
     if curve:
         draw(curve, out / "throughput.png")

@@ -246,6 +246,8 @@ def case_twisted(p: dict) -> None:
     runtime = None
     if p["strategy"] == "ours":
         runtime = {}  # the default configuration
+        if p.get("tokio"):
+            runtime["tokio"] = p["tokio"]
         if p.get("logcontext") or p.get("provider_only"):
             runtime["logcontext"] = "pyo3_twisted.logcontext"
 

@@ -129,6 +129,33 @@ pub fn process_runtime(py: Python<'_>, config: &RuntimeConfig) -> PyResult<&'sta
     py.detach(|| shared_pool(config))
 }
 
+/// Whether `config` fits the shared pool as built in this process (or it is not
+/// built yet): an install checks before it changes anything.
+pub(crate) fn check_shared(config: &RuntimeConfig) -> PyResult<()> {
+    let generation = crate::bridge::fork_generation();
+    match *PROCESS.lock() {
+        Some(process)
+            if process.generation == generation
+                && (process.worker_threads != config.worker_threads
+                    || process.thread_name != config.thread_name) =>
+        {
+            Err(mismatch(process, config))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn mismatch(process: &Process, config: &RuntimeConfig) -> PyErr {
+    PyRuntimeError::new_err(format!(
+        "the process-wide Tokio pool was already built with worker_threads={} and \
+         thread_name={:?}; this runtime asks for worker_threads={} and thread_name={:?}. \
+         Every reactor on the shared pool must ask for the same threads (the first install \
+         sizes it), or install with tokio='per_reactor' (TokioRuntime::PerReactor) for a \
+         pool of its own.",
+        process.worker_threads, process.thread_name, config.worker_threads, config.thread_name
+    ))
+}
+
 /// [`process_runtime`] without the GIL. Blocks while the workers start.
 pub(crate) fn shared_pool(config: &RuntimeConfig) -> PyResult<&'static Runtime> {
     let generation = crate::bridge::fork_generation();
@@ -138,17 +165,7 @@ pub(crate) fn shared_pool(config: &RuntimeConfig) -> PyResult<&'static Runtime> 
             if process.worker_threads != config.worker_threads
                 || process.thread_name != config.thread_name
             {
-                return Err(PyRuntimeError::new_err(format!(
-                    "the process-wide Tokio pool was already built with worker_threads={} and \
-                     thread_name={:?}; this runtime asks for worker_threads={} and \
-                     thread_name={:?}. Every reactor on the shared pool must ask for the same \
-                     threads (the first install sizes it), or install with \
-                     tokio='per_reactor' (TokioRuntime::PerReactor) for a pool of its own.",
-                    process.worker_threads,
-                    process.thread_name,
-                    config.worker_threads,
-                    config.thread_name
-                )));
+                return Err(mismatch(process, config));
             }
             return Ok(&process.runtime);
         }

@@ -361,7 +361,7 @@ pub fn stats(reactor: &Bound<'_, PyAny>) -> PyResult<Stats> {
 /// `shutdown(timeout=None)` (a Deferred that fires once stopped; the reactor
 /// drives the wait), `shutdown_blocking(timeout=None)` (returns once stopped),
 /// `stats()`, and the `reactor` and `is_shut_down` attributes.
-#[pyclass(frozen, name = "Runtime", module = "pyo3_twisted")]
+#[pyclass(frozen, weakref, name = "Runtime", module = "pyo3_twisted")]
 pub struct PyRuntime {
     runtime: Runtime,
 }

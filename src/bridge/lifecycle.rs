@@ -155,6 +155,9 @@ impl Bridge {
             return Ok(existing);
         }
 
+        if config.tokio == TokioRuntime::Process {
+            crate::pool::check_shared(&config)?;
+        }
         let provider = match &config.logcontext {
             LogContextProvider::None => None,
             LogContextProvider::Module(module) => Some(Provider::load(py, module)?),
@@ -367,7 +370,8 @@ impl Bridge {
     pub(super) fn note_fork(&self, py: Python<'_>) {
         let running = self
             .reactor(py)
-            .map(|reactor| is_running(&reactor).unwrap_or(false))
+            .and_then(|reactor| reactor.getattr(intern!(py, "running")).ok())
+            .map(|running| running.is_truthy().unwrap_or(false))
             .unwrap_or(false);
         self.running_at_fork.store(running, Ordering::Release);
     }
@@ -627,14 +631,21 @@ fn errback_shutdown(py: Python<'_>, deferred: &Bound<'_, PyAny>, reason: &str) {
     }
 }
 
-/// Whether the reactor runs now, so the bridge starts at once rather than through
-/// `callWhenRunning` (which, on Twisted < 26.4, a memory reactor never fires once its
-/// `run()` returned). A reactor that never runs starts the bridge at its first use.
+/// Whether the reactor runs now, or has run, so the bridge starts at once rather than
+/// through `callWhenRunning`: on Twisted < 26.4 a memory reactor whose `run()` has
+/// returned (`hasRun`) never fires it again. (Twisted 24.11 initialises `hasRun` to
+/// true, so there a plain memory reactor starts the bridge at install.) A reactor that
+/// never runs starts the bridge at its first use.
 fn is_running(reactor: &Bound<'_, PyAny>) -> PyResult<bool> {
-    match reactor.getattr_opt(intern!(reactor.py(), "running"))? {
-        Some(value) => value.is_truthy(),
-        None => Ok(false),
+    let py = reactor.py();
+    for name in [intern!(py, "running"), intern!(py, "hasRun")] {
+        if let Some(value) = reactor.getattr_opt(name)? {
+            if value.is_truthy()? {
+                return Ok(true);
+            }
+        }
     }
+    Ok(false)
 }
 
 /// Whether `reactor` polls real file descriptors (epoll, poll, select, asyncio), as

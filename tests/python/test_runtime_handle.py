@@ -192,3 +192,18 @@ def test_shutdown_while_a_python_awaitable_is_pending():
     reactor.pump()
     assert never.called
     never.addErrback(lambda f: f.trap(defer.CancelledError))
+
+
+def test_asking_the_shared_pool_for_other_threads_is_a_clear_error_at_install():
+    first = never_run_reactor()
+    first.get_success(probes.ready(first, 0))
+    size = pyo3_twisted.stats(first)["worker_threads"]
+    other = never_run_reactor()
+    with pytest.raises(RuntimeError, match="tokio='per_reactor'"):
+        pyo3_twisted.install(other, worker_threads=size + 1)
+    # Nothing was installed on the way to the error; a pool of its own works.
+    with pytest.raises(RuntimeError, match="no pyo3-twisted runtime"):
+        pyo3_twisted.stats(other)
+    pyo3_twisted.install(other, worker_threads=size + 1, tokio="per_reactor")
+    assert other.get_success(probes.ready(other, "own")) == "own"
+    pyo3_twisted.Runtime(other).shutdown_blocking()
