@@ -34,7 +34,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::asyncio::AsyncioLoop;
 use crate::config::{RuntimeConfig, TokioRuntime};
 use crate::errors::report;
-use crate::live_tasks::{LiveGuard, LiveTasks};
+use crate::live_tasks::{HasLiveTasks, LiveTasks};
 use crate::logcontext::Provider;
 use crate::mailbox::Mailbox;
 use crate::registry::{Entry, Key, Registry};
@@ -116,11 +116,11 @@ impl Drop for ReactorSlot {
 pub(crate) struct Engine {
     handle: tokio::runtime::Handle,
     submitter: Submitter,
-    /// The futures of `create_deferred` that still exist; counted only on a pool we
-    /// do not own (the process-wide one), where stopping means waiting for them.
-    live_tasks: Option<Arc<LiveTasks>>,
-    /// A runtime of this bridge's own (`TokioRuntime::PerReactor`).
+    /// A runtime of this bridge's own (`TokioRuntime::PerReactor`); none on the
+    /// shared pool, where stopping means waiting for our tasks (`Bridge::live`).
     owned: Mutex<Option<tokio::runtime::Runtime>>,
+    /// On the shared pool (`owned` was none when it was built).
+    shared_pool: bool,
     /// The fork generation it was built in.
     generation: u64,
 }
@@ -131,9 +131,9 @@ impl Engine {
         self.submitter.submit(task)
     }
 
-    /// Counts a task in, on a pool we do not own.
-    pub fn enter_live(&self) -> Option<LiveGuard> {
-        self.live_tasks.as_ref().map(|live| live.enter())
+    /// Whether the engine runs on a pool we do not own, whose tasks are counted.
+    pub fn counts_live_tasks(&self) -> bool {
+        self.shared_pool
     }
 
     pub fn handle(&self) -> &tokio::runtime::Handle {
@@ -174,6 +174,8 @@ pub(crate) struct Bridge {
     /// whether one is scheduled or running.
     linger: OnceLock<Py<PyAny>>,
     linger_scheduled: AtomicBool,
+    /// The futures of `create_deferred` that still exist, on the shared pool.
+    live: LiveTasks,
     /// Whether the reactor was running when the process last forked.
     running_at_fork: AtomicBool,
     side: Mutex<ReactorSide>,
@@ -415,6 +417,12 @@ impl Bridge {
             mailbox_lingers: get(&c.mailbox_lingers),
             gil_acquisitions_on_tokio_threads: threads::gil_acquisitions_on_tokio_threads(),
         }
+    }
+}
+
+impl HasLiveTasks for Bridge {
+    fn live_tasks(&self) -> &LiveTasks {
+        &self.live
     }
 }
 

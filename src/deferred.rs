@@ -23,6 +23,7 @@ use pyo3::prelude::*;
 use pyo3::IntoPyObjectExt;
 
 use crate::errors::{panic_message, RuntimeShutdown, RustPanicError};
+use crate::live_tasks::LiveTasks;
 use crate::logcontext::TaskScope;
 use crate::registry::Key;
 use crate::runtime::RuntimeRef;
@@ -96,10 +97,13 @@ where
     let scope = Arc::new(TaskScope::new(Arc::clone(bridge), context));
     let (abort, registration) = AbortHandle::new_pair();
     let key = bridge.register(deferred.clone().unbind(), abort);
-    let live = engine.enter_live();
+    // Holds the scope; on the shared pool it also counts the task until it is gone.
+    let live = LiveTasks::enter(scope, engine.counts_live_tasks());
     let task = Box::pin(async move {
-        let _live = live;
-        let scoped = TaskScope::enter(Arc::clone(&scope), fut);
+        let Some(scope) = live.owner().map(Arc::clone) else {
+            return;
+        };
+        let scoped = TaskScope::enter(scope, fut);
         let outcome = match AssertUnwindSafe(Abortable::new(scoped, registration))
             .catch_unwind()
             .await
@@ -108,6 +112,9 @@ where
             // Cancelled or shut down: whoever aborted us fired the Deferred.
             Ok(Err(_aborted)) => return,
             Err(payload) => Outcome::Panicked(panic_message(&*payload)),
+        };
+        let Some(scope) = live.disarm() else {
+            return;
         };
         let mailbox = Arc::clone(scope.bridge.mailbox());
         mailbox.push(Box::new(move |py| deliver(py, &scope, key, outcome)));

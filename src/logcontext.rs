@@ -130,6 +130,12 @@ pub(crate) struct TaskScope {
     cpu: Option<Arc<CpuMeter>>,
 }
 
+impl crate::live_tasks::HasLiveTasks for TaskScope {
+    fn live_tasks(&self) -> &crate::live_tasks::LiveTasks {
+        crate::live_tasks::HasLiveTasks::live_tasks(&*self.bridge)
+    }
+}
+
 tokio::task_local! {
     static SCOPE: Arc<TaskScope>;
 }

@@ -179,6 +179,7 @@ impl Bridge {
             canceller: std::sync::OnceLock::new(),
             linger: std::sync::OnceLock::new(),
             linger_scheduled: std::sync::atomic::AtomicBool::new(false),
+            live: LiveTasks::default(),
             running_at_fork: std::sync::atomic::AtomicBool::new(false),
             side: parking_lot::Mutex::new(ReactorSide {
                 reactor: Some(PyWeakrefReference::new(reactor)?.unbind()),
@@ -287,7 +288,7 @@ impl Bridge {
         let engine = Arc::new(Engine {
             submitter: Submitter::start(&handle, self.config.linger),
             handle,
-            live_tasks: owned.is_none().then(|| Arc::new(LiveTasks::default())),
+            shared_pool: owned.is_none(),
             owned: parking_lot::Mutex::new(owned),
             generation: forks::generation(),
         });
@@ -319,6 +320,7 @@ impl Bridge {
         // waking anything of it could reach into the parent through inherited fds.
         std::mem::forget(stale);
         self.counters.tokio_threads_live.store(0, Ordering::Relaxed);
+        self.live.forget();
         let entries: Vec<Entry> = self.registry.lock().take_all();
         let reason = format!(
             "this work was in flight when the process forked (the child, pid {}, has none \
@@ -584,10 +586,8 @@ impl Bridge {
             }
             (Some(runtime), _) => runtime.shutdown_background(),
             (None, true) => {
-                if let Some(live) = engine.live_tasks.clone() {
-                    if !py.detach(move || live.wait_idle(DROP_GRACE)) {
-                        log::warn!("pyo3-twisted: bridged tasks still running after shutdown");
-                    }
+                if !py.detach(|| self.live.wait_idle(DROP_GRACE)) {
+                    log::warn!("pyo3-twisted: bridged tasks still running after shutdown");
                 }
             }
             (None, false) => {}
