@@ -91,7 +91,7 @@ impl ReactorSlot {
     fn __repr__(&self) -> String {
         format!(
             "<pyo3_twisted.RuntimeSlot {} in_flight={}>",
-            self.bridge.phase.load().name(),
+            self.bridge.cross.phase.load().name(),
             self.bridge.in_flight()
         )
     }
@@ -157,27 +157,39 @@ struct ReactorSide {
 
 /// One reactor's runtime: mailbox, in-flight work, provider, counters, engine.
 pub(crate) struct Bridge {
+    // Set at install, read anywhere.
     config: RuntimeConfig,
-    counters: Arc<Counters>,
-    mailbox: Arc<Mailbox>,
-    registry: Mutex<Registry>,
-    phase: PhaseCell,
-    engine: RwLock<Option<Arc<Engine>>>,
     reactor_address: usize,
-    reactor_thread: AtomicU64,
     provider: Option<Provider>,
     /// The reactor's asyncio loop, on Twisted's asyncio reactor.
     asyncio: Option<AsyncioLoop>,
+    cross: CrossThread,
+    local: ReactorLocal,
+}
+
+/// What Tokio threads (and any thread) touch.
+struct CrossThread {
+    counters: Arc<Counters>,
+    mailbox: Arc<Mailbox>,
+    phase: PhaseCell,
+    engine: RwLock<Option<Arc<Engine>>>,
+    /// The futures of `create_deferred` that still exist, on the shared pool.
+    live: LiveTasks,
+    reactor_thread: AtomicU64,
+    /// Whether the reactor was running when the process last forked.
+    running_at_fork: AtomicBool,
+}
+
+/// What only the reactor thread touches (`stats()` and the garbage collector read
+/// the registry too, under its lock).
+struct ReactorLocal {
+    registry: Mutex<Registry>,
     /// The canceller every Deferred of this bridge is created with.
     canceller: OnceLock<Py<PyAny>>,
     /// The reactor-side linger: a `callLater(0)` callable (fd mode only), and
     /// whether one is scheduled or running.
     linger: OnceLock<Py<PyAny>>,
     linger_scheduled: AtomicBool,
-    /// The futures of `create_deferred` that still exist, on the shared pool.
-    live: LiveTasks,
-    /// Whether the reactor was running when the process last forked.
-    running_at_fork: AtomicBool,
     side: Mutex<ReactorSide>,
 }
 
@@ -230,11 +242,11 @@ impl Bridge {
     }
 
     pub fn counters(&self) -> &Counters {
-        &self.counters
+        &self.cross.counters
     }
 
     pub fn mailbox(&self) -> &Arc<Mailbox> {
-        &self.mailbox
+        &self.cross.mailbox
     }
 
     /// The address of the reactor object, its identity without the GIL.
@@ -254,23 +266,23 @@ impl Bridge {
 
     /// The reactor, unless it has been collected. Reactor thread.
     pub fn reactor<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        let side = self.side.lock();
+        let side = self.local.side.lock();
         side.reactor.as_ref()?.bind(py).upgrade()
     }
 
     /// Whether new work is accepted (shutdown has not begun).
     pub fn accepting(&self) -> bool {
-        self.phase.load() <= Phase::Running
+        self.cross.phase.load() <= Phase::Running
     }
 
     /// Whether the bridge has stopped for good.
     pub fn is_stopped(&self) -> bool {
-        self.phase.load() == Phase::Stopped
+        self.cross.phase.load() == Phase::Stopped
     }
 
     /// Whether the calling thread is this reactor's thread.
     pub fn is_reactor_thread(&self) -> bool {
-        threads::current_id() == self.reactor_thread.load(Ordering::Acquire)
+        threads::current_id() == self.cross.reactor_thread.load(Ordering::Acquire)
     }
 
     /// Raises unless called on the reactor thread.
@@ -288,7 +300,7 @@ impl Bridge {
 
     /// The Tokio handle of the started engine, if it started in this process.
     pub fn started_handle(&self) -> Option<tokio::runtime::Handle> {
-        let engine = self.engine.read();
+        let engine = self.cross.engine.read();
         engine
             .as_ref()
             .filter(|engine| engine.generation == forks::generation())
@@ -297,7 +309,8 @@ impl Bridge {
 
     /// The canceller every Deferred of this bridge is created with.
     pub fn canceller<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyAny>> {
-        self.canceller
+        self.local
+            .canceller
             .get()
             .map(|c| c.bind(py))
             .ok_or_else(|| PyRuntimeError::new_err("pyo3-twisted runtime is not initialised"))
@@ -305,17 +318,17 @@ impl Bridge {
 
     /// Records an in-flight Deferred. Reactor thread.
     pub fn register(&self, deferred: Py<PyAny>, abort: futures_util::future::AbortHandle) -> Key {
-        self.registry.lock().insert(deferred, abort)
+        self.local.registry.lock().insert(deferred, abort)
     }
 
     /// Removes the entry of a finished (or refused) task, unless it already left.
     pub fn take_entry(&self, key: Key) -> Option<Entry> {
-        self.registry.lock().take(key)
+        self.local.registry.lock().take(key)
     }
 
     /// Deferreds created and not yet fired.
     pub fn in_flight(&self) -> usize {
-        self.registry.lock().len()
+        self.local.registry.lock().len()
     }
 
     /// `d.cancel()` on one of our Deferreds. Reactor thread.
@@ -324,12 +337,12 @@ impl Bridge {
         py: Python<'_>,
         deferred: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        let entry = self.registry.lock().take_deferred(deferred);
+        let entry = self.local.registry.lock().take_deferred(deferred);
         if let Some(entry) = entry {
             // Wakes the task, which drops the future at its next poll. Twisted then
             // errbacks the Deferred with CancelledError, since we did not fire it.
             entry.abort.abort();
-            Counters::bump(&self.counters.tasks_cancelled);
+            Counters::bump(&self.cross.counters.tasks_cancelled);
             self.entry_left(py);
         }
         Ok(py.None())
@@ -339,25 +352,26 @@ impl Bridge {
     /// lingers for the results once the current reactor turn is done (one
     /// `callLater(0)` per burst of hand-offs).
     pub fn note_handoff(&self, py: Python<'_>) {
-        let Some(linger) = self.linger.get() else {
+        let Some(linger) = self.local.linger.get() else {
             return;
         };
-        if self.linger_scheduled.swap(true, Ordering::AcqRel) {
+        if self.local.linger_scheduled.swap(true, Ordering::AcqRel) {
             return;
         }
         let scheduled = self
             .reactor(py)
             .map(|reactor| reactor.call_method1(intern!(py, "callLater"), (0.0, linger.bind(py))));
         if !matches!(scheduled, Some(Ok(_))) {
-            self.linger_scheduled.store(false, Ordering::Release);
+            self.local.linger_scheduled.store(false, Ordering::Release);
         }
     }
 
     fn linger(&self, py: Python<'_>) {
-        if self.phase.load() <= Phase::Draining {
-            if let Err(err) = self
-                .mailbox
-                .linger(py, self.config.linger, lifecycle::LINGER_BUDGET)
+        if self.cross.phase.load() <= Phase::Draining {
+            if let Err(err) =
+                self.cross
+                    .mailbox
+                    .linger(py, self.config.linger, lifecycle::LINGER_BUDGET)
             {
                 report(
                     py,
@@ -366,19 +380,19 @@ impl Bridge {
                 );
             }
         }
-        self.linger_scheduled.store(false, Ordering::Release);
+        self.local.linger_scheduled.store(false, Ordering::Release);
     }
 
     /// Reports what the bridge holds to Python's garbage collector.
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         // A lock held elsewhere means a reactor-thread operation is under way;
         // reporting less only delays collection.
-        if let Some(registry) = self.registry.try_lock() {
+        if let Some(registry) = self.local.registry.try_lock() {
             for entry in registry.iter() {
                 visit.call(&entry.deferred)?;
             }
         }
-        if let Some(side) = self.side.try_lock() {
+        if let Some(side) = self.local.side.try_lock() {
             for waiter in &side.shutdown_waiters {
                 visit.call(waiter)?;
             }
@@ -389,11 +403,11 @@ impl Bridge {
 
     /// A snapshot of the counters. Any thread.
     pub fn stats(&self) -> Stats {
-        let c = &*self.counters;
+        let c = &*self.cross.counters;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Stats {
-            state: self.phase.load().name(),
-            wake_mode: self.side.lock().wake_mode,
+            state: self.cross.phase.load().name(),
+            wake_mode: self.local.side.lock().wake_mode,
             worker_threads: self.config.worker_threads as u64,
             tokio_threads_live: match self.config.tokio {
                 TokioRuntime::PerReactor => get(&c.tokio_threads_live),
@@ -422,7 +436,7 @@ impl Bridge {
 
 impl HasLiveTasks for Bridge {
     fn live_tasks(&self) -> &LiveTasks {
-        &self.live
+        &self.cross.live
     }
 }
 
@@ -431,7 +445,7 @@ impl Drop for Bridge {
         // Normally a shutdown, the slot's drop or the exit hook took the runtime. If
         // not, stop it without waiting: this may run on a Tokio thread, where waiting
         // is not allowed.
-        if let Some(engine) = self.engine.get_mut().take() {
+        if let Some(engine) = self.cross.engine.get_mut().take() {
             if engine.generation == forks::generation() {
                 if let Some(runtime) = engine.owned.lock().take() {
                     runtime.shutdown_background();

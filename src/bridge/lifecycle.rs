@@ -28,8 +28,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyTuple, PyWeakrefReference};
 
 use super::{
-    directory, forks, runtime_attr_py, Bridge, Engine, ReactorSide, ReactorSlot, OWNER,
-    PROCESS_OWNER,
+    directory, forks, runtime_attr_py, Bridge, CrossThread, Engine, ReactorLocal, ReactorSide,
+    ReactorSlot, OWNER, PROCESS_OWNER,
 };
 use crate::asyncio::AsyncioLoop;
 use crate::config::{LogContextProvider, RuntimeConfig, TokioRuntime};
@@ -167,31 +167,35 @@ impl Bridge {
         let mailbox = Arc::new(Mailbox::new(Arc::clone(&counters)));
         let installed = wake::install(py, reactor, config.wake, &mailbox)?;
         let bridge = Arc::new(Bridge {
-            mailbox,
-            counters,
-            registry: parking_lot::Mutex::new(Registry::default()),
-            phase: PhaseCell::new(Phase::Installed),
-            engine: parking_lot::RwLock::new(None),
             reactor_address: reactor.as_ptr() as usize,
-            reactor_thread: std::sync::atomic::AtomicU64::new(threads::current_id()),
             provider,
             asyncio,
-            canceller: std::sync::OnceLock::new(),
-            linger: std::sync::OnceLock::new(),
-            linger_scheduled: std::sync::atomic::AtomicBool::new(false),
-            live: LiveTasks::default(),
-            running_at_fork: std::sync::atomic::AtomicBool::new(false),
-            side: parking_lot::Mutex::new(ReactorSide {
-                reactor: Some(PyWeakrefReference::new(reactor)?.unbind()),
-                reader: installed.reader.as_ref().map(|r| r.clone_ref(py)),
-                wake_mode: installed.mode,
-                ..ReactorSide::default()
-            }),
+            cross: CrossThread {
+                mailbox,
+                counters,
+                phase: PhaseCell::new(Phase::Installed),
+                engine: parking_lot::RwLock::new(None),
+                live: LiveTasks::default(),
+                reactor_thread: std::sync::atomic::AtomicU64::new(threads::current_id()),
+                running_at_fork: std::sync::atomic::AtomicBool::new(false),
+            },
+            local: ReactorLocal {
+                registry: parking_lot::Mutex::new(Registry::default()),
+                canceller: std::sync::OnceLock::new(),
+                linger: std::sync::OnceLock::new(),
+                linger_scheduled: std::sync::atomic::AtomicBool::new(false),
+                side: parking_lot::Mutex::new(ReactorSide {
+                    reactor: Some(PyWeakrefReference::new(reactor)?.unbind()),
+                    reader: installed.reader.as_ref().map(|r| r.clone_ref(py)),
+                    wake_mode: installed.mode,
+                    ..ReactorSide::default()
+                }),
+            },
             config,
         });
         let fd_mode = installed.reader.is_some();
-        bridge.mailbox.set_waker(installed.waker);
-        let _ = bridge.canceller.set(bridge_callback(
+        bridge.cross.mailbox.set_waker(installed.waker);
+        let _ = bridge.local.canceller.set(bridge_callback(
             py,
             &bridge,
             c"cancel",
@@ -202,7 +206,7 @@ impl Bridge {
                 bridge.linger(py);
                 Ok(py.None())
             })?;
-            let _ = bridge.linger.set(linger);
+            let _ = bridge.local.linger.set(linger);
         }
         let before_shutdown = bridge_callback(py, &bridge, c"before_shutdown", |bridge, py, _| {
             bridge.shutdown_deferred(py, bridge.config.shutdown_timeout)
@@ -238,7 +242,7 @@ impl Bridge {
     /// first use in a forked child). Reactor thread, GIL held; any thread when the
     /// engine already runs.
     pub fn engine(self: &Arc<Self>, py: Python<'_>) -> PyResult<Arc<Engine>> {
-        if let Some(engine) = &*self.engine.read() {
+        if let Some(engine) = &*self.cross.engine.read() {
             if engine.generation == forks::generation() {
                 return Ok(Arc::clone(engine));
             }
@@ -247,7 +251,7 @@ impl Bridge {
     }
 
     fn start(self: &Arc<Self>, py: Python<'_>) -> PyResult<Arc<Engine>> {
-        match self.phase.load() {
+        match self.cross.phase.load() {
             Phase::Installed | Phase::Running => {}
             Phase::Draining | Phase::Stopped => {
                 return Err(RuntimeShutdown::new_err(
@@ -255,7 +259,7 @@ impl Bridge {
                 ))
             }
         }
-        let stale = self.engine.read().clone();
+        let stale = self.cross.engine.read().clone();
         if let Some(stale) = stale {
             self.forget_parent(py, stale)?;
         }
@@ -263,7 +267,7 @@ impl Bridge {
         // meanwhile, and the first to finish wins.
         let config = self.config.clone();
         let owner = Arc::downgrade(self);
-        let counters = Arc::clone(&self.counters);
+        let counters = Arc::clone(&self.cross.counters);
         let built = py.detach(move || -> PyResult<_> {
             Ok(match config.tokio {
                 TokioRuntime::PerReactor => {
@@ -276,7 +280,7 @@ impl Bridge {
             })
         })?;
         let (handle, owned) = built;
-        let mut slot = self.engine.write();
+        let mut slot = self.cross.engine.write();
         if let Some(engine) = &*slot {
             if engine.generation == forks::generation() {
                 if let Some(runtime) = owned {
@@ -297,8 +301,8 @@ impl Bridge {
         if self.config.tokio == TokioRuntime::Process {
             *PROCESS_OWNER.lock() = Arc::downgrade(self);
         }
-        if self.phase.load() == Phase::Installed {
-            self.phase.store(Phase::Running);
+        if self.cross.phase.load() == Phase::Installed {
+            self.cross.phase.store(Phase::Running);
         }
         Ok(engine)
     }
@@ -315,13 +319,16 @@ impl Bridge {
                  child a runtime of its own",
             ));
         }
-        self.engine.write().take();
+        self.cross.engine.write().take();
         // Its runtime's threads and I/O driver belong to the parent: dropping or
         // waking anything of it could reach into the parent through inherited fds.
         std::mem::forget(stale);
-        self.counters.tokio_threads_live.store(0, Ordering::Relaxed);
-        self.live.forget();
-        let entries: Vec<Entry> = self.registry.lock().take_all();
+        self.cross
+            .counters
+            .tokio_threads_live
+            .store(0, Ordering::Relaxed);
+        self.cross.live.forget();
+        let entries: Vec<Entry> = self.local.registry.lock().take_all();
         let reason = format!(
             "this work was in flight when the process forked (the child, pid {}, has none \
              of the parent's Tokio threads, so it never finished here)",
@@ -333,18 +340,18 @@ impl Bridge {
                 deferred, abort, ..
             } = entry;
             std::mem::forget(abort);
-            Counters::bump(&self.counters.tasks_aborted_at_shutdown);
+            Counters::bump(&self.cross.counters.tasks_aborted_at_shutdown);
             errback_shutdown(py, deferred.bind(py), &reason);
         }
-        self.mailbox.discard_after_fork(py);
+        self.cross.mailbox.discard_after_fork(py);
         if let Some(reactor) = self.reactor(py) {
-            if self.running_at_fork.load(Ordering::Acquire) && polls_real_fds(py, &reactor)? {
+            if self.cross.running_at_fork.load(Ordering::Acquire) && polls_real_fds(py, &reactor)? {
                 // The parent goes on running this reactor, and its epoll set is shared
                 // with us: changing its readers here would take the parent's away.
                 // This bridge is done for in the child.
-                self.phase.store(Phase::Stopped);
+                self.cross.phase.store(Phase::Stopped);
                 directory::forget(self);
-                self.mailbox.close(py);
+                self.cross.mailbox.close(py);
                 return Err(PyRuntimeError::new_err(
                     "this process was forked while its reactor was running: the child \
                      shares that reactor's file descriptors with its parent, so it cannot \
@@ -353,17 +360,17 @@ impl Bridge {
                      flight at the fork has failed with RuntimeShutdown.",
                 ));
             }
-            let old_reader = self.side.lock().reader.take();
+            let old_reader = self.local.side.lock().reader.take();
             if let Some(old_reader) = old_reader {
                 reactor.call_method1(intern!(py, "removeReader"), (old_reader,))?;
             }
-            let installed = wake::install(py, &reactor, self.config.wake, &self.mailbox)?;
+            let installed = wake::install(py, &reactor, self.config.wake, &self.cross.mailbox)?;
             {
-                let mut side = self.side.lock();
+                let mut side = self.local.side.lock();
                 side.reader = installed.reader;
                 side.wake_mode = installed.mode;
             }
-            self.mailbox.set_waker(installed.waker);
+            self.cross.mailbox.set_waker(installed.waker);
         }
         Ok(())
     }
@@ -375,7 +382,7 @@ impl Bridge {
             .and_then(|reactor| reactor.getattr(intern!(py, "running")).ok())
             .map(|running| running.is_truthy().unwrap_or(false))
             .unwrap_or(false);
-        self.running_at_fork.store(running, Ordering::Release);
+        self.cross.running_at_fork.store(running, Ordering::Release);
     }
 
     /// Begins a shutdown that waits, driven by the reactor, up to `timeout` for the
@@ -387,15 +394,15 @@ impl Bridge {
         py: Python<'_>,
         timeout: Duration,
     ) -> PyResult<Py<PyAny>> {
-        match self.phase.load() {
+        match self.cross.phase.load() {
             Phase::Stopped => return Ok(succeed(py)?.call1((py.None(),))?.unbind()),
             Phase::Installed => {
-                self.phase.store(Phase::Draining);
+                self.cross.phase.store(Phase::Draining);
                 self.finish(py);
                 return Ok(succeed(py)?.call1((py.None(),))?.unbind());
             }
             Phase::Running => {
-                self.phase.store(Phase::Draining);
+                self.cross.phase.store(Phase::Draining);
                 if self.in_flight() == 0 {
                     self.finish(py);
                     return Ok(succeed(py)?.call1((py.None(),))?.unbind());
@@ -404,7 +411,7 @@ impl Bridge {
             Phase::Draining => {}
         }
         let done = deferred_class(py)?.call0()?;
-        let needs_timer = self.side.lock().shutdown_timer.is_none();
+        let needs_timer = self.local.side.lock().shutdown_timer.is_none();
         let timer = match (needs_timer, self.reactor(py)) {
             (true, Some(reactor)) => {
                 let on_timeout =
@@ -424,7 +431,7 @@ impl Bridge {
             _ => None,
         };
         {
-            let mut side = self.side.lock();
+            let mut side = self.local.side.lock();
             side.shutdown_waiters.push(done.clone().unbind());
             if timer.is_some() {
                 side.shutdown_timer = timer;
@@ -439,14 +446,14 @@ impl Bridge {
     pub fn shutdown_blocking(self: &Arc<Self>, py: Python<'_>, timeout: Duration) -> PyResult<()> {
         self.check_reactor_thread("Runtime::shutdown")?;
         let deadline = Instant::now() + timeout;
-        match self.phase.load() {
+        match self.cross.phase.load() {
             Phase::Stopped => return Ok(()),
             Phase::Installed => {
-                self.phase.store(Phase::Draining);
+                self.cross.phase.store(Phase::Draining);
                 self.finish(py);
                 return Ok(());
             }
-            Phase::Running | Phase::Draining => self.phase.store(Phase::Draining),
+            Phase::Running | Phase::Draining => self.cross.phase.store(Phase::Draining),
         }
         loop {
             if self.is_stopped() {
@@ -467,7 +474,7 @@ impl Bridge {
                 self.finish(py);
                 return Ok(());
             }
-            if let Err(err) = self.mailbox.drain(py) {
+            if let Err(err) = self.cross.mailbox.drain(py) {
                 // KeyboardInterrupt or SystemExit: stop now, then let it through.
                 self.fail_all(
                     py,
@@ -477,17 +484,17 @@ impl Bridge {
                 return Err(err);
             }
             if !self.is_stopped() && self.in_flight() > 0 {
-                let mailbox = Arc::clone(&self.mailbox);
+                let mailbox = Arc::clone(&self.cross.mailbox);
                 py.detach(move || mailbox.wait_until(deadline));
             }
         }
     }
 
     fn shutdown_timed_out(self: &Arc<Self>, py: Python<'_>) {
-        if self.phase.load() != Phase::Draining {
+        if self.cross.phase.load() != Phase::Draining {
             return;
         }
-        self.side.lock().shutdown_timer = None;
+        self.local.side.lock().shutdown_timer = None;
         let reason = format!(
             "the pyo3-twisted runtime shut down before this task finished \
              (shutdown_timeout = {:?})",
@@ -499,17 +506,17 @@ impl Bridge {
 
     /// Called after an entry left the registry; finishes a shutdown that waited for it.
     pub fn entry_left(self: &Arc<Self>, py: Python<'_>) {
-        if self.phase.load() == Phase::Draining && self.in_flight() == 0 {
+        if self.cross.phase.load() == Phase::Draining && self.in_flight() == 0 {
             self.finish(py);
         }
     }
 
     /// Aborts every in-flight task and errbacks its Deferred with `RuntimeShutdown`.
     fn fail_all(&self, py: Python<'_>, reason: &str) {
-        let entries: Vec<Entry> = self.registry.lock().take_all();
+        let entries: Vec<Entry> = self.local.registry.lock().take_all();
         for entry in entries {
             entry.abort.abort();
-            Counters::bump(&self.counters.tasks_aborted_at_shutdown);
+            Counters::bump(&self.cross.counters.tasks_aborted_at_shutdown);
             errback_shutdown(py, entry.deferred.bind(py), reason);
         }
     }
@@ -517,11 +524,11 @@ impl Bridge {
     /// Stops the engine (GIL released), unregisters the waker, fires the shutdown
     /// Deferreds. Runs once.
     fn finish(self: &Arc<Self>, py: Python<'_>) {
-        if self.phase.swap(Phase::Stopped) == Phase::Stopped {
+        if self.cross.phase.swap(Phase::Stopped) == Phase::Stopped {
             return;
         }
         let (reader, timer, waiters) = {
-            let mut side = self.side.lock();
+            let mut side = self.local.side.lock();
             (
                 side.reader.take(),
                 side.shutdown_timer.take(),
@@ -549,10 +556,10 @@ impl Bridge {
         self.stop_engine(py, true);
         // What the stopped tasks queued as they were dropped: the cancellation of
         // the Python awaitables they were waiting for, their last log records.
-        if let Err(err) = self.mailbox.drain(py) {
+        if let Err(err) = self.cross.mailbox.drain(py) {
             report(py, err, "pyo3-twisted: interrupted while stopping");
         }
-        self.mailbox.close(py);
+        self.cross.mailbox.close(py);
         for done in waiters {
             if let Err(err) = done
                 .bind(py)
@@ -568,7 +575,7 @@ impl Bridge {
     /// tasks are aborted and waited for (bounded), so none is still taking the GIL
     /// when CPython finalizes. Without, nothing blocks.
     fn stop_engine(&self, py: Python<'_>, wait: bool) {
-        let Some(engine) = self.engine.write().take() else {
+        let Some(engine) = self.cross.engine.write().take() else {
             return;
         };
         if engine.generation != forks::generation() {
@@ -576,7 +583,7 @@ impl Bridge {
             return;
         }
         engine.submitter.stop();
-        for entry in self.registry.lock().take_all() {
+        for entry in self.local.registry.lock().take_all() {
             entry.abort.abort();
         }
         let owned = engine.owned.lock().take();
@@ -586,7 +593,7 @@ impl Bridge {
             }
             (Some(runtime), _) => runtime.shutdown_background(),
             (None, true) => {
-                if !py.detach(|| self.live.wait_idle(DROP_GRACE)) {
+                if !py.detach(|| self.cross.live.wait_idle(DROP_GRACE)) {
                     log::warn!("pyo3-twisted: bridged tasks still running after shutdown");
                 }
             }
@@ -599,28 +606,28 @@ impl Bridge {
     /// workers), drops their Deferreds and frees the bridge's state, without
     /// blocking. Any thread holding the GIL.
     pub(super) fn orphan(&self, py: Python<'_>) {
-        if self.phase.swap(Phase::Stopped) == Phase::Stopped {
+        if self.cross.phase.swap(Phase::Stopped) == Phase::Stopped {
             return;
         }
-        let entries: Vec<Entry> = self.registry.lock().take_all();
+        let entries: Vec<Entry> = self.local.registry.lock().take_all();
         for entry in &entries {
             entry.abort.abort();
-            Counters::bump(&self.counters.tasks_aborted_at_shutdown);
+            Counters::bump(&self.cross.counters.tasks_aborted_at_shutdown);
         }
         drop(entries);
-        let side = std::mem::take(&mut *self.side.lock());
+        let side = std::mem::take(&mut *self.local.side.lock());
         drop(side);
         directory::forget(self);
         self.stop_engine(py, false);
-        self.mailbox.close(py);
+        self.cross.mailbox.close(py);
     }
 
     /// Stops at interpreter exit, whatever state the reactor is in.
     pub(super) fn stop_for_exit(&self, py: Python<'_>) {
-        self.phase.store(Phase::Stopped);
+        self.cross.phase.store(Phase::Stopped);
         directory::forget(self);
         self.stop_engine(py, true);
-        self.mailbox.close(py);
+        self.cross.mailbox.close(py);
     }
 }
 
