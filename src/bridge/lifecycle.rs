@@ -387,27 +387,30 @@ impl Bridge {
 
     /// Begins a shutdown that waits, driven by the reactor, up to `timeout` for the
     /// work in flight; a Deferred that fires when it is done. The reactor's
-    /// before-shutdown trigger and Python's `Runtime.shutdown()` call it.
-    /// Reactor thread.
+    /// before-shutdown trigger and Python's `Runtime.shutdown()` call it. While a
+    /// shutdown already waits, a second one gets its own Deferred and the first
+    /// one's timeout stands. Reactor thread.
     pub fn shutdown_deferred(
         self: &Arc<Self>,
         py: Python<'_>,
         timeout: Duration,
     ) -> PyResult<Py<PyAny>> {
+        let fired = |py: Python<'_>| Ok(succeed(py)?.call1((py.None(),))?.unbind());
         match self.cross.phase.load() {
-            Phase::Stopped => return Ok(succeed(py)?.call1((py.None(),))?.unbind()),
+            Phase::Stopped => return fired(py),
             Phase::Installed => {
                 self.cross.phase.store(Phase::Draining);
                 self.finish(py);
-                return Ok(succeed(py)?.call1((py.None(),))?.unbind());
+                return fired(py);
             }
             Phase::Running => {
                 self.cross.phase.store(Phase::Draining);
                 if self.in_flight() == 0 {
                     self.finish(py);
-                    return Ok(succeed(py)?.call1((py.None(),))?.unbind());
+                    return fired(py);
                 }
             }
+            // A shutdown that already waits keeps its timeout.
             Phase::Draining => {}
         }
         let done = deferred_class(py)?.call0()?;
@@ -464,14 +467,7 @@ impl Bridge {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                self.fail_all(
-                    py,
-                    &format!(
-                        "the pyo3-twisted runtime shut down before this task finished \
-                         (shutdown timeout {timeout:?})"
-                    ),
-                );
-                self.finish(py);
+                self.time_out(py, timeout);
                 return Ok(());
             }
             if let Err(err) = self.cross.mailbox.drain(py) {
@@ -495,10 +491,14 @@ impl Bridge {
             return;
         }
         self.local.side.lock().shutdown_timer = None;
+        self.time_out(py, self.config.shutdown_timeout);
+    }
+
+    /// A shutdown's wait is over: fails what is still in flight and stops.
+    fn time_out(self: &Arc<Self>, py: Python<'_>, timeout: Duration) {
         let reason = format!(
             "the pyo3-twisted runtime shut down before this task finished \
-             (shutdown_timeout = {:?})",
-            self.config.shutdown_timeout
+             (shutdown_timeout = {timeout:?})"
         );
         self.fail_all(py, &reason);
         self.finish(py);
