@@ -106,6 +106,7 @@ mod registry;
 mod runtime;
 mod stats;
 mod submit;
+pub mod synapse;
 mod task;
 mod threads;
 mod twisted;

@@ -32,6 +32,8 @@ pub(crate) struct Provider {
     set_current_context: Py<PyAny>,
     make_deferred_yieldable: Py<PyAny>,
     run_in_background: Py<PyAny>,
+    /// `SENTINEL_CONTEXT`, if the module names it (Synapse's and ours do).
+    sentinel: Option<Py<PyAny>>,
 }
 
 impl Provider {
@@ -58,6 +60,7 @@ impl Provider {
             set_current_context: get("set_current_context")?,
             make_deferred_yieldable: get("make_deferred_yieldable")?,
             run_in_background: get("run_in_background")?,
+            sentinel: m.getattr("SENTINEL_CONTEXT").ok().map(Bound::unbind),
         })
     }
 
@@ -102,11 +105,38 @@ impl Provider {
         context: Option<&Py<PyAny>>,
         f: impl FnOnce() -> PyResult<R>,
     ) -> PyResult<R> {
-        let Some(context) = context.filter(|c| !is_finished(c.bind(py))) else {
-            return f();
-        };
+        match context.filter(|c| !is_finished(c.bind(py))) {
+            Some(context) => self.switched(py, context.bind(py), f),
+            None => f(),
+        }
+    }
+
+    /// Runs `f` with `context` active, or the sentinel for none or a finished
+    /// context (a provider without `SENTINEL_CONTEXT` leaves the current one), and
+    /// restores the previous context on every path. Reactor thread.
+    pub fn with_context_or_sentinel<R>(
+        &self,
+        py: Python<'_>,
+        context: Option<&Py<PyAny>>,
+        f: impl FnOnce() -> PyResult<R>,
+    ) -> PyResult<R> {
+        match context
+            .filter(|c| !is_finished(c.bind(py)))
+            .or(self.sentinel.as_ref())
+        {
+            Some(target) => self.switched(py, target.bind(py), f),
+            None => f(),
+        }
+    }
+
+    fn switched<R>(
+        &self,
+        py: Python<'_>,
+        target: &Bound<'_, PyAny>,
+        f: impl FnOnce() -> PyResult<R>,
+    ) -> PyResult<R> {
         let set = self.set_current_context.bind(py);
-        let previous = set.call1((context.bind(py),))?;
+        let previous = set.call1((target,))?;
         let result = f();
         if let Err(err) = set.call1((previous,)) {
             report(py, err, "pyo3-twisted: restoring the logcontext");
@@ -163,6 +193,11 @@ impl TaskScope {
     ) -> impl std::future::Future<Output = F::Output> {
         let meter = scope.cpu.clone();
         SCOPE.scope(scope, crate::cputime::metered(fut, meter))
+    }
+
+    /// The logging context this scope works for; `None` for the sentinel.
+    pub fn context(&self) -> Option<&Py<PyAny>> {
+        self.context.as_ref()
     }
 
     /// Runs `f` on the reactor thread with this scope's context active.

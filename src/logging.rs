@@ -60,6 +60,11 @@ impl Logger {
         }
     }
 
+    /// The handle that clears pyo3-log's caches of this logger.
+    pub fn reset_handle(&self) -> pyo3_log::ResetHandle {
+        self.python.reset_handle()
+    }
+
     /// Installs this logger as the process's `log` logger and returns the handle
     /// that clears pyo3-log's caches (call it after changing Python logging levels).
     pub fn install(self) -> Result<pyo3_log::ResetHandle, log::SetLoggerError> {

@@ -236,7 +236,7 @@ fn shut_down() -> PyErr {
     RuntimeShutdown::new_err("the pyo3-twisted runtime has shut down")
 }
 
-mod sealed {
+pub(crate) mod sealed {
     pub trait Sealed {}
     impl Sealed for super::Runtime {}
     impl Sealed for pyo3::Bound<'_, pyo3::PyAny> {}

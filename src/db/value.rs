@@ -111,7 +111,7 @@ impl DbRowExt for DbRow {
                 self.len()
             )
         })?;
-        T::from_db_value(value.clone()).map_err(|err| anyhow::anyhow!("column {index}: {err}"))
+        T::from_value(value.clone()).map_err(|err| anyhow::anyhow!("column {index}: {err}"))
     }
 }
 
@@ -119,7 +119,7 @@ impl DbRowExt for DbRow {
 /// `FromSql`.
 pub trait FromDbValue: Sized {
     /// Converts `value`, or explains why it cannot.
-    fn from_db_value(value: DbValue) -> anyhow::Result<Self>;
+    fn from_value(value: DbValue) -> anyhow::Result<Self>;
 }
 
 fn mismatch<T>(value: &DbValue, wanted: &str) -> anyhow::Result<T> {
@@ -134,13 +134,13 @@ fn mismatch<T>(value: &DbValue, wanted: &str) -> anyhow::Result<T> {
 }
 
 impl FromDbValue for DbValue {
-    fn from_db_value(value: DbValue) -> anyhow::Result<Self> {
+    fn from_value(value: DbValue) -> anyhow::Result<Self> {
         Ok(value)
     }
 }
 
 impl FromDbValue for bool {
-    fn from_db_value(value: DbValue) -> anyhow::Result<Self> {
+    fn from_value(value: DbValue) -> anyhow::Result<Self> {
         match value {
             DbValue::Bool(b) => Ok(b),
             DbValue::Int(0) => Ok(false),
@@ -151,7 +151,7 @@ impl FromDbValue for bool {
 }
 
 impl FromDbValue for i64 {
-    fn from_db_value(value: DbValue) -> anyhow::Result<Self> {
+    fn from_value(value: DbValue) -> anyhow::Result<Self> {
         match value {
             DbValue::Int(i) => Ok(i),
             DbValue::Bool(b) => Ok(b.into()),
@@ -163,8 +163,8 @@ impl FromDbValue for i64 {
 macro_rules! from_int {
     ($($t:ty),*) => {$(
         impl FromDbValue for $t {
-            fn from_db_value(value: DbValue) -> anyhow::Result<Self> {
-                let i = i64::from_db_value(value)?;
+            fn from_value(value: DbValue) -> anyhow::Result<Self> {
+                let i = i64::from_value(value)?;
                 <$t>::try_from(i).map_err(|_| {
                     anyhow::anyhow!("{i} is out of range for {}", stringify!($t))
                 })
@@ -176,7 +176,7 @@ macro_rules! from_int {
 from_int!(i32, i16, i8, u64, u32, u16, u8, usize);
 
 impl FromDbValue for f64 {
-    fn from_db_value(value: DbValue) -> anyhow::Result<Self> {
+    fn from_value(value: DbValue) -> anyhow::Result<Self> {
         match value {
             DbValue::Float(f) => Ok(f),
             DbValue::Int(i) => Ok(i as f64),
@@ -186,7 +186,7 @@ impl FromDbValue for f64 {
 }
 
 impl FromDbValue for String {
-    fn from_db_value(value: DbValue) -> anyhow::Result<Self> {
+    fn from_value(value: DbValue) -> anyhow::Result<Self> {
         match value {
             DbValue::Text(s) => Ok(s),
             other => mismatch(&other, "String"),
@@ -195,7 +195,7 @@ impl FromDbValue for String {
 }
 
 impl FromDbValue for Vec<u8> {
-    fn from_db_value(value: DbValue) -> anyhow::Result<Self> {
+    fn from_value(value: DbValue) -> anyhow::Result<Self> {
         match value {
             DbValue::Bytes(b) => Ok(b),
             other => mismatch(&other, "Vec<u8>"),
@@ -204,10 +204,10 @@ impl FromDbValue for Vec<u8> {
 }
 
 impl<T: FromDbValue> FromDbValue for Option<T> {
-    fn from_db_value(value: DbValue) -> anyhow::Result<Self> {
+    fn from_value(value: DbValue) -> anyhow::Result<Self> {
         match value {
             DbValue::Null => Ok(None),
-            other => T::from_db_value(other).map(Some),
+            other => T::from_value(other).map(Some),
         }
     }
 }
@@ -254,6 +254,6 @@ mod tests {
         assert_eq!(row.try_get::<Option<String>>(1).unwrap(), None);
         assert_eq!(row.try_get::<Option<Vec<u8>>>(2).unwrap(), Some(vec![1, 2]));
         assert!(DbValue::Int(2).clone().kind() == "integer");
-        assert!(bool::from_db_value(DbValue::Int(2)).is_err());
+        assert!(bool::from_value(DbValue::Int(2)).is_err());
     }
 }
