@@ -30,7 +30,7 @@ export PYO3_PYTHON := $(VENV)/bin/python
 export PYO3_TWISTED_VENV := $(VENV)
 export CARGO_TERM_COLOR := never
 
-.PHONY: demo example bench loom exit-soak test venv wheel lint postgres postgres-stop rust-test rust-test-pyo3-min test-ext py-test py-test-oldest py-test-asyncio clean
+.PHONY: demo example bench loom exit-soak synapse-port test venv wheel lint postgres postgres-stop rust-test rust-test-pyo3-min test-ext py-test py-test-oldest py-test-asyncio clean
 
 # The demo service on http://127.0.0.1:8008 (SQLite in target/, seeded on first run).
 # DEMO_ARGS="--database postgresql://user@127.0.0.1/db" switches to PostgreSQL.
@@ -41,7 +41,7 @@ demo: wheel
 example: wheel
 	$(VENV)/bin/python examples/hello_twisted.py
 
-test: wheel lint postgres rust-test rust-test-pyo3-min loom py-test py-test-oldest py-test-asyncio
+test: wheel lint postgres rust-test rust-test-pyo3-min loom py-test py-test-oldest py-test-asyncio synapse-port
 	$(MAKE) --no-print-directory postgres-stop
 	@echo "== all tests passed =="
 
@@ -54,7 +54,7 @@ $(VENV)/.ready: requirements-dev.txt
 $(VENV_OLDEST)/.ready: requirements-dev.txt
 	$(or $(PYTHON_OLDEST),$(PYTHON)) -m venv $(VENV_OLDEST)
 	$(VENV_OLDEST)/bin/pip install -q --upgrade pip
-	$(VENV_OLDEST)/bin/pip install -q "Twisted==$(TWISTED_OLDEST)" "pytest>=8" pytest-timeout matrix-synapse psycopg2-binary
+	$(VENV_OLDEST)/bin/pip install -q "Twisted==$(TWISTED_OLDEST)" "pytest>=8" pytest-timeout "matrix-synapse==1.163.2" psycopg2-binary
 	touch $@
 
 venv: $(VENV)/.ready $(VENV_OLDEST)/.ready
@@ -87,7 +87,7 @@ loom:
 # pyo3-twisted against its peers, on this machine; figures in benches/results/ and
 # benches/README.md. The peers (naive bridge, pyo3-async-runtimes) are a wheel of
 # their own, never installed by the other targets.
-bench: wheel postgres
+bench: test-ext postgres
 	$(VENV)/bin/pip install -q matplotlib
 	$(VENV)/bin/maturin build --quiet -m benches/peers/Cargo.toml --release -o $(CURDIR)/target/bench-wheels -i $(PYO3_PYTHON)
 	$(VENV)/bin/pip install -q --force-reinstall --no-deps $(CURDIR)/target/bench-wheels/*.whl
@@ -135,6 +135,12 @@ py-test-oldest: test-ext postgres
 py-test-asyncio: test-ext postgres
 	$(WITH_PG) PYO3_TWISTED_TEST_REACTOR=asyncio $(VENV)/bin/python -m pytest -q
 	$(WITH_PG) PYO3_TWISTED_TEST_REACTOR=asyncio $(VENV_OLDEST)/bin/python -m pytest -q
+
+# Synapse 1.163.2's own Rust crate, ported to pyo3_twisted::synapse by changing `use`
+# lines only (scripts/synapse-port.py), then Synapse's own tests of its Rust bridge
+# run against it. Downloads the sdist from PyPI (AGPL: built here, never committed).
+synapse-port: venv
+	$(VENV)/bin/python scripts/synapse-port.py $(CURDIR)/target/synapse-port
 
 clean:
 	rm -rf target $(VENV) $(VENV_OLDEST)

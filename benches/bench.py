@@ -50,6 +50,10 @@ ROWS = [
     ("txn_python", "interaction_sqlite", {"side": "python", "m": 1_000}, "SQLite SELECT via runInteraction (Python)"),
     ("pg_native", "pg_throughput", {"pool": "native", "total": 1_000}, "PostgreSQL, native pool, concurrency 8"),
     ("pg_python", "pg_throughput", {"pool": "python", "total": 1_000}, "PostgreSQL, Python pool via run_interaction, concurrency 8"),
+    ("syn_versions_conc", "synapse_versions", {"impl": "synapse", "mode": "concurrent", "n": 10_000}, "Synapse 1.163.2's own RustHandlers.versions.get_versions(), 10k concurrent"),
+    ("syn_versions_seq", "synapse_versions", {"impl": "synapse", "mode": "sequential", "m": 2_000}, "Synapse 1.163.2's own RustHandlers.versions.get_versions(), sequential"),
+    ("port_versions_conc", "synapse_versions", {"impl": "ours", "mode": "concurrent", "n": 10_000}, "the same handler on pyo3_twisted::synapse, 10k concurrent"),
+    ("port_versions_seq", "synapse_versions", {"impl": "ours", "mode": "sequential", "m": 2_000}, "the same handler on pyo3_twisted::synapse, sequential"),
     ("cpu_on", "cpu_accounting", {"track": True, "n": 200_000}, "per poll, CPU accounting on"),
     ("cpu_off", "cpu_accounting", {"track": False, "n": 200_000}, "per poll, CPU accounting off"),
 ]
@@ -78,6 +82,8 @@ GOALS = [
     ("6. asyncio reactor: create_deferred vs pyo3-async-runtimes, sequential", "ours_seq_aio", "asyncio_seq", 0.5, "<="),
     ("7. shared process pool (default) vs a pool of the reactor's own, 10k concurrent", "ours_conc", "ours_conc_own", 1.15, "<="),
     ("7. shared process pool (default) vs a pool of the reactor's own, sequential", "ours_seq", "ours_seq_own", 1.15, "<="),
+    ("8. Synapse's /versions handler ported to pyo3_twisted::synapse vs Synapse 1.163.2's own, 10k concurrent", "port_versions_conc", "syn_versions_conc", 1.0, "<="),
+    ("8. Synapse's /versions handler ported to pyo3_twisted::synapse vs Synapse 1.163.2's own, sequential", "port_versions_seq", "syn_versions_seq", 1.0, "<="),
 ]
 
 

@@ -506,6 +506,90 @@ def case_cpu_accounting(p: dict) -> None:
     )
 
 
+class _SynapseishHomeServer:
+    """The parts of Synapse's HomeServer that its RustHandlers (and ours) read."""
+
+    def __init__(self, reactor: Any, runtime_class: Any, workers: int) -> None:
+        from types import SimpleNamespace
+
+        class Pool:  # weakly referenced by both wrappers; /versions without a user never queries it
+            pass
+
+        self._reactor = reactor
+        self._pool = Pool()
+        self._runtime_class = runtime_class
+        self._workers = workers
+        self._runtime: Any = None
+        self.shutdown_handlers: list = []
+        flags = (
+            "msc3026_enabled msc3773_enabled msc2815_enabled msc3881_enabled msc3874_enabled "
+            "msc3912_enabled msc3391_enabled msc4069_profile_inhibit_propagation "
+            "msc4028_push_encrypted_events msc4108_enabled msc3575_enabled msc4133_enabled "
+            "msc4155_enabled msc4306_enabled msc4169_enabled msc4354_enabled msc4222_enabled "
+            "msc4491_enabled msc4143_enabled msc4446_enabled msc4502_enabled"
+        ).split()
+        experimental = SimpleNamespace(**{f: False for f in flags}, msc4108_delegation_endpoint=None)
+        self.config = SimpleNamespace(
+            room=SimpleNamespace(encryption_enabled_by_default_for_room_presets=set()),
+            auth=SimpleNamespace(login_via_existing_enabled=False),
+            server=SimpleNamespace(
+                msc4140_enabled=False, public_baseurl="https://test/", include_profile_updates_in_sync=False
+            ),
+            experimental=experimental,
+        )
+
+    def get_reactor(self) -> Any:
+        return self._reactor
+
+    def get_clock(self) -> Any:
+        return self._reactor
+
+    def get_datastores(self) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(main=SimpleNamespace(db_pool=self._pool))
+
+    def get_rust_runtime(self) -> Any:
+        if self._runtime is None:
+            self._runtime = self._runtime_class(hs=self, worker_threads=self._workers)
+        return self._runtime
+
+    def register_sync_shutdown_handler(self, *, phase: str, eventType: str, shutdown_func: Any, **kw: Any) -> None:
+        self.shutdown_handlers.append(shutdown_func)
+
+    def shutdown(self) -> None:
+        for func in self.shutdown_handlers:
+            func()
+
+
+def case_synapse_versions(p: dict) -> None:
+    """`/versions` (no user: no database) through a Synapse-shaped handler: Synapse
+    1.163.2's own RustHandlers from the installed wheel (its own bridge), or the same
+    handler written on pyo3_twisted::synapse (tests/synapse_shaped, built into the
+    test extension). Both with Synapse's logcontext and 4 Tokio workers."""
+
+    async def body(reactor: Any) -> dict:
+        if p["impl"] == "synapse":
+            from synapse.synapse_rust.handlers import RustHandlers
+            from synapse.synapse_rust.runtime import RustRuntime
+        else:
+            from pyo3_twisted_test_ext.synapse_shaped import RustHandlers
+            from pyo3_twisted_test_ext.synapse_shaped.runtime import RustRuntime
+        hs = _SynapseishHomeServer(reactor, RustRuntime, p.get("workers", 4))
+        versions = RustHandlers(hs).versions
+        body = await versions.get_versions()
+        assert "v1.15" in body["versions"] and len(body["unstable_features"]) >= 40, body
+        make = lambda i: versions.get_versions()  # noqa: E731
+        try:
+            if p["mode"] == "concurrent":
+                return {"us": await measure_concurrent(reactor, make, p["n"], p["reps"])}
+            return {"us": await measure_sequential(reactor, make, p["m"], p["reps"])}
+        finally:
+            hs.shutdown()
+
+    twisted_main(body)
+
+
 CASES = {name[len("case_") :]: f for name, f in globals().items() if name.startswith("case_")}
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@
 //! - [`run_python_awaitable`] (or a [`Runtime`] handle) goes the other way: from a
 //!   Tokio task, run a coroutine or Deferred on the reactor and await its result.
 //! - [`spawn`] starts a child task that keeps the request's context.
+//! - [`synapse`] mirrors Synapse 1.163's own bridge by name (`RustRuntime`,
+//!   `create_deferred(py, &runtime, fut)`, `Transaction::query(sql, &[&str])`...), so
+//!   Synapse's Rust code ports by changing `use` lines.
 //! - With a logcontext provider ([`LogContextProvider`], e.g. Synapse's
 //!   `synapse.logging.context`), the request's logging context follows the work:
 //!   Python called back from Rust runs in it (so its database time is charged to the

@@ -13,7 +13,8 @@ use std::sync::Once;
 
 use common::*;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyModule};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{IntoPyDict, PyDict, PyModule};
 use pyo3_twisted::RuntimeShutdown;
 
 const PROVIDERS: [&str; 2] = ["synapse.logging.context", "pyo3_twisted_test_logcontext"];
@@ -168,6 +169,10 @@ class Records(logging.Handler):
 "#;
 
 static LOGGER: Once = Once::new();
+// Defined once for all the tests (which run on several threads).
+static HARNESS_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+static RUST_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+static DATABASE_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
 struct Case<'py> {
     h: Bound<'py, PyModule>,
@@ -180,34 +185,33 @@ struct Case<'py> {
 
 impl<'py> Case<'py> {
     fn new(py: Python<'py>, kind: &'static str, provider: &str) -> PyResult<Self> {
-        let h = match py.import("synapse_shaped_harness") {
-            Ok(h) => h,
-            Err(_) => define_module(py, "synapse_shaped_harness", HARNESS)?,
-        };
-        let rust = match py.import("synapse_shaped_rust") {
-            Ok(m) => m,
-            Err(_) => {
+        let h = HARNESS_MODULE
+            .get_or_try_init(py, || {
+                define_module(py, "synapse_shaped_harness", HARNESS).map(Bound::unbind)
+            })?
+            .bind(py)
+            .clone();
+        let rust = RUST_MODULE
+            .get_or_try_init(py, || -> PyResult<_> {
                 let m = PyModule::new(py, "synapse_shaped_rust")?;
                 synapse_shaped::register(py, &m)?;
-                py.import("sys")?
-                    .getattr("modules")?
-                    .set_item("synapse_shaped_rust", &m)?;
-                m
-            }
-        };
+                Ok(m.unbind())
+            })?
+            .bind(py)
+            .clone();
         logcontext(py)?;
         let lc = py.import(provider)?;
         let reactor = h.call_method1("make_reactor", (kind, testing(py)?, &lc))?;
-        let database = match py.import("pyo3_twisted_test_database") {
-            Ok(m) => m,
-            Err(_) => {
+        let database = DATABASE_MODULE
+            .get_or_try_init(py, || -> PyResult<_> {
                 let source = std::fs::read_to_string(
                     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                         .join("python_shim/python/pyo3_twisted/database.py"),
                 )?;
-                define_module(py, "pyo3_twisted_test_database", &source)?
-            }
-        };
+                Ok(define_module(py, "synapse_shaped_test_database", &source)?.unbind())
+            })?
+            .bind(py)
+            .clone();
         let pool = h.call_method1("make_pool", (kind, &reactor, database, &lc))?;
         let case = Self {
             h,
@@ -443,6 +447,89 @@ fn homeserver_shutdown_stops_its_runtime_and_the_homeserver_is_collected() {
         for hook in hooks.try_iter()? {
             hook?.get_item(0)?.call0()?;
         }
+        Ok(())
+    });
+}
+
+#[test]
+fn dispatch_to_twisted_with_logcontext_and_capture() {
+    use pyo3_twisted::synapse::logging::context::{with_logcontext, LogContextHandle};
+    use pyo3_twisted::synapse::runtime::RustRuntime;
+
+    each_case(|case| {
+        let py = case.h.py();
+        let hs = case.homeserver()?;
+        let runtime: RustRuntime = hs.call_method0("get_rust_runtime")?.extract()?;
+        assert!(runtime.reactor(py)?.is(&case.reactor));
+        let lc = case.lc.clone().unbind();
+        let request = case
+            .lc
+            .getattr("LoggingContext")?
+            .call(
+                (),
+                Some(&[("name", "dispatch"), ("server_name", "test")].into_py_dict(py)?),
+            )?
+            .unbind();
+
+        // From a Tokio task: a closure on the reactor thread, in the sentinel; inside
+        // it, with_logcontext enters the request's context and restores the sentinel.
+        let seen: std::sync::Arc<parking_lot::Mutex<Vec<String>>> = Default::default();
+        let rt = runtime.clone();
+        let (lc2, request2, seen2) = (lc.clone_ref(py), request.clone_ref(py), seen.clone());
+        let d = pyo3_twisted::synapse::deferred::create_deferred(py, &runtime, async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            rt.dispatch_to_twisted(move |py| {
+                let current = |py: Python<'_>| -> String {
+                    let ctx = lc2.bind(py).call_method0("current_context").unwrap();
+                    if ctx.is_truthy().unwrap() {
+                        ctx.str().unwrap().to_string()
+                    } else {
+                        "sentinel".into()
+                    }
+                };
+                let mut seen = seen2.lock();
+                seen.push(current(py));
+                with_logcontext(py, Some(request2.clone_ref(py)), || {
+                    seen.push(current(py));
+                    let captured = LogContextHandle::capture(py);
+                    let is_request = captured
+                        .logging_context()
+                        .is_some_and(|ctx| ctx.bind(py).is(request2.bind(py)));
+                    seen.push(format!("captured request: {is_request}"));
+                    with_logcontext(py, None, || {
+                        seen.push(current(py));
+                        Ok(())
+                    })?;
+                    seen.push(current(py));
+                    Ok(())
+                })
+                .unwrap();
+                seen.push(current(py));
+                let _ = tx.send(());
+            })
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+            rx.await
+                .map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("dropped"))?;
+            Ok(())
+        })?;
+        case.drive(&d)?;
+        assert_eq!(
+            *seen.lock(),
+            [
+                "sentinel",
+                "dispatch",
+                "captured request: true",
+                "sentinel",
+                "dispatch",
+                "sentinel"
+            ]
+        );
+
+        // After the homeserver shut down, nothing more is dispatched.
+        hs.call_method0("shutdown")?;
+        assert!(runtime.is_shut_down());
+        assert!(runtime.dispatch_to_twisted(|_| {}).is_err());
+        assert!(runtime.tokio_handle().is_err());
         Ok(())
     });
 }

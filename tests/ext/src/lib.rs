@@ -7,6 +7,11 @@
 
 use std::time::Duration;
 
+/// Synapse-shaped handlers on `pyo3_twisted::synapse` (shared with
+/// `tests/synapse.rs`), as `pyo3_twisted_test_ext.synapse_shaped`, for the benchmark.
+#[path = "../../synapse_shaped/mod.rs"]
+mod synapse_shaped;
+
 use pyo3::prelude::*;
 use pyo3_twisted::{
     create_deferred, install_runtime, process_runtime, RuntimeConfig, TokioRuntime,
@@ -126,5 +131,14 @@ fn pyo3_twisted_test_ext(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(call_python, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
     m.add("RUNTIME_ATTR", pyo3_twisted::runtime_attr())?;
+    let py = m.py();
+    let shaped = PyModule::new(py, "synapse_shaped")?;
+    m.add_submodule(&shaped)?;
+    py.import("sys")?
+        .getattr("modules")?
+        .set_item("pyo3_twisted_test_ext.synapse_shaped", &shaped)?;
+    // Its runtime submodule is named after it.
+    shaped.setattr("__name__", "pyo3_twisted_test_ext.synapse_shaped")?;
+    synapse_shaped::register(py, &shaped)?;
     Ok(())
 }

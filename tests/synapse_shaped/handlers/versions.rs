@@ -11,8 +11,54 @@ use crate::synapse_shaped::deferred::create_deferred;
 use crate::synapse_shaped::runtime::RustRuntime;
 use crate::synapse_shaped::storage::store::{Feature, Store};
 
-const VERSIONS: [&str; 10] = [
-    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.15",
+/// The spec versions served (as many as Synapse 1.163 lists).
+const VERSIONS: [&str; 23] = [
+    "r0.0.1", "r0.1.0", "r0.2.0", "r0.3.0", "r0.4.0", "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2",
+    "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12", "v1.13",
+    "v1.14", "v1.15",
+];
+
+/// Features that do not depend on the user, so that the body is as large as
+/// Synapse's (40 flags).
+const FIXED_FEATURES: [(&str, bool); 38] = [
+    ("org.matrix.label_based_filtering", true),
+    ("org.matrix.e2e_cross_signing", true),
+    ("org.matrix.msc2432", true),
+    ("org.matrix.msc2666", true),
+    ("org.matrix.msc3026", false),
+    ("org.matrix.msc2285", true),
+    ("org.matrix.msc3827", true),
+    ("org.matrix.msc3440", true),
+    ("org.matrix.msc3771", true),
+    ("org.matrix.msc3773", false),
+    ("org.matrix.msc2815", false),
+    ("org.matrix.msc2659", true),
+    ("org.matrix.msc3882", false),
+    ("org.matrix.msc3874", false),
+    ("org.matrix.msc3912", false),
+    ("org.matrix.msc3981", true),
+    ("org.matrix.msc3391", false),
+    ("org.matrix.msc4069", false),
+    ("org.matrix.msc4028", false),
+    ("org.matrix.msc4108", false),
+    ("org.matrix.msc4140", false),
+    ("org.matrix.msc4133", false),
+    ("org.matrix.msc4133.stable", true),
+    ("org.matrix.msc4155", false),
+    ("org.matrix.msc4306", false),
+    ("org.matrix.msc4169", false),
+    ("org.matrix.msc4262", false),
+    ("org.matrix.msc4354", false),
+    ("org.matrix.msc4380", true),
+    ("org.matrix.msc4429", false),
+    ("org.matrix.msc4445", true),
+    ("org.matrix.msc4491", false),
+    ("org.matrix.msc4143", false),
+    ("org.matrix.msc4446", false),
+    ("org.matrix.msc4222", false),
+    ("org.matrix.msc4502", false),
+    ("org.matrix.msc3916", true),
+    ("org.matrix.msc4230", true),
 ];
 
 #[derive(Clone, Copy, Debug)]
@@ -35,7 +81,9 @@ impl<'py> IntoPyObject<'py> for VersionsResponse {
         let unstable = PyDict::new(py);
         unstable.set_item("org.matrix.msc3881", self.features.msc3881)?;
         unstable.set_item("org.matrix.msc3575", self.features.msc3575)?;
-        unstable.set_item("org.matrix.label_based_filtering", true)?;
+        for (name, enabled) in FIXED_FEATURES {
+            unstable.set_item(name, enabled)?;
+        }
         let body = PyDict::new(py);
         body.set_item("versions", VERSIONS.to_vec())?;
         body.set_item("unstable_features", unstable)?;
