@@ -75,6 +75,7 @@ test-ext: wheel
 	$(VENV_OLDEST)/bin/pip install -q --force-reinstall --no-deps $(TEST_EXT_DIR)/*.whl
 
 lint: venv
+	$(VENV)/bin/python scripts/check-module-graph.py
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --all-features -- -D warnings
 

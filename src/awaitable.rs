@@ -25,60 +25,12 @@ use tokio::sync::oneshot;
 
 use crate::bridge::Bridge;
 use crate::errors::RuntimeShutdown;
-use crate::logcontext::TaskScope;
-use crate::runtime::RuntimeRef;
+use crate::scope::TaskScope;
 use crate::stats::Counters;
 use crate::twisted::{failure_class, failure_to_pyerr, to_deferred};
 
 type BoxedFactory = Box<dyn for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send>;
 type Completer = Box<dyn for<'py> FnOnce(Python<'py>, PyResult<Bound<'py, PyAny>>) + Send>;
-
-/// Runs a Python awaitable on the reactor thread and waits for its result.
-///
-/// Call it from any Tokio task: inside a future given to
-/// [`create_deferred`](crate::create_deferred), in a child made with
-/// [`spawn`](crate::spawn), or elsewhere once the reactor has a runtime. The calling
-/// thread never takes the GIL. `runtime` names the reactor: a [`Runtime`](crate::Runtime) handle, or
-/// the reactor object (`Py<PyAny>`, released on the reactor thread).
-///
-/// - `make_awaitable` runs on the reactor thread, inside the logging context the
-///   calling task works for (the sentinel if none, or if that context has finished).
-///   It may return a coroutine, a Deferred, any awaitable, or a plain value. On
-///   Twisted's asyncio reactor it may also return an asyncio future or Task, and a
-///   coroutine may await asyncio futures (`asyncio.sleep`, ...) as well as Deferreds:
-///   it keeps its logging context across both. Code that needs a current asyncio
-///   Task (`asyncio.timeout`, `TaskGroup`) should be returned wrapped in one
-///   (`asyncio.ensure_future(coro)`). On other reactors an asyncio future is an error.
-/// - `Err` carries the original Python exception, traceback included.
-/// - Dropping the returned future before it resolves cancels the Python side
-///   (`Deferred.cancel()`, so a coroutine sees `CancelledError`).
-/// - If the job can never run (the runtime shut down, the reactor was collected),
-///   the future resolves with [`RuntimeShutdown`]; it never hangs. It runs whether or
-///   not the reactor was ever `run()`: a memory reactor's harness delivers it.
-///
-/// ```no_run
-/// # use pyo3::prelude::*;
-/// # async fn f(reactor: Py<PyAny>) -> PyResult<()> {
-/// let value = pyo3_twisted::run_python_awaitable(reactor, |py| {
-///     py.import("my_module")?.call_method1("fetch", ("key",))
-/// })
-/// .await?;
-/// # Ok(()) }
-/// ```
-pub async fn run_python_awaitable<R, F>(runtime: R, make_awaitable: F) -> PyResult<Py<PyAny>>
-where
-    R: RuntimeRef + Send + 'static,
-    F: for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send + 'static,
-{
-    let bridge = Arc::clone(runtime.runtime_without_gil()?.bridge());
-    run(
-        bridge,
-        runtime,
-        Box::new(make_awaitable),
-        |obj: &Bound<'_, PyAny>| Ok(obj.clone().unbind()),
-    )
-    .await
-}
 
 /// State shared by the Tokio side and the reactor side of one call.
 #[derive(Default)]

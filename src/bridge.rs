@@ -43,11 +43,9 @@ use crate::submit::{Submitter, Task};
 use crate::threads;
 
 mod directory;
-mod forks;
 mod lifecycle;
 
 pub(crate) use directory::find as bridge_for_address;
-pub(crate) use forks::generation as fork_generation;
 use lifecycle::{Phase, PhaseCell};
 
 /// The reactor attribute that holds this copy of the crate's bridge:
@@ -303,7 +301,7 @@ impl Bridge {
         let engine = self.cross.engine.read();
         engine
             .as_ref()
-            .filter(|engine| engine.generation == forks::generation())
+            .filter(|engine| engine.generation == crate::fork::generation())
             .map(|engine| engine.handle.clone())
     }
 
@@ -446,7 +444,7 @@ impl Drop for Bridge {
         // not, stop it without waiting: this may run on a Tokio thread, where waiting
         // is not allowed.
         if let Some(engine) = self.cross.engine.get_mut().take() {
-            if engine.generation == forks::generation() {
+            if engine.generation == crate::fork::generation() {
                 if let Some(runtime) = engine.owned.lock().take() {
                     runtime.shutdown_background();
                 }

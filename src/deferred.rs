@@ -24,9 +24,9 @@ use pyo3::IntoPyObjectExt;
 
 use crate::errors::{panic_message, RuntimeShutdown, RustPanicError};
 use crate::live_tasks::LiveTasks;
-use crate::logcontext::TaskScope;
 use crate::registry::Key;
 use crate::runtime::RuntimeRef;
+use crate::scope::TaskScope;
 use crate::stats::Counters;
 use crate::twisted::{already_called_error, deferred_class};
 

@@ -100,6 +100,7 @@ mod cputime;
 pub mod db;
 mod deferred;
 mod errors;
+mod fork;
 mod live_tasks;
 mod logcontext;
 mod logging;
@@ -107,6 +108,7 @@ pub(crate) mod mailbox;
 mod pool;
 mod registry;
 mod runtime;
+mod scope;
 mod stats;
 mod submit;
 pub mod synapse;
@@ -116,14 +118,15 @@ mod twisted;
 mod wake;
 mod wake_flag;
 
-pub use awaitable::run_python_awaitable;
 pub use bridge::runtime_attr;
 pub use config::{LogContextProvider, RuntimeConfig, TokioRuntime, WakeMode};
 pub use deferred::create_deferred;
 pub use errors::{RuntimeShutdown, RustPanicError};
 pub use logging::Logger;
 pub use pool::process_runtime;
-pub use runtime::{install_runtime, stats, PyRuntime, ReactorHandle, Runtime, RuntimeRef};
+pub use runtime::{
+    install_runtime, run_python_awaitable, stats, PyRuntime, ReactorHandle, Runtime, RuntimeRef,
+};
 pub use stats::Stats;
 pub use task::spawn;
 pub use wake::POLLS_READERS_ATTR;

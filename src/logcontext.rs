@@ -1,29 +1,17 @@
-//! The request's logging context, carried across threads.
+//! The logcontext provider: the Python module (Synapse's `synapse.logging.context`, or
+//! `pyo3_twisted.logcontext`) through which the crate reads and switches the request's
+//! logging context.
 //!
-//! ```text
-//!  reactor thread                  Tokio threads                     reactor thread
-//!  create_deferred:                the future and its spawn()ed      mailbox jobs on its behalf
-//!    ctx = current_context() ───▶  children run inside SCOPE ─────▶ (run_python_awaitable
-//!    (never switched here)         (task-local; CPU metered,          factories, log records,
-//!                                   contexts never switched)          CPU charge) run with ctx
-//!                                                                     active, then the previous
-//!                                                                     context is restored
-//! ```
-//!
-//! A context is only ever switched on the reactor thread, through the provider's
-//! `set_current_context` (Synapse checks which thread starts and stops a context).
-//! A context that has finished is not re-entered: its work runs in the reactor's own
-//! (sentinel) context instead. Python objects held by a scope are dropped on the
-//! reactor thread.
-
-use std::sync::Arc;
+//! Every function here runs on the reactor thread with the GIL. A context is only ever
+//! switched there, through the provider's `set_current_context` (Synapse checks which
+//! thread starts and stops a context). A context that has finished is not re-entered:
+//! its work runs in the reactor's own (sentinel) context instead. How a context follows
+//! a task across threads is `scope.rs`.
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 
-use crate::bridge::Bridge;
-use crate::cputime::CpuMeter;
 use crate::errors::report;
 
 /// The functions of a logcontext provider module, looked up at install.
@@ -150,106 +138,4 @@ fn is_finished(context: &Bound<'_, PyAny>) -> bool {
         .getattr(intern!(context.py(), "finished"))
         .and_then(|f| f.is_truthy())
         .unwrap_or(false)
-}
-
-/// What a bridged task and its children carry: their runtime, the logging context
-/// they work for, and the CPU time they used that is not charged yet.
-pub(crate) struct TaskScope {
-    pub bridge: Arc<Bridge>,
-    context: Option<Py<PyAny>>,
-    cpu: Option<Arc<CpuMeter>>,
-}
-
-impl crate::live_tasks::HasLiveTasks for TaskScope {
-    fn live_tasks(&self) -> &crate::live_tasks::LiveTasks {
-        crate::live_tasks::HasLiveTasks::live_tasks(&*self.bridge)
-    }
-}
-
-tokio::task_local! {
-    static SCOPE: Arc<TaskScope>;
-}
-
-impl TaskScope {
-    pub fn new(bridge: Arc<Bridge>, context: Option<Py<PyAny>>) -> Self {
-        let cpu = (context.is_some() && bridge.config().track_cpu_time)
-            .then(|| Arc::new(CpuMeter::default()));
-        Self {
-            bridge,
-            context,
-            cpu,
-        }
-    }
-
-    /// The scope of the calling task, if it is a bridged task or one of its children.
-    pub fn current() -> Option<Arc<TaskScope>> {
-        SCOPE.try_with(Arc::clone).ok()
-    }
-
-    /// `fut` running inside `scope`, its CPU time metered.
-    pub fn enter<F: std::future::Future>(
-        scope: Arc<TaskScope>,
-        fut: F,
-    ) -> impl std::future::Future<Output = F::Output> {
-        let meter = scope.cpu.clone();
-        SCOPE.scope(scope, crate::cputime::metered(fut, meter))
-    }
-
-    /// The logging context this scope works for; `None` for the sentinel.
-    pub fn context(&self) -> Option<&Py<PyAny>> {
-        self.context.as_ref()
-    }
-
-    /// Runs `f` on the reactor thread with this scope's context active.
-    pub fn with_context<R>(&self, py: Python<'_>, f: impl FnOnce() -> PyResult<R>) -> PyResult<R> {
-        match self.bridge.provider() {
-            Some(provider) => provider.with_context(py, self.context.as_ref(), f),
-            None => f(),
-        }
-    }
-
-    /// Charges the CPU time metered so far to the context. Reactor thread.
-    pub fn charge_cpu(&self, py: Python<'_>) {
-        if let (Some(context), Some(meter)) = (&self.context, &self.cpu) {
-            charge(py, context, meter);
-        }
-    }
-}
-
-fn charge(py: Python<'_>, context: &Py<PyAny>, meter: &CpuMeter) {
-    if let Some((user, system)) = meter.take_seconds() {
-        if let Err(err) = context
-            .bind(py)
-            .call_method1(intern!(py, "add_cputime"), (user, system))
-        {
-            report(
-                py,
-                err,
-                "pyo3-twisted: charging Rust CPU time to the logcontext",
-            );
-        }
-    }
-}
-
-impl Drop for TaskScope {
-    /// The last task of a scope is done: charge what its children used since the
-    /// bridged future completed, and release the context on the reactor thread.
-    fn drop(&mut self) {
-        let Some(context) = self.context.take() else {
-            return;
-        };
-        let meter = self.cpu.take();
-        let job = move |py: Python<'_>| {
-            if let Some(meter) = &meter {
-                charge(py, &context, meter);
-            }
-            drop(context);
-            Ok(())
-        };
-        if self.bridge.is_reactor_thread() {
-            crate::threads::attach(job);
-        } else {
-            self.bridge.mailbox().push(Box::new(job));
-        }
-    }
 }

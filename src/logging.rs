@@ -19,7 +19,7 @@ use log::{LevelFilter, Log, Metadata, Record};
 use pyo3::prelude::*;
 
 use crate::bridge::Bridge;
-use crate::logcontext::TaskScope;
+use crate::scope::TaskScope;
 use crate::threads;
 
 /// A `log` logger that sends records to Python logging without ever taking the GIL

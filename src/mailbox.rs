@@ -42,6 +42,9 @@ use crate::stats::Counters;
 use crate::wake::Waker;
 pub use crate::wake_flag::WakeFlag;
 
+mod reader;
+pub(crate) use reader::install;
+
 /// Work for the reactor thread. Its error, if any, is reported through Twisted's log.
 pub(crate) type Job = Box<dyn for<'py> FnOnce(Python<'py>) -> PyResult<()> + Send>;
 

@@ -132,7 +132,7 @@ pub fn process_runtime(py: Python<'_>, config: &RuntimeConfig) -> PyResult<&'sta
 /// Whether `config` fits the shared pool as built in this process (or it is not
 /// built yet): an install checks before it changes anything.
 pub(crate) fn check_shared(config: &RuntimeConfig) -> PyResult<()> {
-    let generation = crate::bridge::fork_generation();
+    let generation = crate::fork::generation();
     match *PROCESS.lock() {
         Some(process)
             if process.generation == generation
@@ -158,7 +158,7 @@ fn mismatch(process: &Process, config: &RuntimeConfig) -> PyErr {
 
 /// [`process_runtime`] without the GIL. Blocks while the workers start.
 pub(crate) fn shared_pool(config: &RuntimeConfig) -> PyResult<&'static Runtime> {
-    let generation = crate::bridge::fork_generation();
+    let generation = crate::fork::generation();
     let mut slot = PROCESS.lock();
     if let Some(process) = *slot {
         if process.generation == generation {

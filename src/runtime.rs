@@ -25,7 +25,7 @@ use pyo3::types::PyDict;
 use crate::bridge::{bridge_for_address, Bridge};
 use crate::config::RuntimeConfig;
 use crate::errors::RuntimeShutdown;
-use crate::logcontext::TaskScope;
+use crate::scope::TaskScope;
 use crate::stats::Stats;
 
 /// A handle on one reactor's pyo3-twisted runtime, to keep instead of the reactor.
@@ -314,6 +314,53 @@ pub(crate) fn runtime_of_address(address: usize) -> PyResult<Runtime> {
                  down): install it, or call create_deferred, on the reactor thread first",
             )
         })
+}
+
+/// Runs a Python awaitable on the reactor thread and waits for its result.
+///
+/// Call it from any Tokio task: inside a future given to
+/// [`create_deferred`](crate::create_deferred), in a child made with
+/// [`spawn`](crate::spawn), or elsewhere once the reactor has a runtime. The calling
+/// thread never takes the GIL. `runtime` names the reactor: a [`Runtime`](crate::Runtime) handle, or
+/// the reactor object (`Py<PyAny>`, released on the reactor thread).
+///
+/// - `make_awaitable` runs on the reactor thread, inside the logging context the
+///   calling task works for (the sentinel if none, or if that context has finished).
+///   It may return a coroutine, a Deferred, any awaitable, or a plain value. On
+///   Twisted's asyncio reactor it may also return an asyncio future or Task, and a
+///   coroutine may await asyncio futures (`asyncio.sleep`, ...) as well as Deferreds:
+///   it keeps its logging context across both. Code that needs a current asyncio
+///   Task (`asyncio.timeout`, `TaskGroup`) should be returned wrapped in one
+///   (`asyncio.ensure_future(coro)`). On other reactors an asyncio future is an error.
+/// - `Err` carries the original Python exception, traceback included.
+/// - Dropping the returned future before it resolves cancels the Python side
+///   (`Deferred.cancel()`, so a coroutine sees `CancelledError`).
+/// - If the job can never run (the runtime shut down, the reactor was collected),
+///   the future resolves with [`RuntimeShutdown`](crate::RuntimeShutdown); it never hangs. It runs whether or
+///   not the reactor was ever `run()`: a memory reactor's harness delivers it.
+///
+/// ```no_run
+/// # use pyo3::prelude::*;
+/// # async fn f(reactor: Py<PyAny>) -> PyResult<()> {
+/// let value = pyo3_twisted::run_python_awaitable(reactor, |py| {
+///     py.import("my_module")?.call_method1("fetch", ("key",))
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+pub async fn run_python_awaitable<R, F>(runtime: R, make_awaitable: F) -> PyResult<Py<PyAny>>
+where
+    R: RuntimeRef + Send + 'static,
+    F: for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send + 'static,
+{
+    let bridge = Arc::clone(runtime.runtime_without_gil()?.bridge());
+    crate::awaitable::run(
+        bridge,
+        runtime,
+        Box::new(make_awaitable),
+        |obj: &Bound<'_, PyAny>| Ok(obj.clone().unbind()),
+    )
+    .await
 }
 
 /// Installs a runtime with `config` on `reactor`.

@@ -4,7 +4,7 @@ use std::future::Future;
 
 use tokio::task::JoinHandle;
 
-use crate::logcontext::TaskScope;
+use crate::scope::TaskScope;
 
 /// Spawns a child task from inside a bridged future (one passed to
 /// [`create_deferred`](crate::create_deferred), or another child).

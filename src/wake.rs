@@ -1,4 +1,4 @@
-//! How a Tokio thread tells the reactor that the mailbox has work.
+//! How a Tokio thread tells the reactor that the mailbox has work: a signal only.
 //!
 //! ```text
 //!  fd mode (real reactors, and memory      call-from-thread mode (other memory reactors)
@@ -7,32 +7,27 @@
 //!    write(eventfd, 1)   no GIL              send(target)   no GIL
 //!          │                                       │
 //!  reactor thread                          the process's one waker thread "pyo3-twisted-wake"
-//!    MailboxReader.doRead():                 takes the GIL, calls that reactor's
-//!      read(eventfd); Mailbox::drain          callFromThread(MailboxDrain)
-//!                                                  │
-//!                                          reactor thread: MailboxDrain() → drain
+//!    the fd's reader (the mailbox's)         takes the GIL, calls that reactor's
+//!    drains                                  callFromThread(drain) (the mailbox's)
 //! ```
 //!
 //! [`Waker::wake`] runs on any thread and never takes the GIL. The waker thread is the
 //! only thread of this crate that waits for the GIL, it is not a Tokio thread, and
 //! there is one per process whatever the number of reactors; it holds each reactor
-//! weakly. [`install`] runs on the reactor thread.
+//! weakly. What the reactor runs once woken belongs to the mailbox (`mailbox/reader.rs`).
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyWeakrefReference;
 
-use crate::config::WakeMode;
 use crate::errors::report;
-use crate::mailbox::Mailbox;
 use crate::threads;
 
-/// A way to wake the reactor; owned by the [`Mailbox`]. Cheap to clone.
+/// A way to wake the reactor; owned by the mailbox. Cheap to clone.
 #[derive(Clone)]
 pub(crate) enum Waker {
     #[cfg(unix)]
@@ -51,42 +46,16 @@ impl Waker {
     }
 }
 
-/// What [`install`] set up: the waker, and the reader to unregister at shutdown.
-pub(crate) struct Installed {
-    pub waker: Waker,
-    pub reader: Option<Py<PyAny>>,
-    pub mode: &'static str,
-}
-
 /// The attribute by which a memory reactor says that its `advance()` polls the
 /// file descriptors of its readers (as `pyo3_twisted.testing`'s does), so the bridge
 /// can wake it through an eventfd reader and needs no thread.
 pub const POLLS_READERS_ATTR: &str = "pyo3_twisted_polls_readers";
 
-/// Chooses and sets up the wake mechanism for `reactor`. Reactor thread.
-pub(crate) fn install(
-    py: Python<'_>,
-    reactor: &Bound<'_, PyAny>,
-    mode: WakeMode,
-    mailbox: &Arc<Mailbox>,
-) -> PyResult<Installed> {
-    let use_fd = match mode {
-        WakeMode::FileDescriptor => true,
-        WakeMode::CallFromThread => false,
-        WakeMode::Auto => wants_fd(py, reactor)?,
-    };
-    if use_fd {
-        install_fd(py, reactor, mailbox)
-    } else {
-        install_thread(py, reactor, mailbox)
-    }
-}
-
 /// Reactors built on `PosixReactorBase` (epoll, poll, select, asyncio) really poll
 /// what `addReader` gives them; so do memory reactors that say so
 /// ([`POLLS_READERS_ATTR`]). A reactor without `callFromThread` (Twisted's plain
 /// `MemoryReactorClock`) can only be woken through a reader, which its test drives.
-fn wants_fd(py: Python<'_>, reactor: &Bound<'_, PyAny>) -> PyResult<bool> {
+pub(crate) fn wants_fd(py: Python<'_>, reactor: &Bound<'_, PyAny>) -> PyResult<bool> {
     if !cfg!(unix) {
         return Ok(false);
     }
@@ -104,75 +73,20 @@ fn wants_fd(py: Python<'_>, reactor: &Bound<'_, PyAny>) -> PyResult<bool> {
     Ok(!reactor.hasattr(intern!(py, "callFromThread"))?)
 }
 
-#[cfg(unix)]
-fn install_fd(
-    py: Python<'_>,
-    reactor: &Bound<'_, PyAny>,
-    mailbox: &Arc<Mailbox>,
-) -> PyResult<Installed> {
-    let fd = Arc::new(
-        fd::WakeFd::new()
-            .map_err(|e| PyRuntimeError::new_err(format!("cannot create wake fd: {e}")))?,
-    );
-    let reader = Py::new(
-        py,
-        MailboxReader {
-            fd: Arc::clone(&fd),
-            mailbox: Arc::downgrade(mailbox),
-        },
-    )?
-    .into_any();
-    reactor.call_method1(intern!(py, "addReader"), (reader.bind(py),))?;
-    Ok(Installed {
-        waker: Waker::Fd(fd),
-        reader: Some(reader),
-        mode: "fd",
-    })
-}
-
-#[cfg(not(unix))]
-fn install_fd(
-    _py: Python<'_>,
-    _reactor: &Bound<'_, PyAny>,
-    _mailbox: &Arc<Mailbox>,
-) -> PyResult<Installed> {
-    Err(PyRuntimeError::new_err(
-        "wake='fd' needs a Unix platform; use 'auto' or 'call_from_thread'",
-    ))
-}
-
 /// One reactor, as the waker thread knows it: weakly.
 pub(crate) struct ThreadTarget {
     reactor: Py<PyWeakrefReference>,
     drain: Py<PyAny>,
 }
 
-fn install_thread(
-    py: Python<'_>,
-    reactor: &Bound<'_, PyAny>,
-    mailbox: &Arc<Mailbox>,
-) -> PyResult<Installed> {
-    if !reactor.hasattr(intern!(py, "callFromThread"))? {
-        return Err(PyRuntimeError::new_err(
-            "wake='call_from_thread' needs a reactor with callFromThread; use 'auto' or 'fd'",
-        ));
+impl ThreadTarget {
+    /// `reactor`, to be woken by `reactor.callFromThread(drain)`. Reactor thread.
+    pub fn new(reactor: &Bound<'_, PyAny>, drain: Py<PyAny>) -> PyResult<Self> {
+        Ok(Self {
+            reactor: PyWeakrefReference::new(reactor)?.unbind(),
+            drain,
+        })
     }
-    let drain = Py::new(
-        py,
-        MailboxDrain {
-            mailbox: Arc::downgrade(mailbox),
-        },
-    )?
-    .into_any();
-    let target = ThreadTarget {
-        reactor: PyWeakrefReference::new(reactor)?.unbind(),
-        drain,
-    };
-    Ok(Installed {
-        waker: Waker::Thread(Arc::new(target)),
-        reader: None,
-        mode: "call_from_thread",
-    })
 }
 
 mod waker_thread {
@@ -191,7 +105,7 @@ mod waker_thread {
 
     /// Asks the waker thread to wake `target`'s reactor. Any thread; no GIL.
     pub(super) fn send(target: Arc<ThreadTarget>) {
-        let generation = crate::bridge::fork_generation();
+        let generation = crate::fork::generation();
         let mut slot = THREAD.lock();
         let current = slot.as_ref().filter(|t| t.generation == generation);
         let tx = match current {
@@ -238,66 +152,8 @@ mod waker_thread {
     }
 }
 
-/// The callable handed to `reactor.callFromThread`: drains the mailbox.
-#[pyclass(frozen, module = "pyo3_twisted")]
-struct MailboxDrain {
-    mailbox: Weak<Mailbox>,
-}
-
-#[pymethods]
-impl MailboxDrain {
-    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        match self.mailbox.upgrade() {
-            Some(mailbox) => mailbox.drain(py).map(drop),
-            None => Ok(()),
-        }
-    }
-}
-
-/// The `IReadDescriptor` registered with `reactor.addReader`: the wake fd.
 #[cfg(unix)]
-#[pyclass(frozen, module = "pyo3_twisted")]
-struct MailboxReader {
-    fd: Arc<fd::WakeFd>,
-    mailbox: Weak<Mailbox>,
-}
-
-#[cfg(unix)]
-#[pymethods]
-impl MailboxReader {
-    fn fileno(&self) -> i32 {
-        self.fd.raw()
-    }
-
-    #[pyo3(name = "doRead")]
-    fn do_read(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        // Consume the signal before draining: see the mailbox's wake protocol.
-        self.fd.consume();
-        if let Some(mailbox) = self.mailbox.upgrade() {
-            // Returning anything but None would make Twisted unregister this reader
-            // and the bridge would stop; report instead.
-            if let Err(err) = mailbox.drain(py) {
-                report(
-                    py,
-                    err,
-                    "pyo3-twisted: interrupted while draining the mailbox",
-                );
-            }
-        }
-        None
-    }
-
-    #[pyo3(name = "connectionLost")]
-    fn connection_lost(&self, _reason: &Bound<'_, PyAny>) {}
-
-    #[pyo3(name = "logPrefix")]
-    fn log_prefix(&self) -> &'static str {
-        "pyo3-twisted-mailbox"
-    }
-}
-
-#[cfg(unix)]
-mod fd {
+pub(crate) mod fd {
     //! A non-blocking wake file descriptor: an eventfd on Linux, a pipe elsewhere.
 
     use std::io;

@@ -28,7 +28,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyTuple, PyWeakrefReference};
 
 use super::{
-    directory, forks, runtime_attr_py, Bridge, CrossThread, Engine, ReactorLocal, ReactorSide,
+    directory, runtime_attr_py, Bridge, CrossThread, Engine, ReactorLocal, ReactorSide,
     ReactorSlot, OWNER, PROCESS_OWNER,
 };
 use crate::asyncio::AsyncioLoop;
@@ -40,8 +40,8 @@ use crate::mailbox::Mailbox;
 use crate::registry::{Entry, Registry};
 use crate::stats::Counters;
 use crate::submit::Submitter;
+use crate::threads;
 use crate::twisted::{deferred_class, succeed};
-use crate::{threads, wake};
 
 /// How long stopping waits for Tokio threads to finish their current poll. Aborted
 /// tasks stop at their next poll; this only bounds a task stuck in a blocking call.
@@ -165,7 +165,7 @@ impl Bridge {
         let asyncio = AsyncioLoop::of_reactor(reactor, provider.as_ref())?;
         let counters = Arc::new(Counters::default());
         let mailbox = Arc::new(Mailbox::new(Arc::clone(&counters)));
-        let installed = wake::install(py, reactor, config.wake, &mailbox)?;
+        let installed = crate::mailbox::install(py, reactor, config.wake, &mailbox)?;
         let bridge = Arc::new(Bridge {
             reactor_address: reactor.as_ptr() as usize,
             provider,
@@ -216,7 +216,7 @@ impl Bridge {
             ("before", "shutdown", before_shutdown),
         )?;
         directory::track(py, &bridge)?;
-        forks::watch(py)?;
+        crate::fork::watch(py, directory::note_fork)?;
         reactor.setattr(
             runtime_attr_py(py),
             ReactorSlot {
@@ -243,7 +243,7 @@ impl Bridge {
     /// engine already runs.
     pub fn engine(self: &Arc<Self>, py: Python<'_>) -> PyResult<Arc<Engine>> {
         if let Some(engine) = &*self.cross.engine.read() {
-            if engine.generation == forks::generation() {
+            if engine.generation == crate::fork::generation() {
                 return Ok(Arc::clone(engine));
             }
         }
@@ -282,7 +282,7 @@ impl Bridge {
         let (handle, owned) = built;
         let mut slot = self.cross.engine.write();
         if let Some(engine) = &*slot {
-            if engine.generation == forks::generation() {
+            if engine.generation == crate::fork::generation() {
                 if let Some(runtime) = owned {
                     runtime.shutdown_background();
                 }
@@ -294,7 +294,7 @@ impl Bridge {
             handle,
             shared_pool: owned.is_none(),
             owned: parking_lot::Mutex::new(owned),
-            generation: forks::generation(),
+            generation: crate::fork::generation(),
         });
         *slot = Some(Arc::clone(&engine));
         drop(slot);
@@ -364,7 +364,8 @@ impl Bridge {
             if let Some(old_reader) = old_reader {
                 reactor.call_method1(intern!(py, "removeReader"), (old_reader,))?;
             }
-            let installed = wake::install(py, &reactor, self.config.wake, &self.cross.mailbox)?;
+            let installed =
+                crate::mailbox::install(py, &reactor, self.config.wake, &self.cross.mailbox)?;
             {
                 let mut side = self.local.side.lock();
                 side.reader = installed.reader;
@@ -578,7 +579,7 @@ impl Bridge {
         let Some(engine) = self.cross.engine.write().take() else {
             return;
         };
-        if engine.generation != forks::generation() {
+        if engine.generation != crate::fork::generation() {
             std::mem::forget(engine);
             return;
         }

@@ -30,7 +30,7 @@ pub mod context {
     use pyo3::prelude::*;
 
     use crate::bridge::Bridge;
-    use crate::logcontext::TaskScope;
+    use crate::scope::TaskScope;
 
     thread_local! {
         /// The runtime whose logcontext provider this (reactor) thread uses.

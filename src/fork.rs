@@ -17,15 +17,16 @@ pub(crate) fn generation() -> u64 {
     GENERATION.load(Ordering::Acquire)
 }
 
-/// Registers the fork hooks once per process.
-pub(super) fn watch(py: Python<'_>) -> PyResult<()> {
+/// Registers the fork hooks once per process: `before_fork` runs in the parent on
+/// the forking thread, with the GIL, just before it forks.
+pub(crate) fn watch(py: Python<'_>, before_fork: fn(Python<'_>)) -> PyResult<()> {
     WATCHING
         .get_or_try_init(py, || -> PyResult<()> {
             let before = PyCFunction::new_closure(
                 py,
                 Some(c"pyo3_twisted_before_fork"),
                 None,
-                |args, _kwargs| super::directory::note_fork(args.py()),
+                move |args, _kwargs| before_fork(args.py()),
             )?;
             let in_child = PyCFunction::new_closure(
                 py,

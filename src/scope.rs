@@ -1,0 +1,126 @@
+//! The scope every bridged task runs in: its runtime, the request's logging context,
+//! and the CPU time it used that is not charged yet.
+//!
+//! ```text
+//!  reactor thread                  Tokio threads                     reactor thread
+//!  create_deferred:                the future and its spawn()ed      mailbox jobs on its behalf
+//!    TaskScope::new(bridge, ctx) ▶ children run inside SCOPE ─────▶ run with ctx active
+//!                                  (task-local; CPU metered)         (TaskScope::with_context);
+//!                                                                    CPU charged; ctx released
+//! ```
+//!
+//! [`TaskScope::new`], [`TaskScope::with_context`] and [`TaskScope::charge_cpu`] run on
+//! the reactor thread; [`TaskScope::current`] and [`TaskScope::enter`] on any thread.
+//! The last reference may drop anywhere: the context is then released on the reactor
+//! thread, through the mailbox.
+
+use std::sync::Arc;
+
+use pyo3::intern;
+use pyo3::prelude::*;
+
+use crate::bridge::Bridge;
+use crate::cputime::CpuMeter;
+use crate::errors::report;
+
+/// What a bridged task and its children carry: their runtime, the logging context
+/// they work for, and the CPU time they used that is not charged yet.
+pub(crate) struct TaskScope {
+    pub bridge: Arc<Bridge>,
+    context: Option<Py<PyAny>>,
+    cpu: Option<Arc<CpuMeter>>,
+}
+
+impl crate::live_tasks::HasLiveTasks for TaskScope {
+    fn live_tasks(&self) -> &crate::live_tasks::LiveTasks {
+        crate::live_tasks::HasLiveTasks::live_tasks(&*self.bridge)
+    }
+}
+
+tokio::task_local! {
+    static SCOPE: Arc<TaskScope>;
+}
+
+impl TaskScope {
+    pub fn new(bridge: Arc<Bridge>, context: Option<Py<PyAny>>) -> Self {
+        let cpu = (context.is_some() && bridge.config().track_cpu_time)
+            .then(|| Arc::new(CpuMeter::default()));
+        Self {
+            bridge,
+            context,
+            cpu,
+        }
+    }
+
+    /// The scope of the calling task, if it is a bridged task or one of its children.
+    pub fn current() -> Option<Arc<TaskScope>> {
+        SCOPE.try_with(Arc::clone).ok()
+    }
+
+    /// `fut` running inside `scope`, its CPU time metered.
+    pub fn enter<F: std::future::Future>(
+        scope: Arc<TaskScope>,
+        fut: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        let meter = scope.cpu.clone();
+        SCOPE.scope(scope, crate::cputime::metered(fut, meter))
+    }
+
+    /// The logging context this scope works for; `None` for the sentinel.
+    pub fn context(&self) -> Option<&Py<PyAny>> {
+        self.context.as_ref()
+    }
+
+    /// Runs `f` on the reactor thread with this scope's context active.
+    pub fn with_context<R>(&self, py: Python<'_>, f: impl FnOnce() -> PyResult<R>) -> PyResult<R> {
+        match self.bridge.provider() {
+            Some(provider) => provider.with_context(py, self.context.as_ref(), f),
+            None => f(),
+        }
+    }
+
+    /// Charges the CPU time metered so far to the context. Reactor thread.
+    pub fn charge_cpu(&self, py: Python<'_>) {
+        if let (Some(context), Some(meter)) = (&self.context, &self.cpu) {
+            charge(py, context, meter);
+        }
+    }
+}
+
+fn charge(py: Python<'_>, context: &Py<PyAny>, meter: &CpuMeter) {
+    if let Some((user, system)) = meter.take_seconds() {
+        if let Err(err) = context
+            .bind(py)
+            .call_method1(intern!(py, "add_cputime"), (user, system))
+        {
+            report(
+                py,
+                err,
+                "pyo3-twisted: charging Rust CPU time to the logcontext",
+            );
+        }
+    }
+}
+
+impl Drop for TaskScope {
+    /// The last task of a scope is done: charge what its children used since the
+    /// bridged future completed, and release the context on the reactor thread.
+    fn drop(&mut self) {
+        let Some(context) = self.context.take() else {
+            return;
+        };
+        let meter = self.cpu.take();
+        let job = move |py: Python<'_>| {
+            if let Some(meter) = &meter {
+                charge(py, &context, meter);
+            }
+            drop(context);
+            Ok(())
+        };
+        if self.bridge.is_reactor_thread() {
+            crate::threads::attach(job);
+        } else {
+            self.bridge.mailbox().push(Box::new(job));
+        }
+    }
+}
