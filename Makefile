@@ -12,6 +12,10 @@ PYTHON ?= python3
 # runs on it. Falls back to $(PYTHON) where no 3.10 is installed.
 PYTHON_OLDEST ?= $(shell for p in python3.10 $$(pyenv root 2>/dev/null)/versions/3.10*/bin/python3.10; do \
   if "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1; then echo "$$p"; break; fi; done)
+# The newest CPython pyenv has (3.13 here), with the newest Twisted: a third
+# environment for the Python tests. Falls back to $(PYTHON) without pyenv.
+PYTHON_NEWEST ?= $(shell for d in $$(ls -d $$(pyenv root 2>/dev/null)/versions/3.* 2>/dev/null | sort -V -r); do \
+  if "$$d/bin/python3" -c 'import sys; assert sys.version_info >= (3, 10)' >/dev/null 2>&1; then echo "$$d/bin/python3"; break; fi; done)
 TWISTED_OLDEST := 24.11.0
 PYO3_MIN := 0.29.0
 
@@ -23,6 +27,7 @@ WITH_PG = PYO3_TWISTED_TEST_PG_DSN="$$(cat $(PG_DSN_FILE))"
 
 VENV := $(CURDIR)/.venv
 VENV_OLDEST := $(CURDIR)/.venv-oldest
+VENV_NEWEST := $(CURDIR)/.venv-newest
 WHEEL_DIR := $(CURDIR)/target/wheels
 
 # Every cargo invocation sees the same interpreter, so PyO3 is configured once.
@@ -30,7 +35,7 @@ export PYO3_PYTHON := $(VENV)/bin/python
 export PYO3_TWISTED_VENV := $(VENV)
 export CARGO_TERM_COLOR := never
 
-.PHONY: demo example bench loom exit-soak synapse-port test venv wheel lint postgres postgres-stop rust-test rust-test-pyo3-min test-ext py-test py-test-oldest py-test-asyncio clean
+.PHONY: demo example bench loom exit-soak synapse-port test venv wheel lint postgres postgres-stop rust-test rust-test-pyo3-min test-ext py-test py-test-oldest py-test-newest py-test-asyncio clean
 
 # The demo service on http://127.0.0.1:8008 (SQLite in target/, seeded on first run).
 # DEMO_ARGS="--database postgresql://user@127.0.0.1/db" switches to PostgreSQL.
@@ -41,7 +46,7 @@ demo: wheel
 example: wheel
 	$(VENV)/bin/python examples/hello_twisted.py
 
-test: wheel lint postgres rust-test rust-test-pyo3-min loom py-test py-test-oldest py-test-asyncio synapse-port
+test: wheel lint postgres rust-test rust-test-pyo3-min loom py-test py-test-oldest py-test-newest py-test-asyncio synapse-port
 	$(MAKE) --no-print-directory postgres-stop
 	@echo "== all tests passed =="
 
@@ -57,7 +62,13 @@ $(VENV_OLDEST)/.ready: requirements-dev.txt
 	$(VENV_OLDEST)/bin/pip install -q "Twisted==$(TWISTED_OLDEST)" "pytest>=8" pytest-timeout "matrix-synapse==1.163.2" psycopg2-binary
 	touch $@
 
-venv: $(VENV)/.ready $(VENV_OLDEST)/.ready
+$(VENV_NEWEST)/.ready: requirements-dev.txt
+	$(or $(PYTHON_NEWEST),$(PYTHON)) -m venv $(VENV_NEWEST)
+	$(VENV_NEWEST)/bin/pip install -q --upgrade pip
+	$(VENV_NEWEST)/bin/pip install -q Twisted "pytest>=8" pytest-timeout "matrix-synapse==1.163.2" psycopg2-binary
+	touch $@
+
+venv: $(VENV)/.ready $(VENV_OLDEST)/.ready $(VENV_NEWEST)/.ready
 
 # One abi3 wheel serves both environments.
 wheel: venv
@@ -65,6 +76,7 @@ wheel: venv
 	$(VENV)/bin/maturin build --quiet -m python_shim/Cargo.toml --release -o $(WHEEL_DIR) -i $(PYO3_PYTHON)
 	$(VENV)/bin/pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
 	$(VENV_OLDEST)/bin/pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
+	$(VENV_NEWEST)/bin/pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
 
 # A second extension module linking the crate (tests/ext), for the tests only.
 TEST_EXT_DIR := $(CURDIR)/target/test-ext-wheels
@@ -73,6 +85,7 @@ test-ext: wheel
 	$(VENV)/bin/maturin build --quiet -m tests/ext/Cargo.toml --release -o $(TEST_EXT_DIR) -i $(PYO3_PYTHON)
 	$(VENV)/bin/pip install -q --force-reinstall --no-deps $(TEST_EXT_DIR)/*.whl
 	$(VENV_OLDEST)/bin/pip install -q --force-reinstall --no-deps $(TEST_EXT_DIR)/*.whl
+	$(VENV_NEWEST)/bin/pip install -q --force-reinstall --no-deps $(TEST_EXT_DIR)/*.whl
 
 lint: venv
 	$(VENV)/bin/python scripts/check-module-graph.py
@@ -136,6 +149,12 @@ py-test-oldest: test-ext postgres
 py-test-asyncio: test-ext postgres
 	$(WITH_PG) PYO3_TWISTED_TEST_REACTOR=asyncio $(VENV)/bin/python -m pytest -q
 	$(WITH_PG) PYO3_TWISTED_TEST_REACTOR=asyncio $(VENV_OLDEST)/bin/python -m pytest -q
+	$(WITH_PG) PYO3_TWISTED_TEST_REACTOR=asyncio $(VENV_NEWEST)/bin/python -m pytest -q
+
+# The newest CPython here, with the newest Twisted.
+py-test-newest: test-ext postgres
+	@$(VENV_NEWEST)/bin/python -c 'import sys, twisted; print("newest environment: Python", sys.version.split()[0], "Twisted", twisted.__version__)'
+	$(WITH_PG) $(VENV_NEWEST)/bin/python -m pytest -q
 
 # Synapse 1.163.2's own Rust crate, ported to pyo3_twisted::synapse by changing `use`
 # lines only (scripts/synapse-port.py), then Synapse's own tests of its Rust bridge
@@ -144,4 +163,4 @@ synapse-port: venv
 	$(VENV)/bin/python scripts/synapse-port.py $(CURDIR)/target/synapse-port
 
 clean:
-	rm -rf target $(VENV) $(VENV_OLDEST)
+	rm -rf target $(VENV) $(VENV_OLDEST) $(VENV_NEWEST)
