@@ -27,7 +27,7 @@ pub(crate) struct AsyncioLoop {
 
 impl AsyncioLoop {
     /// The loop of `reactor` if it is Twisted's `AsyncioSelectorReactor`.
-    pub fn of_reactor(
+    pub(crate) fn of_reactor(
         reactor: &Bound<'_, PyAny>,
         provider: Option<&Provider>,
     ) -> PyResult<Option<Self>> {
@@ -42,7 +42,7 @@ impl AsyncioLoop {
     }
 
     /// A Deferred for a coroutine or an asyncio future; anything else unchanged.
-    pub fn adapt<'py>(&self, obj: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    pub(crate) fn adapt<'py>(&self, obj: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let py = obj.py();
         driver(py)?.getattr(intern!(py, "adapt"))?.call1((
             obj,

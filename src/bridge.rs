@@ -125,16 +125,16 @@ pub(crate) struct Engine {
 
 impl Engine {
     /// Hands `task` to Tokio; gives it back if the engine has stopped.
-    pub fn submit(&self, task: Task) -> Result<(), Task> {
+    pub(crate) fn submit(&self, task: Task) -> Result<(), Task> {
         self.submitter.submit(task)
     }
 
     /// Whether the engine runs on a pool we do not own, whose tasks are counted.
-    pub fn counts_live_tasks(&self) -> bool {
+    pub(crate) fn counts_live_tasks(&self) -> bool {
         self.shared_pool
     }
 
-    pub fn handle(&self) -> &tokio::runtime::Handle {
+    pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
         &self.handle
     }
 }
@@ -201,7 +201,7 @@ static PROCESS_OWNER: Mutex<Weak<Bridge>> = Mutex::new(Weak::new());
 
 impl Bridge {
     /// The bridge installed on `reactor` by this copy of the crate, if any.
-    pub fn of_reactor(reactor: &Bound<'_, PyAny>) -> PyResult<Option<Arc<Bridge>>> {
+    pub(crate) fn of_reactor(reactor: &Bound<'_, PyAny>) -> PyResult<Option<Arc<Bridge>>> {
         let py = reactor.py();
         let Some(attr) = reactor.getattr_opt(runtime_attr_py(py))? else {
             return Ok(None);
@@ -217,7 +217,7 @@ impl Bridge {
     }
 
     /// The bridge of `reactor`, installing the default runtime on first use.
-    pub fn for_reactor(reactor: &Bound<'_, PyAny>) -> PyResult<Arc<Bridge>> {
+    pub(crate) fn for_reactor(reactor: &Bound<'_, PyAny>) -> PyResult<Arc<Bridge>> {
         match Self::of_reactor(reactor)? {
             Some(bridge) => Ok(bridge),
             None => Self::install(reactor, RuntimeConfig::default()),
@@ -225,7 +225,7 @@ impl Bridge {
     }
 
     /// The bridge whose runtime owns the calling Tokio thread.
-    pub fn of_current_thread() -> Option<Arc<Bridge>> {
+    pub(crate) fn of_current_thread() -> Option<Arc<Bridge>> {
         OWNER.with(|owner| owner.borrow().upgrade()).or_else(|| {
             if crate::pool::in_process_pool() {
                 PROCESS_OWNER.lock().upgrade()
@@ -235,56 +235,56 @@ impl Bridge {
         })
     }
 
-    pub fn config(&self) -> &RuntimeConfig {
+    pub(crate) fn config(&self) -> &RuntimeConfig {
         &self.config
     }
 
-    pub fn counters(&self) -> &Counters {
+    pub(crate) fn counters(&self) -> &Counters {
         &self.cross.counters
     }
 
-    pub fn mailbox(&self) -> &Arc<Mailbox> {
+    pub(crate) fn mailbox(&self) -> &Arc<Mailbox> {
         &self.cross.mailbox
     }
 
     /// The address of the reactor object, its identity without the GIL.
-    pub fn reactor_address(&self) -> usize {
+    pub(crate) fn reactor_address(&self) -> usize {
         self.reactor_address
     }
 
     /// The logcontext provider, if one is configured.
-    pub fn provider(&self) -> Option<&Provider> {
+    pub(crate) fn provider(&self) -> Option<&Provider> {
         self.provider.as_ref()
     }
 
     /// The reactor's asyncio loop, if it is Twisted's asyncio reactor.
-    pub fn asyncio(&self) -> Option<&AsyncioLoop> {
+    pub(crate) fn asyncio(&self) -> Option<&AsyncioLoop> {
         self.asyncio.as_ref()
     }
 
     /// The reactor, unless it has been collected. Reactor thread.
-    pub fn reactor<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+    pub(crate) fn reactor<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
         let side = self.local.side.lock();
         side.reactor.as_ref()?.bind(py).upgrade()
     }
 
     /// Whether new work is accepted (shutdown has not begun).
-    pub fn accepting(&self) -> bool {
+    pub(crate) fn accepting(&self) -> bool {
         self.cross.phase.load() <= Phase::Running
     }
 
     /// Whether the bridge has stopped for good.
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         self.cross.phase.load() == Phase::Stopped
     }
 
     /// Whether the calling thread is this reactor's thread.
-    pub fn is_reactor_thread(&self) -> bool {
+    pub(crate) fn is_reactor_thread(&self) -> bool {
         threads::current_id() == self.cross.reactor_thread.load(Ordering::Acquire)
     }
 
     /// Raises unless called on the reactor thread.
-    pub fn check_reactor_thread(&self, what: &str) -> PyResult<()> {
+    pub(crate) fn check_reactor_thread(&self, what: &str) -> PyResult<()> {
         if self.is_reactor_thread() {
             Ok(())
         } else {
@@ -297,7 +297,7 @@ impl Bridge {
     }
 
     /// The Tokio handle of the started engine, if it started in this process.
-    pub fn started_handle(&self) -> Option<tokio::runtime::Handle> {
+    pub(crate) fn started_handle(&self) -> Option<tokio::runtime::Handle> {
         let engine = self.cross.engine.read();
         engine
             .as_ref()
@@ -306,7 +306,7 @@ impl Bridge {
     }
 
     /// The canceller every Deferred of this bridge is created with.
-    pub fn canceller<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyAny>> {
+    pub(crate) fn canceller<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyAny>> {
         self.local
             .canceller
             .get()
@@ -315,17 +315,21 @@ impl Bridge {
     }
 
     /// Records an in-flight Deferred. Reactor thread.
-    pub fn register(&self, deferred: Py<PyAny>, abort: futures_util::future::AbortHandle) -> Key {
+    pub(crate) fn register(
+        &self,
+        deferred: Py<PyAny>,
+        abort: futures_util::future::AbortHandle,
+    ) -> Key {
         self.local.registry.lock().insert(deferred, abort)
     }
 
     /// Removes the entry of a finished (or refused) task, unless it already left.
-    pub fn take_entry(&self, key: Key) -> Option<Entry> {
+    pub(crate) fn take_entry(&self, key: Key) -> Option<Entry> {
         self.local.registry.lock().take(key)
     }
 
     /// Deferreds created and not yet fired.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.local.registry.lock().len()
     }
 
@@ -349,7 +353,7 @@ impl Bridge {
     /// Work was just handed to Tokio from the reactor thread: make sure the reactor
     /// lingers for the results once the current reactor turn is done (one
     /// `callLater(0)` per burst of hand-offs).
-    pub fn note_handoff(&self, py: Python<'_>) {
+    pub(crate) fn note_handoff(&self, py: Python<'_>) {
         let Some(linger) = self.local.linger.get() else {
             return;
         };
@@ -400,7 +404,7 @@ impl Bridge {
     }
 
     /// A snapshot of the counters. Any thread.
-    pub fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> Stats {
         let c = &*self.cross.counters;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Stats {

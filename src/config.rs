@@ -83,7 +83,7 @@ impl Default for RuntimeConfig {
 }
 
 /// The keyword arguments [`RuntimeConfig::from_kwargs`] understands.
-pub const CONFIG_KEYWORDS: [&str; 8] = [
+pub(crate) const CONFIG_KEYWORDS: [&str; 8] = [
     "worker_threads",
     "thread_name",
     "shutdown_timeout",

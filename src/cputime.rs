@@ -24,7 +24,7 @@ impl CpuMeter {
     }
 
     /// Takes what was used so far, in seconds, if anything was.
-    pub fn take_seconds(&self) -> Option<(f64, f64)> {
+    pub(crate) fn take_seconds(&self) -> Option<(f64, f64)> {
         let user = self.user_us.swap(0, Ordering::Relaxed);
         let system = self.system_us.swap(0, Ordering::Relaxed);
         (user > 0 || system > 0).then(|| (user as f64 / 1e6, system as f64 / 1e6))

@@ -90,7 +90,15 @@
 //!     })
 //! }
 //! ```
-#![warn(missing_docs)]
+// Tokio's lint set. Dependencies are checked outside the unit-test build, which also
+// links the dev-dependencies the integration tests and benches use.
+#![warn(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    clippy::undocumented_unsafe_blocks
+)]
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 mod asyncio;
 mod awaitable;

@@ -50,7 +50,7 @@ pub(crate) trait HasLiveTasks {
 impl LiveTasks {
     /// Wraps `owner` for one task, counting the task in if `count`. Reactor thread
     /// only (the only writer of `started`).
-    pub fn enter<T: HasLiveTasks>(owner: Arc<T>, count: bool) -> LiveGuard<T> {
+    pub(crate) fn enter<T: HasLiveTasks>(owner: Arc<T>, count: bool) -> LiveGuard<T> {
         if count {
             let live = owner.live_tasks();
             let started = live.started.0.load(Ordering::Relaxed);
@@ -78,7 +78,7 @@ impl LiveTasks {
     /// Waits up to `timeout` for every counted task to finish; whether they all did.
     /// The thread that calls `enter` (the reactor thread). Blocks: call it without
     /// the GIL (a task may need it to finish its poll).
-    pub fn wait_idle(&self, timeout: Duration) -> bool {
+    pub(crate) fn wait_idle(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut guard = self.lock.lock();
         self.waiting.store(true, Ordering::SeqCst);
@@ -92,7 +92,7 @@ impl LiveTasks {
     }
 
     /// In a forked child: the parent's tasks are not here, and never finish.
-    pub fn forget(&self) {
+    pub(crate) fn forget(&self) {
         let finished = self.finished.0.load(Ordering::Acquire);
         self.started.0.store(finished, Ordering::Release);
     }
@@ -100,12 +100,12 @@ impl LiveTasks {
 
 impl<T: HasLiveTasks> LiveGuard<T> {
     /// What the guard wraps.
-    pub fn owner(&self) -> Option<&Arc<T>> {
+    pub(crate) fn owner(&self) -> Option<&Arc<T>> {
         self.owner.as_ref()
     }
 
     /// The task completed: counts it out now and hands back what it wrapped.
-    pub fn disarm(mut self) -> Option<Arc<T>> {
+    pub(crate) fn disarm(mut self) -> Option<Arc<T>> {
         let owner = self.owner.take();
         if let Some(owner) = &owner {
             if self.counted {

@@ -26,7 +26,7 @@ pub(crate) struct Provider {
 
 impl Provider {
     /// Imports `module` and checks it has what a provider needs.
-    pub fn load(py: Python<'_>, module: &str) -> PyResult<Self> {
+    pub(crate) fn load(py: Python<'_>, module: &str) -> PyResult<Self> {
         let m = py.import(module).map_err(|err| {
             let e = PyRuntimeError::new_err(format!(
                 "cannot import the logcontext provider module {module:?}"
@@ -53,7 +53,7 @@ impl Provider {
     }
 
     /// The current context, unless it is the (falsy) sentinel. Reactor thread.
-    pub fn capture(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+    pub(crate) fn capture(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         let context = self.current_context.bind(py).call0()?;
         Ok(if context.is_truthy()? {
             Some(context.unbind())
@@ -62,7 +62,7 @@ impl Provider {
         })
     }
 
-    pub fn make_deferred_yieldable<'py>(
+    pub(crate) fn make_deferred_yieldable<'py>(
         &self,
         deferred: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
@@ -72,11 +72,11 @@ impl Provider {
     }
 
     /// `make_deferred_yieldable` itself, for Python code that needs it.
-    pub fn make_deferred_yieldable_fn(&self, py: Python<'_>) -> Py<PyAny> {
+    pub(crate) fn make_deferred_yieldable_fn(&self, py: Python<'_>) -> Py<PyAny> {
         self.make_deferred_yieldable.clone_ref(py)
     }
 
-    pub fn run_in_background<'py>(
+    pub(crate) fn run_in_background<'py>(
         &self,
         py: Python<'py>,
         f: Bound<'py, PyAny>,
@@ -87,7 +87,7 @@ impl Provider {
     /// Runs `f` with `context` active on this (the reactor) thread, restoring the
     /// previous context on every path. A finished context, or none, is not entered:
     /// `f` runs in the current (sentinel) context.
-    pub fn with_context<R>(
+    pub(crate) fn with_context<R>(
         &self,
         py: Python<'_>,
         context: Option<&Py<PyAny>>,
@@ -102,7 +102,7 @@ impl Provider {
     /// Runs `f` with `context` active, or the sentinel for none or a finished
     /// context (a provider without `SENTINEL_CONTEXT` leaves the current one), and
     /// restores the previous context on every path. Reactor thread.
-    pub fn with_context_or_sentinel<R>(
+    pub(crate) fn with_context_or_sentinel<R>(
         &self,
         py: Python<'_>,
         context: Option<&Py<PyAny>>,

@@ -41,6 +41,14 @@ pub struct Logger {
     max_level: LevelFilter,
 }
 
+impl std::fmt::Debug for Logger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Logger")
+            .field("max_level", &self.max_level)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Logger {
     /// A logger forwarding records up to `Debug` to Python logging, caching Python
     /// loggers and their levels (see `pyo3_log::Caching::LoggersAndLevels`).

@@ -66,7 +66,7 @@ pub(crate) struct Mailbox {
 }
 
 impl Mailbox {
-    pub fn new(counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
         Self {
             tx,
@@ -84,7 +84,7 @@ impl Mailbox {
     ///
     /// After [`close`](Self::close) the job is dropped instead, on this thread: whoever
     /// waits for it sees its channel close rather than hanging.
-    pub fn push(&self, job: Job) {
+    pub(crate) fn push(&self, job: Job) {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
@@ -122,7 +122,7 @@ impl Mailbox {
 
     /// Blocks the calling (reactor) thread until a job is queued or `deadline`
     /// passes; call it without the GIL. Whether a job is queued.
-    pub fn wait_until(&self, deadline: Instant) -> bool {
+    pub(crate) fn wait_until(&self, deadline: Instant) -> bool {
         *self.waiter.lock() = Some(std::thread::current());
         self.waiting.store(true, Ordering::SeqCst);
         // Pairs with the fence in `push`.
@@ -141,7 +141,7 @@ impl Mailbox {
 
     /// Installs the wake mechanism, replacing any earlier one (a forked child's), and
     /// delivers any wake that was asked for before it existed.
-    pub fn set_waker(&self, waker: Waker) {
+    pub(crate) fn set_waker(&self, waker: Waker) {
         *self.waker.write() = Some(waker);
         if self.wake_pending.is_pending() {
             self.wake();
@@ -154,7 +154,7 @@ impl Mailbox {
     /// Errors of individual jobs are reported and the batch goes on. A
     /// `KeyboardInterrupt` or `SystemExit` is held until the batch is done, then
     /// returned, so no job is lost to it.
-    pub fn drain(&self, py: Python<'_>) -> PyResult<usize> {
+    pub(crate) fn drain(&self, py: Python<'_>) -> PyResult<usize> {
         Counters::bump(&self.counters.mailbox_drains);
         self.wake_pending.begin_drain();
         self.run_jobs(py)
@@ -165,7 +165,12 @@ impl Mailbox {
     /// in all). Producers meanwhile push without waking anyone, sparing the
     /// eventfd write, the epoll wake-up and, above all, the cross-thread wake-up
     /// latency of a sleeping reactor. Reactor thread.
-    pub fn linger(&self, py: Python<'_>, idle: Duration, budget: Duration) -> PyResult<usize> {
+    pub(crate) fn linger(
+        &self,
+        py: Python<'_>,
+        idle: Duration,
+        budget: Duration,
+    ) -> PyResult<usize> {
         let start = Instant::now();
         // Producers that see the flag set push silently; we poll instead.
         self.wake_pending.suppress();
@@ -253,7 +258,7 @@ impl Mailbox {
     /// Stops accepting jobs, drops the waker (ending the waker thread, if any) and
     /// drops every queued job. Reactor thread, GIL held, so the jobs' Python objects
     /// are released here and now.
-    pub fn close(&self, _py: Python<'_>) {
+    pub(crate) fn close(&self, _py: Python<'_>) {
         self.closed.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         self.waker.write().take();
@@ -262,7 +267,7 @@ impl Mailbox {
 
     /// In a forked child: drops what the parent's threads queued (nobody waits for
     /// it here). Reactor thread, GIL held.
-    pub fn discard_after_fork(&self, _py: Python<'_>) {
+    pub(crate) fn discard_after_fork(&self, _py: Python<'_>) {
         self.discard_queued();
     }
 

@@ -57,7 +57,7 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub fn insert(&mut self, deferred: Py<PyAny>, abort: AbortHandle) -> Key {
+    pub(crate) fn insert(&mut self, deferred: Py<PyAny>, abort: AbortHandle) -> Key {
         self.next_task += 1;
         let key = Key {
             address: deferred.as_ptr() as usize,
@@ -75,7 +75,7 @@ impl Registry {
     }
 
     /// Removes the entry of a finished task, unless it already left.
-    pub fn take(&mut self, key: Key) -> Option<Entry> {
+    pub(crate) fn take(&mut self, key: Key) -> Option<Entry> {
         match self.entries.get(&key.address) {
             Some(entry) if entry.task == key.task => self.entries.remove(&key.address),
             _ => None,
@@ -83,7 +83,7 @@ impl Registry {
     }
 
     /// Removes the entry of `deferred` (it is being cancelled), unless it already left.
-    pub fn take_deferred(&mut self, deferred: &Bound<'_, PyAny>) -> Option<Entry> {
+    pub(crate) fn take_deferred(&mut self, deferred: &Bound<'_, PyAny>) -> Option<Entry> {
         let address = deferred.as_ptr() as usize;
         match self.entries.get(&address) {
             Some(entry) if entry.deferred.is(deferred) => self.entries.remove(&address),
@@ -91,16 +91,16 @@ impl Registry {
         }
     }
 
-    pub fn take_all(&mut self) -> Vec<Entry> {
+    pub(crate) fn take_all(&mut self) -> Vec<Entry> {
         self.entries.drain().map(|(_, entry)| entry).collect()
     }
 
     /// The entries, for Python's garbage collector.
-    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.entries.values()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 }

@@ -409,6 +409,7 @@ pub fn stats(reactor: &Bound<'_, PyAny>) -> PyResult<Stats> {
 /// drives the wait), `shutdown_blocking(timeout=None)` (returns once stopped),
 /// `stats()`, and the `reactor` and `is_shut_down` attributes.
 #[pyclass(frozen, weakref, name = "Runtime", module = "pyo3_twisted")]
+#[derive(Debug)]
 pub struct PyRuntime {
     runtime: Runtime,
 }

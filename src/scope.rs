@@ -42,7 +42,7 @@ tokio::task_local! {
 }
 
 impl TaskScope {
-    pub fn new(bridge: Arc<Bridge>, context: Option<Py<PyAny>>) -> Self {
+    pub(crate) fn new(bridge: Arc<Bridge>, context: Option<Py<PyAny>>) -> Self {
         let cpu = (context.is_some() && bridge.config().track_cpu_time)
             .then(|| Arc::new(CpuMeter::default()));
         Self {
@@ -53,12 +53,12 @@ impl TaskScope {
     }
 
     /// The scope of the calling task, if it is a bridged task or one of its children.
-    pub fn current() -> Option<Arc<TaskScope>> {
+    pub(crate) fn current() -> Option<Arc<TaskScope>> {
         SCOPE.try_with(Arc::clone).ok()
     }
 
     /// `fut` running inside `scope`, its CPU time metered.
-    pub fn enter<F: std::future::Future>(
+    pub(crate) fn enter<F: std::future::Future>(
         scope: Arc<TaskScope>,
         fut: F,
     ) -> impl std::future::Future<Output = F::Output> {
@@ -67,12 +67,16 @@ impl TaskScope {
     }
 
     /// The logging context this scope works for; `None` for the sentinel.
-    pub fn context(&self) -> Option<&Py<PyAny>> {
+    pub(crate) fn context(&self) -> Option<&Py<PyAny>> {
         self.context.as_ref()
     }
 
     /// Runs `f` on the reactor thread with this scope's context active.
-    pub fn with_context<R>(&self, py: Python<'_>, f: impl FnOnce() -> PyResult<R>) -> PyResult<R> {
+    pub(crate) fn with_context<R>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce() -> PyResult<R>,
+    ) -> PyResult<R> {
         match self.bridge.provider() {
             Some(provider) => provider.with_context(py, self.context.as_ref(), f),
             None => f(),
@@ -80,7 +84,7 @@ impl TaskScope {
     }
 
     /// Charges the CPU time metered so far to the context. Reactor thread.
-    pub fn charge_cpu(&self, py: Python<'_>) {
+    pub(crate) fn charge_cpu(&self, py: Python<'_>) {
         if let (Some(context), Some(meter)) = (&self.context, &self.cpu) {
             charge(py, context, meter);
         }

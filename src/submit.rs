@@ -36,7 +36,7 @@ impl Submitter {
     /// After a batch the pump keeps polling for `linger` (yielding to the tasks it
     /// spawned in between) before it parks: a task submitted meanwhile starts
     /// without waking a sleeping worker.
-    pub fn start(handle: &Handle, linger: Duration) -> Self {
+    pub(crate) fn start(handle: &Handle, linger: Duration) -> Self {
         let (tx, mut rx) = unbounded_channel::<Task>();
         let pump = handle.spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
@@ -72,12 +72,12 @@ impl Submitter {
 
     /// Hands `task` to the runtime. Fails only once the pump is gone; the task comes
     /// back so the caller can fail its Deferred.
-    pub fn submit(&self, task: Task) -> Result<(), Task> {
+    pub(crate) fn submit(&self, task: Task) -> Result<(), Task> {
         self.tx.send(task).map_err(|err| err.0)
     }
 
     /// Stops the pump; tasks not yet spawned are dropped with it.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.pump.abort();
     }
 }

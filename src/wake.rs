@@ -37,7 +37,7 @@ pub(crate) enum Waker {
 
 impl Waker {
     /// Any thread; never blocks, never takes the GIL.
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         match self {
             #[cfg(unix)]
             Waker::Fd(fd) => fd.signal(),
@@ -81,7 +81,7 @@ pub(crate) struct ThreadTarget {
 
 impl ThreadTarget {
     /// `reactor`, to be woken by `reactor.callFromThread(drain)`. Reactor thread.
-    pub fn new(reactor: &Bound<'_, PyAny>, drain: Py<PyAny>) -> PyResult<Self> {
+    pub(crate) fn new(reactor: &Bound<'_, PyAny>, drain: Py<PyAny>) -> PyResult<Self> {
         Ok(Self {
             reactor: PyWeakrefReference::new(reactor)?.unbind(),
             drain,
@@ -167,16 +167,15 @@ pub(crate) mod fd {
 
     impl WakeFd {
         #[cfg(target_os = "linux")]
-        pub fn new() -> io::Result<Self> {
+        pub(crate) fn new() -> io::Result<Self> {
             // SAFETY: plain syscall; the result is checked before use.
             let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
             // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-            Ok(Self {
-                read: unsafe { OwnedFd::from_raw_fd(fd) },
-            })
+            let read = unsafe { OwnedFd::from_raw_fd(fd) };
+            Ok(Self { read })
         }
 
         #[cfg(not(target_os = "linux"))]
@@ -200,7 +199,7 @@ pub(crate) mod fd {
             Ok(Self { read, write })
         }
 
-        pub fn raw(&self) -> RawFd {
+        pub(crate) fn raw(&self) -> RawFd {
             self.read.as_raw_fd()
         }
 
@@ -212,7 +211,7 @@ pub(crate) mod fd {
         }
 
         /// Makes the fd readable. A full counter or pipe (EAGAIN) already is.
-        pub fn signal(&self) {
+        pub(crate) fn signal(&self) {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a live u64 to a descriptor we own.
             unsafe {
@@ -221,7 +220,7 @@ pub(crate) mod fd {
         }
 
         /// Makes the fd unreadable again. Nothing to read (EAGAIN) is fine.
-        pub fn consume(&self) {
+        pub(crate) fn consume(&self) {
             let mut buf = [0_u8; 64];
             // SAFETY: reads into a live buffer of the length given.
             unsafe {

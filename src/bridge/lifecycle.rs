@@ -67,7 +67,7 @@ pub(crate) enum Phase {
 
 impl Phase {
     /// The name `stats()["state"]` reports.
-    pub fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Phase::Installed => "installed",
             Phase::Running => "running",
@@ -94,7 +94,7 @@ impl PhaseCell {
         Self(AtomicU8::new(phase as u8))
     }
 
-    pub fn load(&self) -> Phase {
+    pub(super) fn load(&self) -> Phase {
         Phase::from_u8(self.0.load(Ordering::Acquire))
     }
 
@@ -134,7 +134,10 @@ where
 impl Bridge {
     /// Installs a bridge with `config` on `reactor`, or returns the one there if its
     /// config is equal. Reactor thread.
-    pub fn install(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyResult<Arc<Bridge>> {
+    pub(crate) fn install(
+        reactor: &Bound<'_, PyAny>,
+        config: RuntimeConfig,
+    ) -> PyResult<Arc<Bridge>> {
         let py = reactor.py();
         config.validate()?;
         if let Some(existing) = Self::of_reactor(reactor)? {
@@ -241,7 +244,7 @@ impl Bridge {
     /// The engine to submit work to, started now if this is the first use (or the
     /// first use in a forked child). Reactor thread, GIL held; any thread when the
     /// engine already runs.
-    pub fn engine(self: &Arc<Self>, py: Python<'_>) -> PyResult<Arc<Engine>> {
+    pub(crate) fn engine(self: &Arc<Self>, py: Python<'_>) -> PyResult<Arc<Engine>> {
         if let Some(engine) = &*self.cross.engine.read() {
             if engine.generation == crate::fork::generation() {
                 return Ok(Arc::clone(engine));
@@ -391,7 +394,7 @@ impl Bridge {
     /// before-shutdown trigger and Python's `Runtime.shutdown()` call it. While a
     /// shutdown already waits, a second one gets its own Deferred and the first
     /// one's timeout stands. Reactor thread.
-    pub fn shutdown_deferred(
+    pub(crate) fn shutdown_deferred(
         self: &Arc<Self>,
         py: Python<'_>,
         timeout: Duration,
@@ -447,7 +450,11 @@ impl Bridge {
     /// Shuts down now, on the calling (reactor) thread: refuses new work, runs the
     /// results of in-flight work as they arrive (GIL released between them) for up to
     /// `timeout`, fails the rest with `RuntimeShutdown`, and stops. Idempotent.
-    pub fn shutdown_blocking(self: &Arc<Self>, py: Python<'_>, timeout: Duration) -> PyResult<()> {
+    pub(crate) fn shutdown_blocking(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        timeout: Duration,
+    ) -> PyResult<()> {
         self.check_reactor_thread("Runtime::shutdown")?;
         let deadline = Instant::now() + timeout;
         match self.cross.phase.load() {
@@ -506,7 +513,7 @@ impl Bridge {
     }
 
     /// Called after an entry left the registry; finishes a shutdown that waited for it.
-    pub fn entry_left(self: &Arc<Self>, py: Python<'_>) {
+    pub(crate) fn entry_left(self: &Arc<Self>, py: Python<'_>) {
         if self.cross.phase.load() == Phase::Draining && self.in_flight() == 0 {
             self.finish(py);
         }

@@ -154,7 +154,7 @@ pub(crate) struct InTransactionCall(AtomicBool);
 #[cfg(feature = "postgres")]
 impl InTransactionCall {
     /// Runs `fut` (a transaction method's database round trip) marked as in flight.
-    pub async fn around<T>(&self, fut: impl Future<Output = T>) -> T {
+    pub(crate) async fn around<T>(&self, fut: impl Future<Output = T>) -> T {
         self.0.store(true, Ordering::Relaxed);
         let out = fut.await;
         self.0.store(false, Ordering::Relaxed);
@@ -163,7 +163,7 @@ impl InTransactionCall {
 
     /// Drives `closure`, failing it if it waits on anything but a transaction call,
     /// and turning a panic in it into an error.
-    pub async fn drive<T>(
+    pub(crate) async fn drive<T>(
         &self,
         name: &str,
         mut closure: BoxFuture<'_, anyhow::Result<T>>,
