@@ -405,34 +405,19 @@ impl Bridge {
 
     /// A snapshot of the counters. Any thread.
     pub(crate) fn stats(&self) -> Stats {
-        let c = &*self.cross.counters;
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        Stats {
+        let mut stats = Stats {
             state: self.cross.phase.load().name(),
             wake_mode: self.local.side.lock().wake_mode,
             worker_threads: self.config.worker_threads as u64,
-            tokio_threads_live: match self.config.tokio {
-                TokioRuntime::PerReactor => get(&c.tokio_threads_live),
-                TokioRuntime::Process => crate::pool::process_threads_live(),
-            },
-            tasks_spawned: get(&c.tasks_spawned),
-            tasks_completed: get(&c.tasks_completed),
-            tasks_failed: get(&c.tasks_failed),
-            tasks_panicked: get(&c.tasks_panicked),
-            tasks_cancelled: get(&c.tasks_cancelled),
-            tasks_aborted_at_shutdown: get(&c.tasks_aborted_at_shutdown),
-            tasks_rejected_after_shutdown: get(&c.tasks_rejected_after_shutdown),
             tasks_in_flight: self.in_flight() as u64,
-            awaitables_started: get(&c.awaitables_started),
-            awaitables_completed: get(&c.awaitables_completed),
-            mailbox_wakeups: get(&c.mailbox_wakeups),
-            mailbox_drains: get(&c.mailbox_drains),
-            mailbox_batches: get(&c.mailbox_batches),
-            mailbox_jobs: get(&c.mailbox_jobs),
-            mailbox_max_batch: get(&c.mailbox_max_batch),
-            mailbox_lingers: get(&c.mailbox_lingers),
             gil_acquisitions_on_tokio_threads: threads::gil_acquisitions_on_tokio_threads(),
+            ..Stats::default()
+        };
+        self.cross.counters.load_into(&mut stats);
+        if self.config.tokio == TokioRuntime::Process {
+            stats.tokio_threads_live = crate::pool::process_threads_live();
         }
+        stats
     }
 }
 

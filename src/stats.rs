@@ -1,83 +1,112 @@
 //! Counters a runtime keeps, and the snapshot [`stats`](crate::stats) returns.
+//!
+//! Every figure is declared once, in the `stats!` invocation below, with its doc:
+//! the live atomic [`Counters`], the public [`Stats`] fields, their Python keys
+//! (the field names) and [`Stats::counters`] are all generated from it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Live counters, bumped from any thread with relaxed atomics (they order nothing).
-#[derive(Default, Debug)]
-pub(crate) struct Counters {
-    pub tasks_spawned: AtomicU64,
-    pub tasks_completed: AtomicU64,
-    pub tasks_failed: AtomicU64,
-    pub tasks_panicked: AtomicU64,
-    pub tasks_cancelled: AtomicU64,
-    pub tasks_aborted_at_shutdown: AtomicU64,
-    pub tasks_rejected_after_shutdown: AtomicU64,
-    pub awaitables_started: AtomicU64,
-    pub awaitables_completed: AtomicU64,
-    pub tokio_threads_live: AtomicU64,
-    pub mailbox_wakeups: AtomicU64,
-    pub mailbox_drains: AtomicU64,
-    pub mailbox_batches: AtomicU64,
-    pub mailbox_jobs: AtomicU64,
-    pub mailbox_max_batch: AtomicU64,
-    pub mailbox_lingers: AtomicU64,
+macro_rules! stats {
+    (
+        // Figures the bridge computes when it takes a snapshot.
+        computed { $( $(#[doc = $cdoc:literal])+ $computed:ident, )* }
+        // Figures kept as live atomic counters, bumped from any thread.
+        counted { $( $(#[doc = $kdoc:literal])+ $counted:ident, )* }
+    ) => {
+        /// Live counters, bumped from any thread with relaxed atomics (they order
+        /// nothing).
+        #[derive(Default, Debug)]
+        pub(crate) struct Counters {
+            $( $(#[doc = $kdoc])+ pub(crate) $counted: AtomicU64, )*
+        }
+
+        impl Counters {
+            /// Copies every live counter into `stats`.
+            pub(crate) fn load_into(&self, stats: &mut Stats) {
+                $( stats.$counted = self.$counted.load(Ordering::Relaxed); )*
+            }
+        }
+
+        /// How many figures a [`Stats`] has, `state` and `wake_mode` aside.
+        const FIGURES: usize = [$(stringify!($computed),)* $(stringify!($counted),)*].len();
+
+        /// A snapshot of one runtime's counters.
+        ///
+        /// Counters only grow, except `tasks_in_flight` and `tokio_threads_live`.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct Stats {
+            /// `"installed"`, `"running"`, `"draining"` (shutting down) or `"stopped"`.
+            pub state: &'static str,
+            /// `"fd"` or `"call_from_thread"` once running; `"none"` before.
+            pub wake_mode: &'static str,
+            $( $(#[doc = $cdoc])+ pub $computed: u64, )*
+            $( $(#[doc = $kdoc])+ pub $counted: u64, )*
+        }
+
+        impl Stats {
+            /// The snapshot as `(name, value)` pairs, in declaration order; the names
+            /// are the Python dict's keys. `state` and `wake_mode` excluded.
+            pub fn counters(&self) -> [(&'static str, u64); FIGURES] {
+                [
+                    $( (stringify!($computed), self.$computed), )*
+                    $( (stringify!($counted), self.$counted), )*
+                ]
+            }
+        }
+    };
+}
+
+stats! {
+    computed {
+        /// Configured number of Tokio worker threads.
+        worker_threads,
+        /// Deferreds created and not yet fired.
+        tasks_in_flight,
+        /// GIL acquisitions made by this crate on Tokio threads, process-wide (the
+        /// design keeps it at zero).
+        gil_acquisitions_on_tokio_threads,
+    }
+    counted {
+        /// Tokio threads alive now (on the process-wide pool: that pool's).
+        tokio_threads_live,
+        /// Futures handed to `create_deferred`.
+        tasks_spawned,
+        /// Deferreds fired with a value.
+        tasks_completed,
+        /// Deferreds errbacked with the future's `PyErr`.
+        tasks_failed,
+        /// Deferreds errbacked with `RustPanicError`.
+        tasks_panicked,
+        /// Deferreds cancelled by the caller (their futures dropped).
+        tasks_cancelled,
+        /// Tasks still running when `shutdown_timeout` passed.
+        tasks_aborted_at_shutdown,
+        /// `create_deferred` calls refused because shutdown had begun.
+        tasks_rejected_after_shutdown,
+        /// Python awaitables started by `run_python_awaitable`.
+        awaitables_started,
+        /// Python awaitables whose outcome went back to Rust.
+        awaitables_completed,
+        /// Wake signals sent to the reactor (at most one per batch).
+        mailbox_wakeups,
+        /// Times the reactor drained the mailbox.
+        mailbox_drains,
+        /// Drains that found at least one job.
+        mailbox_batches,
+        /// Jobs run on the reactor thread.
+        mailbox_jobs,
+        /// Largest number of jobs run in one drain.
+        mailbox_max_batch,
+        /// Times the reactor lingered for results after handing work to Tokio.
+        mailbox_lingers,
+    }
 }
 
 impl Counters {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// A snapshot of one runtime's counters.
-///
-/// Counters only grow, except `tasks_in_flight` and `tokio_threads_live`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// `"installed"`, `"running"`, `"draining"` (shutting down) or `"stopped"`.
-    pub state: &'static str,
-    /// `"fd"` or `"call_from_thread"` once running; `"none"` before.
-    pub wake_mode: &'static str,
-    /// Configured number of Tokio worker threads.
-    pub worker_threads: u64,
-    /// Tokio threads alive now.
-    pub tokio_threads_live: u64,
-    /// Futures handed to `create_deferred`.
-    pub tasks_spawned: u64,
-    /// Deferreds fired with a value.
-    pub tasks_completed: u64,
-    /// Deferreds errbacked with the future's `PyErr`.
-    pub tasks_failed: u64,
-    /// Deferreds errbacked with `RustPanicError`.
-    pub tasks_panicked: u64,
-    /// Deferreds cancelled by the caller (their futures dropped).
-    pub tasks_cancelled: u64,
-    /// Tasks still running when `shutdown_timeout` passed.
-    pub tasks_aborted_at_shutdown: u64,
-    /// `create_deferred` calls refused because shutdown had begun.
-    pub tasks_rejected_after_shutdown: u64,
-    /// Deferreds created and not yet fired.
-    pub tasks_in_flight: u64,
-    /// Python awaitables started by `run_python_awaitable`.
-    pub awaitables_started: u64,
-    /// Python awaitables whose outcome went back to Rust.
-    pub awaitables_completed: u64,
-    /// Wake signals sent to the reactor (at most one per batch).
-    pub mailbox_wakeups: u64,
-    /// Times the reactor drained the mailbox.
-    pub mailbox_drains: u64,
-    /// Drains that found at least one job.
-    pub mailbox_batches: u64,
-    /// Jobs run on the reactor thread.
-    pub mailbox_jobs: u64,
-    /// Largest number of jobs run in one drain.
-    pub mailbox_max_batch: u64,
-    /// Times the reactor lingered for results after handing work to Tokio.
-    pub mailbox_lingers: u64,
-    /// GIL acquisitions made by this crate on Tokio threads, process-wide (the
-    /// design keeps it at zero).
-    pub gil_acquisitions_on_tokio_threads: u64,
 }
 
 impl Stats {
@@ -96,36 +125,31 @@ impl Stats {
         }
         Ok(dict)
     }
+}
 
-    /// The snapshot as `(name, value)` pairs, in declaration order; numbers as `u64`,
-    /// `state` and `wake_mode` excluded.
-    pub fn counters(&self) -> [(&'static str, u64); 19] {
-        [
-            ("worker_threads", self.worker_threads),
-            ("tokio_threads_live", self.tokio_threads_live),
-            ("tasks_spawned", self.tasks_spawned),
-            ("tasks_completed", self.tasks_completed),
-            ("tasks_failed", self.tasks_failed),
-            ("tasks_panicked", self.tasks_panicked),
-            ("tasks_cancelled", self.tasks_cancelled),
-            ("tasks_aborted_at_shutdown", self.tasks_aborted_at_shutdown),
-            (
-                "tasks_rejected_after_shutdown",
-                self.tasks_rejected_after_shutdown,
-            ),
-            ("tasks_in_flight", self.tasks_in_flight),
-            ("awaitables_started", self.awaitables_started),
-            ("awaitables_completed", self.awaitables_completed),
-            ("mailbox_wakeups", self.mailbox_wakeups),
-            ("mailbox_drains", self.mailbox_drains),
-            ("mailbox_batches", self.mailbox_batches),
-            ("mailbox_jobs", self.mailbox_jobs),
-            ("mailbox_max_batch", self.mailbox_max_batch),
-            ("mailbox_lingers", self.mailbox_lingers),
-            (
-                "gil_acquisitions_on_tokio_threads",
-                self.gil_acquisitions_on_tokio_threads,
-            ),
-        ]
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_reaches_the_snapshot_under_its_own_name() {
+        let counters = Counters::default();
+        counters.tasks_spawned.store(3, Ordering::Relaxed);
+        counters.mailbox_max_batch.store(7, Ordering::Relaxed);
+        let mut stats = Stats {
+            worker_threads: 2,
+            ..Stats::default()
+        };
+        counters.load_into(&mut stats);
+        let figures = stats.counters();
+        let get = |name: &str| figures.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        assert_eq!(get("tasks_spawned"), Some(3));
+        assert_eq!(get("mailbox_max_batch"), Some(7));
+        assert_eq!(get("worker_threads"), Some(2));
+        assert_eq!(get("tasks_completed"), Some(0));
+        let mut names: Vec<_> = figures.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FIGURES, "a figure is listed twice");
     }
 }
