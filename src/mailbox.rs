@@ -275,3 +275,128 @@ impl Mailbox {
         while self.rx.try_recv().is_ok() {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    fn mailbox() -> Mailbox {
+        Mailbox::new(Arc::new(Counters::default()))
+    }
+
+    #[test]
+    fn jobs_of_each_sender_run_in_order() {
+        Python::initialize();
+        let mb = Arc::new(mailbox());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let senders: Vec<_> = (0..4)
+            .map(|sender| {
+                let (mb, seen) = (Arc::clone(&mb), Arc::clone(&seen));
+                std::thread::spawn(move || {
+                    for i in 0..1000 {
+                        let seen = Arc::clone(&seen);
+                        mb.push(Box::new(move |_py| {
+                            seen.lock().push((sender, i));
+                            Ok(())
+                        }));
+                    }
+                })
+            })
+            .collect();
+        for sender in senders {
+            sender.join().unwrap();
+        }
+        let ran = Python::attach(|py| mb.drain(py).unwrap());
+        assert_eq!(ran, 4000);
+        let seen = seen.lock();
+        for sender in 0..4 {
+            let order: Vec<i32> = seen
+                .iter()
+                .filter(|(s, _)| *s == sender)
+                .map(|(_, i)| *i)
+                .collect();
+            assert_eq!(order, (0..1000).collect::<Vec<_>>(), "sender {sender}");
+        }
+    }
+
+    #[test]
+    fn a_drain_runs_at_most_a_batch_and_asks_for_another() {
+        Python::initialize();
+        let mb = mailbox();
+        let ran = Arc::new(AtomicUsize::new(0));
+        for _ in 0..MAX_BATCH + 10 {
+            let ran = Arc::clone(&ran);
+            mb.push(Box::new(move |_py| {
+                ran.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }));
+        }
+        Python::attach(|py| {
+            assert_eq!(mb.drain(py).unwrap(), MAX_BATCH);
+            // The rest is left for a wake-up of its own, and the flag says so.
+            assert!(mb.wake_pending.is_pending());
+            assert_eq!(mb.drain(py).unwrap(), 10);
+        });
+        assert_eq!(ran.load(Ordering::Relaxed), MAX_BATCH + 10);
+    }
+
+    #[test]
+    fn a_failing_job_does_not_stop_the_batch() {
+        Python::initialize();
+        let mb = mailbox();
+        let ran = Arc::new(AtomicUsize::new(0));
+        for i in 0..10 {
+            let ran = Arc::clone(&ran);
+            mb.push(Box::new(move |_py| {
+                ran.fetch_add(1, Ordering::Relaxed);
+                if i == 3 {
+                    Err(pyo3::exceptions::PyValueError::new_err("job 3 fails"))
+                } else if i == 5 {
+                    panic!("job 5 panics")
+                } else {
+                    Ok(())
+                }
+            }));
+        }
+        Python::attach(|py| assert_eq!(mb.drain(py).unwrap(), 10));
+        assert_eq!(ran.load(Ordering::Relaxed), 10);
+    }
+
+    /// Counts its drops: a job's captured state must be released, never leaked.
+    struct Tracked(Arc<AtomicUsize>);
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn close_drops_queued_and_later_jobs_without_running_them() {
+        Python::initialize();
+        let mb = mailbox();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let job = |ran: &Arc<AtomicUsize>, dropped: &Arc<AtomicUsize>| -> Job {
+            let (ran, tracked) = (Arc::clone(ran), Tracked(Arc::clone(dropped)));
+            Box::new(move |_py| {
+                let _keep = &tracked;
+                ran.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        };
+        for _ in 0..5 {
+            mb.push(job(&ran, &dropped));
+        }
+        Python::attach(|py| {
+            mb.close(py);
+            assert_eq!(dropped.load(Ordering::SeqCst), 5, "queued jobs not dropped");
+            mb.push(job(&ran, &dropped));
+            assert_eq!(dropped.load(Ordering::SeqCst), 6, "a late job was kept");
+            assert_eq!(mb.drain(py).unwrap(), 0);
+        });
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+    }
+}

@@ -104,3 +104,75 @@ impl Registry {
         self.entries.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(py: Python<'_>) -> Py<PyAny> {
+        // A fresh object of its own address, as a Deferred would be.
+        py.eval(c"object()", None, None).unwrap().unbind()
+    }
+
+    #[test]
+    fn an_entry_leaves_exactly_once_whoever_takes_it() {
+        Python::initialize();
+        Python::attach(|py| {
+            let mut registry = Registry::default();
+            let (abort, _) = AbortHandle::new_pair();
+            let d = object(py);
+            let key = registry.insert(d.clone_ref(py), abort);
+            assert_eq!(registry.len(), 1);
+            // Cancellation takes it first: the completion then finds nothing.
+            assert!(registry.take_deferred(d.bind(py)).is_some());
+            assert!(registry.take(key).is_none());
+            assert!(registry.take_deferred(d.bind(py)).is_none());
+            assert_eq!(registry.len(), 0);
+
+            // Completion first: cancellation then finds nothing.
+            let (abort, _) = AbortHandle::new_pair();
+            let key = registry.insert(d.clone_ref(py), abort);
+            assert!(registry.take(key).is_some());
+            assert!(registry.take_deferred(d.bind(py)).is_none());
+            assert!(registry.take(key).is_none());
+        });
+    }
+
+    #[test]
+    fn a_reused_address_is_not_taken_by_the_old_key() {
+        Python::initialize();
+        Python::attach(|py| {
+            let mut registry = Registry::default();
+            let d = object(py);
+            let (abort, _) = AbortHandle::new_pair();
+            let old = registry.insert(d.clone_ref(py), abort);
+            assert!(registry.take(old).is_some());
+            // A later Deferred at the same address (here: the same object again).
+            let (abort, _) = AbortHandle::new_pair();
+            let new = registry.insert(d.clone_ref(py), abort);
+            assert_ne!(old, new);
+            assert!(registry.take(old).is_none(), "a stale key took a new entry");
+            assert_eq!(registry.len(), 1);
+            // Another object at another address is not found by this one's lookup.
+            assert!(registry.take_deferred(object(py).bind(py)).is_none());
+            assert!(registry.take(new).is_some());
+        });
+    }
+
+    #[test]
+    fn shutdown_takes_every_entry() {
+        Python::initialize();
+        Python::attach(|py| {
+            let mut registry = Registry::default();
+            let keep: Vec<Py<PyAny>> = (0..100).map(|_| object(py)).collect();
+            let keys: Vec<Key> = keep
+                .iter()
+                .map(|d| registry.insert(d.clone_ref(py), AbortHandle::new_pair().0))
+                .collect();
+            assert_eq!(registry.iter().count(), 100);
+            assert_eq!(registry.take_all().len(), 100);
+            assert_eq!(registry.len(), 0);
+            assert!(keys.into_iter().all(|key| registry.take(key).is_none()));
+        });
+    }
+}

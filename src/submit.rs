@@ -81,3 +81,64 @@ impl Submitter {
         self.pump.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn every_submitted_task_runs_with_or_without_linger() {
+        let rt = runtime();
+        for linger in [Duration::ZERO, Duration::from_micros(50)] {
+            let submitter = Submitter::start(rt.handle(), linger);
+            let ran = Arc::new(AtomicUsize::new(0));
+            let (tx, rx) = std::sync::mpsc::channel();
+            // More than a batch at once, then one at a time.
+            for i in 0..(3 * BATCH + 1) {
+                let (ran, tx) = (Arc::clone(&ran), tx.clone());
+                let task: Task = Box::pin(async move {
+                    ran.fetch_add(1, Ordering::SeqCst);
+                    let _ = tx.send(i);
+                });
+                assert!(submitter.submit(task).is_ok());
+            }
+            let mut seen: Vec<usize> = (0..(3 * BATCH + 1))
+                .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+                .collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..(3 * BATCH + 1)).collect::<Vec<_>>());
+            assert_eq!(ran.load(Ordering::SeqCst), 3 * BATCH + 1);
+            submitter.stop();
+        }
+    }
+
+    #[test]
+    fn a_stopped_pump_gives_the_task_back() {
+        let rt = runtime();
+        let submitter = Submitter::start(rt.handle(), Duration::ZERO);
+        submitter.stop();
+        // The pump's end drops the receiver; a send after that returns the task.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let task: Task = Box::pin(async {});
+            match submitter.submit(task) {
+                Err(_) => break,
+                Ok(()) => {
+                    assert!(Instant::now() < deadline, "the pump never stopped");
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+}
