@@ -92,7 +92,8 @@ lint: venv
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-# The mailbox's wake protocol, model-checked (src/wake_flag.rs under loom's atomics;
+# The mailbox's wake and close protocols, model-checked (src/wake_flag.rs and
+# src/close_flag.rs under loom's atomics;
 # its own cfg, and target dir, so tokio is not built in loom mode).
 loom:
 	RUSTFLAGS="--cfg pyo3_twisted_loom" CARGO_TARGET_DIR=$(CURDIR)/target/loom \

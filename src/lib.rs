@@ -103,6 +103,7 @@
 mod asyncio;
 mod awaitable;
 mod bridge;
+mod close_flag;
 mod config;
 mod cputime;
 pub mod db;
@@ -143,5 +144,6 @@ pub use wake::POLLS_READERS_ATTR;
 /// API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::close_flag::CloseFlag;
     pub use crate::mailbox::WakeFlag;
 }

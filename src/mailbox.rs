@@ -37,6 +37,7 @@ use parking_lot::{Mutex, RwLock};
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
 
+use crate::close_flag::CloseFlag;
 use crate::errors::{panic_message, report, RustPanicError};
 use crate::stats::Counters;
 use crate::wake::Waker;
@@ -56,7 +57,7 @@ pub(crate) struct Mailbox {
     tx: Sender<Job>,
     rx: Receiver<Job>,
     wake_pending: WakeFlag,
-    closed: AtomicBool,
+    closed: CloseFlag,
     waker: RwLock<Option<Waker>>,
     /// A reactor thread blocked in [`Mailbox::wait_until`] (an explicit, blocking
     /// shutdown), unparked by every push while it waits.
@@ -72,7 +73,7 @@ impl Mailbox {
             tx,
             rx,
             wake_pending: WakeFlag::new(),
-            closed: AtomicBool::new(false),
+            closed: CloseFlag::new(),
             waker: RwLock::new(None),
             waiting: AtomicBool::new(false),
             waiter: Mutex::new(None),
@@ -85,20 +86,19 @@ impl Mailbox {
     /// After [`close`](Self::close) the job is dropped instead, on this thread: whoever
     /// waits for it sees its channel close rather than hanging.
     pub(crate) fn push(&self, job: Job) {
-        if self.closed.load(Ordering::Acquire) {
+        if self.closed.closed_before_push() {
             return;
         }
         // Cannot fail: `self.rx` keeps the channel open.
         let _ = self.tx.send(job);
-        // Pairs with the fence in `close`: either we see `closed`, or `close` sees
-        // our job in its final sweep.
-        fence(Ordering::SeqCst);
-        if self.closed.load(Ordering::Relaxed) {
+        // Either we see the close, or the closer's sweep sees our job
+        // (src/close_flag.rs, model-checked).
+        if self.closed.closed_after_push() {
             self.discard_queued();
             return;
         }
-        // After the fence, as in `wait_until`: a waiter either sees our job or is
-        // seen here.
+        // After the fence (in `closed_after_push`), as in `wait_until`: a waiter
+        // either sees our job or is seen here.
         if self.waiting.load(Ordering::Relaxed) {
             if let Some(waiter) = &*self.waiter.lock() {
                 waiter.unpark();
@@ -127,7 +127,7 @@ impl Mailbox {
         self.waiting.store(true, Ordering::SeqCst);
         // Pairs with the fence in `push`.
         fence(Ordering::SeqCst);
-        while self.rx.is_empty() && !self.closed.load(Ordering::Acquire) {
+        while self.rx.is_empty() && !self.closed.is_closed() {
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -259,8 +259,7 @@ impl Mailbox {
     /// drops every queued job. Reactor thread, GIL held, so the jobs' Python objects
     /// are released here and now.
     pub(crate) fn close(&self, _py: Python<'_>) {
-        self.closed.store(true, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+        self.closed.close();
         self.waker.write().take();
         self.discard_queued();
     }
