@@ -227,7 +227,7 @@ impl Bridge {
     /// The bridge whose runtime owns the calling Tokio thread.
     pub(crate) fn of_current_thread() -> Option<Arc<Bridge>> {
         OWNER.with(|owner| owner.borrow().upgrade()).or_else(|| {
-            if crate::pool::in_process_pool() {
+            if crate::tokio_pool::in_process_pool() {
                 PROCESS_OWNER.lock().upgrade()
             } else {
                 None
@@ -415,7 +415,7 @@ impl Bridge {
         };
         self.cross.counters.load_into(&mut stats);
         if self.config.tokio == TokioRuntime::Process {
-            stats.tokio_threads_live = crate::pool::process_threads_live();
+            stats.tokio_threads_live = crate::tokio_pool::process_threads_live();
         }
         stats
     }

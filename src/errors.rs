@@ -39,13 +39,8 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// flags it, falling back to `sys.unraisablehook`.
 pub(crate) fn report(py: Python<'_>, err: PyErr, why: &str) {
     let logged = (|| -> PyResult<()> {
-        let failure = py
-            .import("twisted.python.failure")?
-            .getattr("Failure")?
-            .call1((err.value(py),))?;
-        py.import("twisted.python.log")?
-            .getattr("err")?
-            .call1((failure, why))?;
+        let failure = crate::twisted::failure_class(py)?.call1((err.value(py),))?;
+        crate::twisted::log_err(py)?.call1((failure, why))?;
         Ok(())
     })();
     if logged.is_err() {

@@ -114,7 +114,6 @@ mod live_tasks;
 mod logcontext;
 mod logging;
 pub(crate) mod mailbox;
-mod pool;
 mod registry;
 mod runtime;
 mod scope;
@@ -123,6 +122,7 @@ mod submit;
 pub mod synapse;
 mod task;
 mod threads;
+mod tokio_pool;
 mod twisted;
 mod wake;
 mod wake_flag;
@@ -132,12 +132,12 @@ pub use config::{LogContextProvider, RuntimeConfig, TokioRuntime, WakeMode};
 pub use deferred::create_deferred;
 pub use errors::{RuntimeShutdown, RustPanicError};
 pub use logging::Logger;
-pub use pool::process_runtime;
 pub use runtime::{
     install_runtime, run_python_awaitable, stats, PyRuntime, ReactorHandle, Runtime, RuntimeRef,
 };
 pub use stats::Stats;
 pub use task::spawn;
+pub use tokio_pool::process_runtime;
 pub use wake::POLLS_READERS_ATTR;
 
 /// Internals exposed for this crate's benchmarks and model checks; not a stable

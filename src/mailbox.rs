@@ -5,7 +5,7 @@
 //!  ───────────────                               ─────────────────────────
 //!  push(job) ─▶ [ lock-free queue ] ─────────────▶ drain(): run every job in one
 //!      │                                            GIL hold, up to MAX_BATCH
-//!      └─ wake_pending: false→true? ──▶ Waker ──▶ eventfd readable / callFromThread
+//!      └─ wake_pending: false→true? ──▶ ReactorWaker ──▶ eventfd readable / callFromThread
 //!         (true already: someone woke it; done)
 //! ```
 //!
@@ -40,7 +40,7 @@ use pyo3::prelude::*;
 use crate::close_flag::CloseFlag;
 use crate::errors::{panic_message, report, RustPanicError};
 use crate::stats::Counters;
-use crate::wake::Waker;
+use crate::wake::ReactorWaker;
 pub use crate::wake_flag::WakeFlag;
 
 mod reader;
@@ -58,7 +58,7 @@ pub(crate) struct Mailbox {
     rx: Receiver<Job>,
     wake_pending: WakeFlag,
     closed: CloseFlag,
-    waker: RwLock<Option<Waker>>,
+    waker: RwLock<Option<ReactorWaker>>,
     /// A reactor thread blocked in [`Mailbox::wait_until`] (an explicit, blocking
     /// shutdown), unparked by every push while it waits.
     waiting: AtomicBool,
@@ -141,7 +141,7 @@ impl Mailbox {
 
     /// Installs the wake mechanism, replacing any earlier one (a forked child's), and
     /// delivers any wake that was asked for before it existed.
-    pub(crate) fn set_waker(&self, waker: Waker) {
+    pub(crate) fn set_waker(&self, waker: ReactorWaker) {
         *self.waker.write() = Some(waker);
         if self.wake_pending.is_pending() {
             self.wake();

@@ -36,6 +36,10 @@ cached!(
     failure_class = "twisted.python.failure"."Failure"
 );
 cached!(
+    /// `twisted.python.log.err`
+    log_err = "twisted.python.log"."err"
+);
+cached!(
     /// `inspect.iscoroutine`
     is_coroutine = "inspect"."iscoroutine"
 );

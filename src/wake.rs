@@ -11,7 +11,7 @@
 //!    drains                                  callFromThread(drain) (the mailbox's)
 //! ```
 //!
-//! [`Waker::wake`] runs on any thread and never takes the GIL. The waker thread is the
+//! [`ReactorWaker::wake`] runs on any thread and never takes the GIL. The waker thread is the
 //! only thread of this crate that waits for the GIL, it is not a Tokio thread, and
 //! there is one per process whatever the number of reactors; it holds each reactor
 //! weakly. What the reactor runs once woken belongs to the mailbox (`mailbox/reader.rs`).
@@ -29,19 +29,19 @@ use crate::threads;
 
 /// A way to wake the reactor; owned by the mailbox. Cheap to clone.
 #[derive(Clone)]
-pub(crate) enum Waker {
+pub(crate) enum ReactorWaker {
     #[cfg(unix)]
     Fd(Arc<fd::WakeFd>),
     Thread(Arc<ThreadTarget>),
 }
 
-impl Waker {
+impl ReactorWaker {
     /// Any thread; never blocks, never takes the GIL.
     pub(crate) fn wake(&self) {
         match self {
             #[cfg(unix)]
-            Waker::Fd(fd) => fd.signal(),
-            Waker::Thread(target) => waker_thread::send(Arc::clone(target)),
+            ReactorWaker::Fd(fd) => fd.signal(),
+            ReactorWaker::Thread(target) => waker_thread::send(Arc::clone(target)),
         }
     }
 }

@@ -159,7 +159,7 @@ impl Bridge {
         }
 
         if config.tokio == TokioRuntime::Process {
-            crate::pool::check_shared(&config)?;
+            crate::tokio_pool::check_shared(&config)?;
         }
         let provider = match &config.logcontext {
             LogContextProvider::None => None,
@@ -277,9 +277,10 @@ impl Bridge {
                     let runtime = build_own(&config, owner, counters)?;
                     (runtime.handle().clone(), Some(runtime))
                 }
-                TokioRuntime::Process => {
-                    (crate::pool::shared_pool(&config)?.handle().clone(), None)
-                }
+                TokioRuntime::Process => (
+                    crate::tokio_pool::shared_pool(&config)?.handle().clone(),
+                    None,
+                ),
             })
         })?;
         let (handle, owned) = built;
@@ -680,7 +681,7 @@ fn build_own(
     counters: Arc<Counters>,
 ) -> PyResult<tokio::runtime::Runtime> {
     let counters_stop = Arc::clone(&counters);
-    crate::pool::build(
+    crate::tokio_pool::build(
         config,
         Arc::new(move || {
             OWNER.with(|o| *o.borrow_mut() = owner.clone());

@@ -16,11 +16,11 @@ use crate::config::WakeMode;
 use crate::errors::report;
 #[cfg(unix)]
 use crate::wake::fd;
-use crate::wake::{wants_fd, ThreadTarget, Waker};
+use crate::wake::{wants_fd, ReactorWaker, ThreadTarget};
 
 /// What [`install`] set up: the waker, and the reader to unregister at shutdown.
 pub(crate) struct Installed {
-    pub waker: Waker,
+    pub waker: ReactorWaker,
     pub reader: Option<Py<PyAny>>,
     pub mode: &'static str,
 }
@@ -64,7 +64,7 @@ fn install_fd(
     .into_any();
     reactor.call_method1(intern!(py, "addReader"), (reader.bind(py),))?;
     Ok(Installed {
-        waker: Waker::Fd(fd),
+        waker: ReactorWaker::Fd(fd),
         reader: Some(reader),
         mode: "fd",
     })
@@ -100,7 +100,7 @@ fn install_thread(
     .into_any();
     let target = ThreadTarget::new(reactor, drain)?;
     Ok(Installed {
-        waker: Waker::Thread(Arc::new(target)),
+        waker: ReactorWaker::Thread(Arc::new(target)),
         reader: None,
         mode: "call_from_thread",
     })
