@@ -89,6 +89,7 @@ test-ext: wheel
 
 lint: venv
 	$(VENV)/bin/python scripts/check-module-graph.py
+	$(VENV)/bin/python -m mypy
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --all-features -- -D warnings
 

@@ -99,7 +99,7 @@ fn cancel_drops_the_future_and_fails_with_cancelled_error_once() {
             recv_detached(py, &rx, Duration::from_secs(5)).is_some(),
             "the future was not dropped after cancel"
         );
-        reactor.call_method0("pump")?;
+        reactor.call_method0("turn")?;
         assert_eq!(fired.len(), 1);
         let cancelled = py
             .import("twisted.internet.defer")?
@@ -219,7 +219,7 @@ fn handle_offers_tokio_handle_spawn_and_dispatch() {
                 break outcome;
             }
             reactor.call_method1("wait_for_work", (10.0,))?;
-            reactor.call_method0("pump")?;
+            reactor.call_method0("turn")?;
         };
         // Ran on the reactor (this test's) thread.
         let here: u64 = py

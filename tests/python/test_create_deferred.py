@@ -39,10 +39,10 @@ def test_cancel_drops_future_promptly_and_fires_cancelled_error_once(reactor):
     # Dropped on its worker right away, while the reactor still runs (not at shutdown).
     assert flag.wait(5.0)
     assert pyo3_twisted.stats(reactor)["state"] == "running"
-    reactor.pump()
+    reactor.turn()
     assert len(outcomes) == 1 and outcomes[0].check(CancelledError)
     d.cancel()  # a second cancel is a no-op
-    reactor.pump()
+    reactor.turn()
     assert len(outcomes) == 1
     stats = pyo3_twisted.stats(reactor)
     assert stats["tasks_cancelled"] == 1 and stats["tasks_in_flight"] == 0
@@ -59,7 +59,7 @@ def test_cancel_after_completion_was_queued_fires_once(reactor):
         # worker has pushed the completion; wait for that without running it.
         assert reactor.wait_for_thread_call(5.0)
         d.cancel()
-        reactor.pump()
+        reactor.turn()
         assert len(outcomes) == 1 and outcomes[0].check(CancelledError), outcomes
     assert pyo3_twisted.stats(reactor)["tasks_in_flight"] == 0
 

@@ -25,7 +25,7 @@ def test_call_from_thread_is_thread_safe_and_wakes_the_waiter():
     assert reactor.get_success(d, timeout=5) == "from a thread"
     for t in threads:
         t.join()
-    reactor.pump()
+    reactor.turn()
     assert reactor.run_thread_calls() == 0
 
 

@@ -115,7 +115,7 @@ def test_make_deferred_yieldable_and_run_in_background(errors):
             # run_in_background gives the caller its context back at once.
             assert lc.current_context() is ctx
         assert seen == [("start", ctx)]
-        reactor.pump(1)
+        reactor.turn(1)
         assert seen[1] == ("resumed", ctx, "tick")
         assert reactor.get_success(d) == "done"
         assert lc.current_context() is lc.SENTINEL_CONTEXT
@@ -163,5 +163,5 @@ def test_harness_flags_a_leaked_context(errors):
         ctx = lc.LoggingContext("leaky")
         reactor.callLater(0, lc.set_current_context, ctx)
         with pytest.raises(AssertionError, match="leaky"):
-            reactor.pump()
+            reactor.turn()
         lc.set_current_context(lc.SENTINEL_CONTEXT)

@@ -113,7 +113,7 @@ def wait_until(reactor, condition, what, timeout=10.0):
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        reactor.pump()
+        reactor.turn()
         reactor.wait_for_thread_call(0.005)
 
 

@@ -145,7 +145,7 @@ def test_call_from_a_foreign_runtime_works_while_the_reactor_runs(reactor):
     # Its job reaches the reactor (one wake-up), runs in this turn, and the answer
     # goes back to the foreign thread, which this wait lets take the GIL.
     assert reactor.wait_for_thread_call(5.0)
-    reactor.pump()
+    reactor.turn()
     assert call.wait(5.0) == (True, "'hello from the reactor'")
 
 

@@ -185,11 +185,11 @@ def test_shutdown_while_a_python_awaitable_is_pending():
     runtime = pyo3_twisted.Runtime(reactor)
     never = defer.Deferred()
     d = probes.call_python(reactor, lambda: never)
-    reactor.pump()
+    reactor.turn()
     runtime.shutdown_blocking(0.2)
     reactor.get_failure(d, RuntimeShutdown)
     # The Python side was cancelled when the Rust future was dropped.
-    reactor.pump()
+    reactor.turn()
     assert never.called
     never.addErrback(lambda f: f.trap(defer.CancelledError))
 

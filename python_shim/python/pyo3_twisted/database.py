@@ -31,12 +31,13 @@ psycopg2 (repeatable read by default; ``isolation_level`` per pool or per call):
 
 from __future__ import annotations
 
+import enum
 import functools
 import itertools
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import threads
@@ -45,6 +46,7 @@ from twisted.python.threadpool import ThreadPool
 __all__ = [
     "CommitOutcomeUnknown",
     "DatabasePool",
+    "Engine",
     "IsolationLevel",
     "LoggingTransaction",
     "PostgresEngine",
@@ -56,20 +58,46 @@ logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
+# A callback registered with call_after/call_on_exception: (callable, args, kwargs).
+_Callback = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
 
 class CommitOutcomeUnknown(Exception):
     """The connection was lost during COMMIT: the transaction may or may not have
     committed, so it was not retried. The driver's error is the ``__cause__``."""
 
 
-class IsolationLevel:
-    """Transaction isolation levels (PostgreSQL; SQLite is always serializable)."""
+class IsolationLevel(str, enum.Enum):
+    """Transaction isolation levels (PostgreSQL; SQLite is always serializable).
+    Members are strings: ``"read committed"`` works wherever a level is taken."""
 
     READ_COMMITTED = "read committed"
     REPEATABLE_READ = "repeatable read"
     SERIALIZABLE = "serializable"
 
-    ALL = (READ_COMMITTED, REPEATABLE_READ, SERIALIZABLE)
+
+_LEVELS = frozenset(level.value for level in IsolationLevel)
+
+
+class Engine(Protocol):
+    """What :class:`DatabasePool` needs of a database engine
+    (:class:`Sqlite3Engine`, :class:`PostgresEngine`)."""
+
+    @property
+    def name(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+
+    @property
+    def module(self) -> Any:
+        """The DB-API module; its ``OperationalError`` is what a retry is for."""
+
+    def connect(self) -> Any: ...
+    def convert_sql(self, sql: str) -> str: ...
+    def begin(self, conn: Any, isolation_level: str) -> None: ...
+    def commit(self, conn: Any) -> None: ...
+    def rollback(self, conn: Any) -> None: ...
+    def is_broken(self, conn: Any) -> bool: ...
+    def close(self) -> None: ...
 
 
 def redact(database: str) -> str:
@@ -152,7 +180,7 @@ class PostgresEngine:
         self.module = psycopg2
         self.dsn = dsn
         self.application_name = application_name
-        self._levels = {
+        self._levels: dict[str, int] = {
             IsolationLevel.READ_COMMITTED: ext.ISOLATION_LEVEL_READ_COMMITTED,
             IsolationLevel.REPEATABLE_READ: ext.ISOLATION_LEVEL_REPEATABLE_READ,
             IsolationLevel.SERIALIZABLE: ext.ISOLATION_LEVEL_SERIALIZABLE,
@@ -198,7 +226,7 @@ class PostgresEngine:
         return redact(self.dsn)
 
 
-def create_engine(database: str, application_name: str = "pyo3-twisted") -> Any:
+def create_engine(database: str, application_name: str = "pyo3-twisted") -> Engine:
     """The engine for ``database``: a ``postgresql://`` URL or libpq ``key=value``
     string, otherwise an SQLite path (``:memory:`` or ``sqlite:///file``)."""
     if database.startswith(("postgresql://", "postgres://")) or (
@@ -213,12 +241,12 @@ class LoggingTransaction:
 
     __slots__ = ("txn", "name", "database_engine", "_after", "_on_exception")
 
-    def __init__(self, conn: Any, engine: Any, name: str) -> None:
+    def __init__(self, conn: Any, engine: Engine, name: str) -> None:
         self.txn = conn.cursor()
         self.name = name
         self.database_engine = engine
-        self._after: list[tuple[Callable[..., Any], tuple, dict]] = []
-        self._on_exception: list[tuple[Callable[..., Any], tuple, dict]] = []
+        self._after: list[_Callback] = []
+        self._on_exception: list[_Callback] = []
 
     def execute(self, sql: str, parameters: Any = ()) -> None:
         """Run ``sql`` (``?`` placeholders) with ``parameters``."""
@@ -227,18 +255,21 @@ class LoggingTransaction:
     def executemany(self, sql: str, parameters: Any) -> None:
         self.txn.executemany(self.database_engine.convert_sql(sql), [tuple(p) for p in parameters])
 
-    def fetchall(self) -> list[tuple]:
-        return self.txn.fetchall()
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self.txn.fetchall()
+        return rows
 
-    def fetchone(self) -> Optional[tuple]:
-        return self.txn.fetchone()
+    def fetchone(self) -> Optional[tuple[Any, ...]]:
+        row: Optional[tuple[Any, ...]] = self.txn.fetchone()
+        return row
 
     def __iter__(self) -> Any:
         return iter(self.txn)
 
     @property
     def rowcount(self) -> int:
-        return self.txn.rowcount
+        count: int = self.txn.rowcount
+        return count
 
     @property
     def description(self) -> Any:
@@ -279,7 +310,7 @@ class DatabasePool:
         name: str = "db",
         application_name: str = "pyo3-twisted",
     ) -> None:
-        if isolation_level not in IsolationLevel.ALL:
+        if isolation_level not in _LEVELS:
             raise ValueError(f"unknown isolation level {isolation_level!r}")
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -326,10 +357,10 @@ class DatabasePool:
         return its result once committed. Retried whole on transient errors."""
         if self._closed:
             raise RuntimeError(f"database pool {self.name!r} is closed")
-        if isolation_level is not None and isolation_level not in IsolationLevel.ALL:
+        if isolation_level is not None and isolation_level not in _LEVELS:
             raise ValueError(f"unknown isolation level {isolation_level!r}")
         parent = self._lc.current_context()
-        callbacks: dict[str, list] = {"after": [], "exception": []}
+        callbacks: dict[str, list[_Callback]] = {"after": [], "exception": []}
         d = threads.deferToThreadPool(
             self._reactor,
             self._threadpool,
@@ -344,7 +375,7 @@ class DatabasePool:
             callbacks,
         )
         try:
-            result = await self._lc.make_deferred_yieldable(d)
+            result: R = await self._lc.make_deferred_yieldable(d)
         except Exception:
             for callback, cb_args, cb_kwargs in callbacks["exception"]:
                 callback(*cb_args, **cb_kwargs)
@@ -381,10 +412,10 @@ class DatabasePool:
         queued_at: float,
         desc: str,
         func: Callable[..., R],
-        args: tuple,
-        kwargs: dict,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         isolation_level: str,
-        callbacks: dict[str, list],
+        callbacks: dict[str, list[_Callback]],
     ) -> R:
         lc = self._lc
         with lc.LoggingContext(
@@ -400,10 +431,10 @@ class DatabasePool:
         context: Any,
         desc: str,
         func: Callable[..., R],
-        args: tuple,
-        kwargs: dict,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         isolation_level: str,
-        callbacks: dict[str, list],
+        callbacks: dict[str, list[_Callback]],
     ) -> R:
         operational_error = self.engine.module.OperationalError
         failures = 0  # transient errors, limited by max_attempts

@@ -30,6 +30,8 @@ from typing import Any, Optional
 from urllib.parse import unquote
 
 from twisted.internet import defer
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -92,8 +94,8 @@ class DemoApp:
         self.shutdown_timeout = shutdown_timeout
         self.request_ids = itertools.count(1)
         self.active = 0
-        self.idle: Optional[defer.Deferred] = None
-        self.channels: set[HTTPChannel] = set()
+        self.idle: Optional[defer.Deferred[None]] = None
+        self.channels: set[TrackedChannel] = set()
         self.port: Any = None
 
     # -- requests ----------------------------------------------------------------
@@ -163,7 +165,8 @@ class DemoApp:
             raise HTTPError(400, "M_NOT_JSON", "Request body is not valid JSON") from None
         if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
             raise HTTPError(400, "M_BAD_JSON", 'Expected {"enabled": true|false}')
-        return body["enabled"]
+        enabled: bool = body["enabled"]
+        return enabled
 
     def log_access(self, request: Any, context: lc.LoggingContext, status: int, size: int, started: float) -> None:
         usage = context.get_resource_usage()
@@ -195,15 +198,16 @@ class DemoApp:
             await self.wait(self.idle, deadline)
         closed = []
         for channel in list(self.channels):
-            d = defer.Deferred()
+            d: defer.Deferred[None] = defer.Deferred()
             channel.on_close = d
             closed.append(d)
-            channel.transport.loseConnection()
+            if channel.transport is not None:
+                channel.transport.loseConnection()
         if closed:
             await self.wait(defer.DeferredList(closed), deadline)
         logger.info("shut down cleanly")
 
-    async def wait(self, d: defer.Deferred, deadline: float) -> None:
+    async def wait(self, d: defer.Deferred[Any], deadline: float) -> None:
         timeout = max(0.0, deadline - self.reactor.seconds())
         d.addTimeout(timeout, self.reactor)
         try:
@@ -216,7 +220,7 @@ class DemoResource(Resource):
     isLeaf = True
 
     def __init__(self, app: DemoApp) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's is untyped
         self.app = app
 
     def render(self, request: Any) -> Any:
@@ -227,14 +231,14 @@ class TrackedChannel(HTTPChannel):
     """An HTTP connection the app knows about, to close it at shutdown."""
 
     app: DemoApp
-    on_close: Optional[defer.Deferred] = None
+    on_close: Optional[defer.Deferred[None]] = None
 
     def connectionMade(self) -> None:
-        super().connectionMade()
+        super().connectionMade()  # type: ignore[no-untyped-call]
         self.app.channels.add(self)
 
-    def connectionLost(self, reason: Any) -> None:
-        super().connectionLost(reason)
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
         self.app.channels.discard(self)
         if self.on_close is not None and not self.on_close.called:
             self.on_close.callback(None)
@@ -289,15 +293,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     pool = DatabasePool(reactor, args.database, logcontext=lc)
     app = DemoApp(reactor, pool, args.rust_work_ms, args.shutdown_timeout)
-    site = Site(DemoResource(app))
-    site.protocol = type("DemoChannel", (TrackedChannel,), {"app": app})
+    site = Site(DemoResource(app))  # type: ignore[no-untyped-call]
+    # Twisted declares Site.protocol as a method; it is the channel class.
+    site.protocol = type("DemoChannel", (TrackedChannel,), {"app": app})  # type: ignore[method-assign]
     site.noisy = False
     failed: list[str] = []
 
     async def start() -> None:
         try:
             await pool.runInteraction("create_schema", create_schema)
-            app.port = reactor.listenTCP(args.port, site, interface=args.bind)
+            app.port = reactor.listenTCP(args.port, site, interface=args.bind)  # type: ignore[arg-type]
         except Exception as e:
             failed.append(f"cannot start: {e}")
             reactor.stop()

@@ -30,7 +30,7 @@ import logging
 import resource
 import threading
 from types import TracebackType
-from typing import Any, Awaitable, Callable, Optional, TypeVar, Union
+from typing import Any, Awaitable, Callable, Optional, TypeVar, Union, overload
 
 from twisted.internet import defer
 
@@ -359,6 +359,16 @@ class PreserveLoggingContext:
 def _set_context_cb(result: T, context: LoggingContextOrSentinel) -> T:
     set_current_context(context)
     return result
+
+
+@overload
+def run_in_background(
+    f: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+) -> "defer.Deferred[T]": ...
+
+
+@overload
+def run_in_background(f: Callable[..., T], *args: Any, **kwargs: Any) -> "defer.Deferred[T]": ...
 
 
 def run_in_background(

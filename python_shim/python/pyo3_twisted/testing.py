@@ -43,11 +43,11 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python import log
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -69,13 +69,13 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
     the file descriptors of its readers.
 
     Calls from other threads are queued and run on the test's thread by
-    :meth:`advance` (and so by :meth:`pump` and everything that waits:
+    :meth:`advance` (and so by :meth:`turn` and everything that waits:
     :meth:`get_success`, :meth:`get_failure`, :meth:`shutdown`). ``advance`` also runs
     ``doRead`` on every reader whose file descriptor is readable, as a real reactor
     would; it says so with ``pyo3_twisted_polls_readers = True``, and a pyo3-twisted
     runtime then wakes it through an eventfd, with no thread of its own. The reactor
     never needs to be ``run()``: bridged work starts on first use. The clock moves
-    only when told to (:meth:`advance`, :meth:`pump` with seconds), except during
+    only when told to (:meth:`advance`, :meth:`turn` with seconds), except during
     :meth:`shutdown`, which lets it follow real time so that shutdown timeouts can
     pass.
     """
@@ -87,12 +87,12 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
         """``logcontext``: a logcontext provider module (such as
         ``pyo3_twisted.logcontext``); if given, every reactor turn must leave the
         reactor thread in its sentinel (falsy) context, or the test fails."""
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's is untyped
         self.logcontext = logcontext
         # Twisted 24.11 starts these at True; later versions at False. False is
         # right for a reactor that has not run.
         self.hasRun = self.hasStopped = self.hasCrashed = False
-        self._thread_calls: collections.deque[tuple[Callable[..., Any], tuple, dict]] = (
+        self._thread_calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = (
             collections.deque()
         )
         self._thread_calls_lock = threading.Lock()
@@ -136,7 +136,7 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
             try:
                 callable(*args, **kwargs)
             except BaseException:
-                log.err(None, "Error in a callFromThread call")
+                log.err(None, "Error in a callFromThread call")  # type: ignore[no-untyped-call]
 
     def _pollable_readers(self) -> list[Any]:
         readers = []
@@ -164,7 +164,7 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
             try:
                 reader.doRead()
             except BaseException:
-                log.err(None, "Error in a reader's doRead")
+                log.err(None, "Error in a reader's doRead")  # type: ignore[no-untyped-call]
         return ran
 
     def advance(self, amount: float) -> None:
@@ -175,9 +175,11 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
         while self.run_thread_calls() + self.poll_readers():
             super().advance(0)
 
-    def pump(self, seconds: float = 0.0) -> None:  # type: ignore[override]
-        """Advance the clock by ``seconds``, running everything that is ready (see
-        :meth:`advance`), then check the logcontext rule."""
+    def turn(self, seconds: float = 0.0) -> None:
+        """One reactor turn: advance the clock by ``seconds``, running everything
+        that is ready (see :meth:`advance`), then check the logcontext rule.
+        (Twisted's ``pump(timings)`` keeps its meaning: one :meth:`advance` per
+        timing.)"""
         self.advance(seconds)
         self.check_logcontext()
 
@@ -211,7 +213,7 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
     #: The earlier name of :meth:`wait_for_work`.
     wait_for_thread_call = wait_for_work
 
-    def wait_for(self, d: Deferred, timeout: float = 10.0) -> Any:
+    def wait_for(self, d: Deferred[Any], timeout: float = 10.0) -> Any:
         """Pump until ``d`` has fired; return its result (a value or a
         :class:`Failure`) and take it out of ``d``'s chain.
 
@@ -225,7 +227,7 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
         d.addBoth(capture)
         deadline = time.monotonic() + timeout
         while True:
-            self.pump()
+            self.turn()
             if outcome:
                 return outcome[0]
             remaining = deadline - time.monotonic()
@@ -233,7 +235,7 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
                 raise TimeoutError(f"{d!r} did not fire within {timeout} s")
             self.wait_for_work(remaining)
 
-    def get_success(self, d: Deferred, timeout: float = 10.0) -> Any:
+    def get_success(self, d: Deferred[Any], timeout: float = 10.0) -> Any:
         """Wait for ``d`` and return its value; fail the test if it failed."""
         result = self.wait_for(d, timeout)
         if isinstance(result, Failure):
@@ -242,13 +244,13 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
             )
         return result
 
-    def get_failure(self, d: Deferred, exc_type: type, timeout: float = 10.0) -> Failure:
+    def get_failure(self, d: Deferred[Any], exc_type: type, timeout: float = 10.0) -> Failure:
         """Wait for ``d`` and return its :class:`Failure`, which must be an
         ``exc_type``; fail the test otherwise."""
         result = self.wait_for(d, timeout)
         if not isinstance(result, Failure):
             raise AssertionError(f"Deferred succeeded with {result!r}, expected {exc_type}")
-        if not result.check(exc_type):
+        if not result.check(exc_type):  # type: ignore[no-untyped-call]
             raise AssertionError(
                 f"Deferred failed with {result.type}, expected {exc_type}:\n"
                 f"{result.getTraceback()}"
@@ -271,7 +273,7 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
             d.addBoth(fired.append)
             while not fired:
                 now = time.monotonic()
-                self.pump(now - last)
+                self.turn(now - last)
                 last = now
                 if fired:
                     break
@@ -285,7 +287,7 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
                 )
                 self.wait_for_work(max(0.0, min(remaining, next_call)))
             if isinstance(fired[0], Failure):
-                log.err(fired[0], f"{phase}-shutdown trigger failed")
+                log.err(fired[0], f"{phase}-shutdown trigger failed")  # type: ignore[no-untyped-call]
 
     def shutdown(self, timeout: float = 60.0) -> None:
         """Shut the reactor down as ``reactor.stop()`` would: fire the before,
@@ -304,14 +306,14 @@ def memory_reactor(run: bool = True, logcontext: Any = None) -> Iterator[Threade
     down on exit: the pytest-fixture form of :class:`ReactorTestCase`."""
     reactor = ThreadedMemoryReactorClock(logcontext)
     if run:
-        reactor.run()
+        reactor.run()  # type: ignore[no-untyped-call]
     try:
         yield reactor
     finally:
         reactor.shutdown()
 
 
-class LoggedErrors(list):
+class LoggedErrors(list[dict[str, Any]]):
     """Error events captured by :func:`capture_logged_errors`."""
 
     def texts(self) -> list[str]:
@@ -334,16 +336,16 @@ def capture_logged_errors() -> Iterator[LoggedErrors]:
     those)."""
     errors = LoggedErrors()
 
-    def observer(event: dict) -> None:
+    def observer(event: dict[str, Any]) -> None:
         if event.get("log_failure") is not None or event.get("isError"):
             errors.append(event)
 
-    globalLogPublisher.addObserver(observer)
+    globalLogPublisher.addObserver(cast(ILogObserver, observer))
     try:
         yield errors
         gc.collect()
     finally:
-        globalLogPublisher.removeObserver(observer)
+        globalLogPublisher.removeObserver(cast(ILogObserver, observer))
 
 
 class ReactorTestCase(unittest.TestCase):
@@ -353,14 +355,14 @@ class ReactorTestCase(unittest.TestCase):
     def setUp(self) -> None:
         super().setUp()
         self.reactor = ThreadedMemoryReactorClock()
-        self.reactor.run()
+        self.reactor.run()  # type: ignore[no-untyped-call]
         self.addCleanup(self.reactor.shutdown)
 
-    def get_success(self, d: Deferred, timeout: float = 10.0) -> Any:
+    def get_success(self, d: Deferred[Any], timeout: float = 10.0) -> Any:
         """See :meth:`ThreadedMemoryReactorClock.get_success`."""
         return self.reactor.get_success(d, timeout)
 
-    def get_failure(self, d: Deferred, exc_type: type, timeout: float = 10.0) -> Failure:
+    def get_failure(self, d: Deferred[Any], exc_type: type, timeout: float = 10.0) -> Failure:
         """See :meth:`ThreadedMemoryReactorClock.get_failure`."""
         return self.reactor.get_failure(d, exc_type, timeout)
 
@@ -383,7 +385,7 @@ def install_reactor(name: str | None = None) -> str:
     if name == "epoll":
         from twisted.internet import epollreactor
 
-        epollreactor.install()
+        epollreactor.install()  # type: ignore[no-untyped-call]
     elif name == "asyncio":
         import asyncio
 
@@ -391,7 +393,7 @@ def install_reactor(name: str | None = None) -> str:
 
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        asyncioreactor.install(loop)
+        asyncioreactor.install(loop)  # type: ignore[no-untyped-call]
     else:
         raise ValueError(f"{REACTOR_ENV} must be 'epoll' or 'asyncio', got {name!r}")
     return name
