@@ -261,17 +261,35 @@ struct ForeignCall {
 
 #[pymethods]
 impl ForeignCall {
-    /// Waits (GIL released) up to `timeout` seconds; `None` if still running.
-    fn wait(&self, py: Python<'_>, timeout: f64) -> Option<(bool, String)> {
+    /// Waits (GIL released) up to `timeout` seconds (`inf`: until done); `None` if
+    /// still running. A negative or NaN timeout is a `ValueError`.
+    fn wait(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<(bool, String)>> {
+        let limit = if timeout == f64::INFINITY {
+            None
+        } else {
+            Some(Duration::try_from_secs_f64(timeout).map_err(|_| {
+                pyo3::exceptions::PyValueError::new_err(format!(
+                    "timeout must be a number of seconds >= 0 (or inf), got {timeout}"
+                ))
+            })?)
+        };
         let outcome = Arc::clone(&self.outcome);
-        py.detach(move || {
+        Ok(py.detach(move || {
             let (slot, done) = &*outcome;
             let mut slot = slot.lock();
-            if slot.is_none() {
-                done.wait_for(&mut slot, Duration::from_secs_f64(timeout.max(0.0)));
+            match limit {
+                Some(limit) if slot.is_none() => {
+                    done.wait_for(&mut slot, limit);
+                }
+                None => {
+                    while slot.is_none() {
+                        done.wait(&mut slot);
+                    }
+                }
+                Some(_) => {}
             }
             slot.clone()
-        })
+        }))
     }
 }
 

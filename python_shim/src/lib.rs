@@ -12,6 +12,7 @@ mod awaitable_probes;
 mod demo;
 mod flags;
 mod probes;
+mod sql;
 
 /// install(reactor, *, worker_threads=None, thread_name=None, shutdown_timeout=None,
 ///         logcontext=None, track_cpu_time=None, wake=None, linger=None, tokio=None)
@@ -60,6 +61,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("RuntimeShutdown", py.get_type::<RuntimeShutdown>())?;
     // The reactor attribute of this module's copy of the crate.
     m.add("RUNTIME_ATTR", pyo3_twisted::runtime_attr())?;
+    sql::register(m)?;
     probes::register(m)?;
     awaitable_probes::register(m)?;
     flags::register(m)?;

@@ -136,8 +136,12 @@ def test_job_dropped_when_the_reactor_stops_errors_instead_of_hanging():
 def test_call_after_the_reactor_stopped_errors_at_once():
     with memory_reactor() as reactor:
         pyo3_twisted.install(reactor, worker_threads=1, tokio="per_reactor")
-    ok, text = probes.call_python_in_thread(reactor, lambda: 1).wait(5.0)
+    call = probes.call_python_in_thread(reactor, lambda: 1)
+    # No timeout (inf) waits until the outcome, which here comes at once.
+    ok, text = call.wait(float("inf"))
     assert not ok and "no pyo3-twisted runtime" in text, text
+    with pytest.raises(ValueError, match="timeout"):
+        call.wait(-1.0)
 
 
 def test_call_from_a_foreign_runtime_works_while_the_reactor_runs(reactor):
