@@ -102,19 +102,23 @@ pub trait DatabasePoolExt: DatabasePool {
         R: Send + 'static,
         F: for<'t> Fn(&'t mut dyn Transaction) -> BoxFuture<'t, anyhow::Result<R>> + Send + 'static,
     {
-        let erased: ErasedInteraction = Box::new(move |txn| {
-            let fut = func(txn);
-            async move { Ok(Box::new(fut.await?) as Box<dyn Any + Send>) }.boxed()
-        });
-        async move {
-            let boxed = self.run_interaction_erased(name, erased).await?;
-            boxed.downcast::<R>().map(|r| *r).map_err(|_| {
-                anyhow::anyhow!(
-                    "run_interaction({name}): the pool returned a value of another type"
-                )
-            })
-        }
+        let erased: ErasedInteraction = Box::new(move |txn| erase(func(txn)));
+        async move { unerase(name, self.run_interaction_erased(name, erased).await) }
     }
+}
+
+/// One attempt's typed result, boxed for an erased interaction.
+pub(crate) fn erase<R: Send + 'static>(
+    fut: BoxFuture<'_, anyhow::Result<R>>,
+) -> BoxFuture<'_, ErasedResult> {
+    async move { Ok(Box::new(fut.await?) as Box<dyn Any + Send>) }.boxed()
+}
+
+/// The committed attempt's result, back to its type.
+pub(crate) fn unerase<R: 'static>(name: &str, result: ErasedResult) -> anyhow::Result<R> {
+    result?.downcast::<R>().map(|r| *r).map_err(|_| {
+        anyhow::anyhow!("run_interaction({name}): the pool returned a value of another type")
+    })
 }
 
 impl<P: DatabasePool + ?Sized> DatabasePoolExt for P {}

@@ -30,7 +30,6 @@ pub mod db {
     //! }
     //! ```
 
-    use std::any::Any;
     use std::future::Future;
     use std::sync::Arc;
 
@@ -98,18 +97,8 @@ pub mod db {
                 + Sync
                 + 'static,
         {
-            let erased: ErasedInteraction = Box::new(move |txn| {
-                let fut = func(txn);
-                async move { Ok(Box::new(fut.await?) as Box<dyn Any + Send>) }.boxed()
-            });
-            async move {
-                let boxed = self.run_interaction_erased(name, erased).await?;
-                boxed.downcast::<R>().map(|r| *r).map_err(|_| {
-                    anyhow::anyhow!(
-                        "run_interaction({name}): the pool returned a value of another type"
-                    )
-                })
-            }
+            let erased: ErasedInteraction = Box::new(move |txn| crate::db::erase(func(txn)));
+            async move { crate::db::unerase(name, self.run_interaction_erased(name, erased).await) }
         }
     }
 
