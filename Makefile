@@ -35,18 +35,19 @@ export PYO3_PYTHON := $(VENV)/bin/python
 export PYO3_TWISTED_VENV := $(VENV)
 export CARGO_TERM_COLOR := never
 
-.PHONY: demo example bench loom exit-soak synapse-port test venv wheel lint postgres postgres-stop rust-test rust-test-pyo3-min test-ext py-test py-test-oldest py-test-newest py-test-asyncio clean
+.PHONY: demo example bench loom exit-soak synapse-port test venv wheel demo-wheel release-install lint postgres postgres-stop rust-test rust-test-pyo3-min test-ext py-test py-test-oldest py-test-newest py-test-asyncio clean
 
 # The demo service on http://127.0.0.1:8008 (SQLite in target/, seeded on first run).
-# DEMO_ARGS="--database postgresql://user@127.0.0.1/db" switches to PostgreSQL.
-demo: wheel
-	$(VENV)/bin/python -m pyo3_twisted.demo --database $(CURDIR)/target/demo.sqlite3 $(DEMO_ARGS)
+# DEMO_ARGS="--database postgresql://user@127.0.0.1/db" switches to PostgreSQL. It runs
+# on the released wheel of pyo3_twisted and the demo's own module (examples/demo).
+demo: release-install
+	$(VENV)/bin/python -m pyo3_twisted_demo --database $(CURDIR)/target/demo.sqlite3 $(DEMO_ARGS)
 
 # The smallest program: await Rust futures from a running reactor, print, exit.
-example: wheel
+example: release-install
 	$(VENV)/bin/python examples/hello_twisted.py
 
-test: wheel lint postgres rust-test rust-test-pyo3-min loom py-test py-test-oldest py-test-newest py-test-asyncio synapse-port
+test: wheel lint postgres test-ext rust-test rust-test-pyo3-min loom py-test py-test-oldest py-test-newest py-test-asyncio synapse-port
 	$(MAKE) --no-print-directory postgres-stop
 	@echo "== all tests passed =="
 
@@ -70,28 +71,43 @@ $(VENV_NEWEST)/.ready: requirements-dev.txt
 
 venv: $(VENV)/.ready $(VENV_OLDEST)/.ready $(VENV_NEWEST)/.ready
 
-# One abi3 wheel serves both environments.
+# The wheel users install: one abi3 wheel for every environment, built without the
+# `probes` feature, and checked to carry no test code (scripts/check-release-wheel.py).
 wheel: venv
 	rm -rf $(WHEEL_DIR)
 	$(VENV)/bin/maturin build --quiet -m python_shim/Cargo.toml --release -o $(WHEEL_DIR) -i $(PYO3_PYTHON)
-	$(VENV)/bin/pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
-	$(VENV_OLDEST)/bin/pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
-	$(VENV_NEWEST)/bin/pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
+	$(VENV)/bin/python scripts/check-release-wheel.py $(WHEEL_DIR)/*.whl
 
-# A second extension module linking the crate (tests/ext), for the tests only.
-TEST_EXT_DIR := $(CURDIR)/target/test-ext-wheels
-test-ext: wheel
-	rm -rf $(TEST_EXT_DIR)
-	$(VENV)/bin/maturin build --quiet -m tests/ext/Cargo.toml --release -o $(TEST_EXT_DIR) -i $(PYO3_PYTHON)
-	$(VENV)/bin/pip install -q --force-reinstall --no-deps $(TEST_EXT_DIR)/*.whl
-	$(VENV_OLDEST)/bin/pip install -q --force-reinstall --no-deps $(TEST_EXT_DIR)/*.whl
-	$(VENV_NEWEST)/bin/pip install -q --force-reinstall --no-deps $(TEST_EXT_DIR)/*.whl
+# The demo's own extension module and Python package (examples/demo), a downstream
+# module with its own copy of the crate.
+DEMO_WHEEL_DIR := $(CURDIR)/target/demo-wheels
+demo-wheel: venv
+	rm -rf $(DEMO_WHEEL_DIR)
+	$(VENV)/bin/maturin build --quiet -m examples/demo/Cargo.toml --release -o $(DEMO_WHEEL_DIR) -i $(PYO3_PYTHON)
+
+release-install: wheel demo-wheel
+	$(VENV)/bin/pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/*.whl $(DEMO_WHEEL_DIR)/*.whl
+
+# What the tests run on, in every environment: the test build of pyo3_twisted (the
+# released code plus `pyo3_twisted.probes`), the demo, and a second extension module
+# linking the crate (tests/ext).
+TEST_WHEEL_DIR := $(CURDIR)/target/test-wheels
+test-ext: venv demo-wheel
+	rm -rf $(TEST_WHEEL_DIR)
+	$(VENV)/bin/maturin build --quiet -m python_shim/Cargo.toml --release --features probes -o $(TEST_WHEEL_DIR) -i $(PYO3_PYTHON)
+	$(VENV)/bin/maturin build --quiet -m tests/ext/Cargo.toml --release -o $(TEST_WHEEL_DIR) -i $(PYO3_PYTHON)
+	cp $(DEMO_WHEEL_DIR)/*.whl $(TEST_WHEEL_DIR)/
+	for venv in $(VENV) $(VENV_OLDEST) $(VENV_NEWEST); do \
+	  $$venv/bin/pip install -q --force-reinstall --no-deps $(TEST_WHEEL_DIR)/*.whl; \
+	done
 
 lint: venv
 	$(VENV)/bin/python scripts/check-module-graph.py
 	$(VENV)/bin/python -m mypy
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --all-features -- -D warnings
+	# The released wheel's build: python_shim without the `probes` feature.
+	cargo clippy -p pyo3-twisted-python --all-targets -- -D warnings
 
 # The mailbox's wake and close protocols, model-checked (src/wake_flag.rs and
 # src/close_flag.rs under loom's atomics;
@@ -118,7 +134,8 @@ postgres:
 postgres-stop:
 	scripts/test-postgres.sh stop $(PG_DIR)
 
-rust-test: venv postgres
+# The Rust tests import the package's Python modules from the venv.
+rust-test: test-ext postgres
 	$(WITH_PG) cargo test --features postgres
 
 # The lowest PyO3 the crate declares, in a scratch copy of the workspace so the
@@ -126,7 +143,7 @@ rust-test: venv postgres
 # `make exit-soak` runs the interpreter-exit cases 500 times each (CI: 10).
 rust-test-pyo3-min: venv
 	rm -rf target/pyo3-min && mkdir -p target/pyo3-min
-	cp -r Cargo.toml Cargo.lock build.rs src tests benches python_shim README.md target/pyo3-min/
+	cp -r Cargo.toml Cargo.lock build.rs src tests benches examples python_shim README.md target/pyo3-min/
 	# The benchmark peers and the test extension pin PyO3 0.30 (pyo3-async-runtimes):
 	# not part of this check.
 	sed -i 's#, "benches/peers"##; s#, "tests/ext"##' target/pyo3-min/Cargo.toml

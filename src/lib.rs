@@ -62,7 +62,8 @@
 //!   [`TokioRuntime::Process`]. That pool outlives the reactor.
 //! - Each extension module that links this crate has its own copy of it and of Tokio,
 //!   so each keeps its own runtime on a reactor ([`runtime_attr`]); they work side by
-//!   side and never share one.
+//!   side and never share one. [`add_python_api`] gives a module its copy's
+//!   `install`, `stats`, `Runtime` and exceptions.
 //! - On Twisted's asyncio reactor, [`run_python_awaitable`] also takes asyncio
 //!   coroutines, futures and Tasks.
 //!
@@ -114,6 +115,7 @@ mod live_tasks;
 mod logcontext;
 mod logging;
 pub(crate) mod mailbox;
+mod python_api;
 mod registry;
 mod runtime;
 mod scope;
@@ -132,6 +134,7 @@ pub use config::{LogContextProvider, RuntimeConfig, TokioRuntime, WakeMode};
 pub use deferred::create_deferred;
 pub use errors::{RuntimeShutdown, RustPanicError};
 pub use logging::Logger;
+pub use python_api::add_python_api;
 pub use runtime::{
     install_runtime, run_python_awaitable, stats, PyRuntime, ReactorHandle, Runtime, RuntimeRef,
 };

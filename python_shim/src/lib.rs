@@ -1,41 +1,16 @@
 //! `pyo3_twisted._native`: the compiled half of the Python package `pyo3_twisted`.
 //!
-//! It exposes the crate's runtime configuration and statistics to Python, and the
-//! probes (small Rust futures with known behaviour) that the tests and benchmarks
-//! drive from Python.
+//! It exposes its copy of the crate's Python API (`install`, `stats`, `Runtime`, the
+//! exceptions), the SQL placeholder conversion `pyo3_twisted.database` uses, and the
+//! bridge from Rust `log` records to Python logging. Built with the `probes` feature
+//! (the test build only), it also carries `pyo3_twisted.probes`: small Rust futures
+//! with known behaviour that the tests and benchmarks drive from Python.
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
-use pyo3_twisted::{install_runtime, PyRuntime, RuntimeConfig, RuntimeShutdown, RustPanicError};
 
-mod awaitable_probes;
-mod demo;
-mod flags;
+#[cfg(feature = "probes")]
 mod probes;
 mod sql;
-
-/// install(reactor, *, worker_threads=None, thread_name=None, shutdown_timeout=None,
-///         logcontext=None, track_cpu_time=None, wake=None, linger=None, tokio=None)
-///
-/// Installs the pyo3-twisted runtime on `reactor`. Omitted options keep their
-/// defaults. Installing again with the same options is a no-op; with different ones,
-/// a RuntimeError.
-#[pyfunction]
-#[pyo3(signature = (reactor, **config))]
-fn install(reactor: &Bound<'_, PyAny>, config: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
-    install_runtime(reactor, RuntimeConfig::from_kwargs(config)?)
-}
-
-/// stats(reactor) -> dict
-///
-/// Counters of the runtime installed on `reactor`: tasks spawned, completed, failed,
-/// panicked, cancelled, aborted at shutdown, in flight; mailbox wake-ups, drains,
-/// batches, jobs; Tokio threads; GIL acquisitions made by pyo3-twisted on Tokio
-/// threads. Raises RuntimeError if no runtime is installed.
-#[pyfunction]
-fn stats<'py>(py: Python<'py>, reactor: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
-    pyo3_twisted::stats(reactor)?.to_dict(py)
-}
 
 static LOG_RESET: std::sync::OnceLock<pyo3_log::ResetHandle> = std::sync::OnceLock::new();
 
@@ -53,19 +28,10 @@ fn reset_log_cache() {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    m.add_function(wrap_pyfunction!(install, m)?)?;
-    m.add_function(wrap_pyfunction!(stats, m)?)?;
-    m.add_class::<PyRuntime>()?;
-    m.add("POLLS_READERS_ATTR", pyo3_twisted::POLLS_READERS_ATTR)?;
-    m.add("RustPanicError", py.get_type::<RustPanicError>())?;
-    m.add("RuntimeShutdown", py.get_type::<RuntimeShutdown>())?;
-    // The reactor attribute of this module's copy of the crate.
-    m.add("RUNTIME_ATTR", pyo3_twisted::runtime_attr())?;
+    pyo3_twisted::add_python_api(m)?;
     sql::register(m)?;
+    #[cfg(feature = "probes")]
     probes::register(m)?;
-    awaitable_probes::register(m)?;
-    flags::register(m)?;
-    demo::register(m)?;
     m.add_function(wrap_pyfunction!(reset_log_cache, m)?)?;
     // Rust `log` records reach Python logging; from Tokio threads, through the
     // reactor and in the request's logcontext. Another logger may already be set.

@@ -24,7 +24,7 @@ ACCESS = re.compile(
 class Demo:
     def __init__(self, database, *extra):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pyo3_twisted.demo", "--port", "0", "--database", database,
+            [sys.executable, "-m", "pyo3_twisted_demo", "--port", "0", "--database", database,
              "--reactor", "asyncio" if os.environ.get(REACTOR_ENV) == "asyncio" else "default", *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -183,3 +183,21 @@ def test_sigterm_during_200_concurrent_requests(tmp_path):
     # connection was closed; none hung.
     assert all(o in ("status 200", "status 503") or o.startswith("closed") for o in outcomes), set(outcomes)
     assert outcomes.count("status 200") >= 10
+
+
+def test_hello_example_runs_on_the_demo_module():
+    """examples/hello_twisted.py (`make example`), on a real reactor, end to end."""
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "hello_twisted.py")
+    done = subprocess.run(
+        [sys.executable, example], capture_output=True, text=True, timeout=60, env={**os.environ, "RUST_BACKTRACE": "0"}
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert re.fullmatch(r'hello Twisted, from Tokio thread "pyo3-twisted[^"]*"', lines[0]), lines
+    assert lines[1] == f"24 spawned Rust children added up to {sum(i * i for i in range(1, 25))}"
+    assert lines[2].startswith("a Rust error arrived as ValueError(not a port number: \"eighty\"")
+    assert lines[3].startswith("a Rust panic arrived as RustPanicError(attempt to divide by zero")
+    assert lines[4] == "1000 concurrent futures came back in order: True"
+    runtime = re.fullmatch(r"runtime: (\d+) tasks, (\d+) results delivered in \d+ batches .*", lines[5])
+    assert runtime and int(runtime.group(1)) == 1004, lines[5]  # children are not bridged tasks
+    assert len(lines) == 6, lines

@@ -11,13 +11,13 @@ use pyo3::prelude::*;
 use pyo3_twisted::create_deferred;
 use pyo3_twisted::db::PythonDatabasePool;
 
-use crate::flags::get_flags;
+use crate::store::get_flags;
 
 /// The spec versions the demo claims to support.
 const VERSIONS: [&str; 4] = ["v1.1", "v1.2", "v1.3", "v1.11"];
 
 /// `GET /versions?user_id=…`, answered in Rust.
-#[pyclass(frozen, module = "pyo3_twisted.demo")]
+#[pyclass(frozen, module = "pyo3_twisted_demo")]
 struct VersionsHandler {
     pool: Arc<PythonDatabasePool>,
     known_features: Arc<Vec<String>>,
@@ -108,6 +108,6 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<VersionsHandler>()
 }

@@ -1,6 +1,6 @@
 """The demo service: a Twisted web app whose hot path is async Rust.
 
-    python -m pyo3_twisted.demo [--port 8008] [--database PATH_OR_DSN]
+    python -m pyo3_twisted_demo [--port 8008] [--database PATH_OR_DSN]
 
 - ``GET /versions?user_id=@alice:example.org``: answered by a Rust handler
   (``create_deferred``) that reads the user's feature flags with ``run_interaction``
@@ -36,13 +36,14 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-import pyo3_twisted
 from pyo3_twisted import logcontext as lc
-from pyo3_twisted._native import VersionsHandler
 from pyo3_twisted.database import DatabasePool, redact
 
-logger = logging.getLogger("pyo3_twisted.demo")
-access_logger = logging.getLogger("pyo3_twisted.demo.access")
+from . import _native
+from ._native import RuntimeShutdown, VersionsHandler
+
+logger = logging.getLogger("pyo3_twisted_demo")
+access_logger = logging.getLogger("pyo3_twisted_demo.access")
 
 KNOWN_FEATURES = ["msc3026.busy_presence", "msc3881", "msc4140.delayed_events", "dark_mode"]
 SEED = [
@@ -114,7 +115,7 @@ class DemoApp:
                 status, body = 200, await self.dispatch(request)
             except HTTPError as e:
                 status, body = e.status, e.body
-            except pyo3_twisted.RuntimeShutdown:
+            except RuntimeShutdown:
                 status, body = 503, {"errcode": "M_UNAVAILABLE", "error": "Server is shutting down"}
             except Exception:
                 logger.exception("request failed")
@@ -245,7 +246,7 @@ class TrackedChannel(HTTPChannel):
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pyo3_twisted.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pyo3_twisted_demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on (default: loopback)")
     parser.add_argument("--port", type=int, default=8008, help="port (default 8008; 0 picks a free one)")
     parser.add_argument(
@@ -280,12 +281,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging()
     if args.reactor == "asyncio":
-        from .testing import install_reactor
+        from pyo3_twisted.testing import install_reactor
 
         install_reactor("asyncio")
     from twisted.internet import reactor
 
-    pyo3_twisted.install(
+    # The runtime this module's handlers run on: its own copy of the crate's.
+    _native.install(
         reactor,
         worker_threads=args.workers,
         shutdown_timeout=args.shutdown_timeout,
@@ -318,7 +320,3 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(failed[0], file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -293,7 +293,7 @@ impl ForeignCall {
     }
 }
 
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(call_python, m)?)?;
     m.add_function(wrap_pyfunction!(three_calls, m)?)?;
     m.add_function(wrap_pyfunction!(burn_cpu, m)?)?;

@@ -1,7 +1,7 @@
-//! A per-user feature-flag store written once against `db::DatabasePool`, and run
-//! unchanged on the Python pool (SQLite or PostgreSQL) and the native PostgreSQL
-//! pool: the shape of Synapse's Rust storage code. The demo's `/versions` handler
-//! reads through it; the tests also drive the pools' edge cases through it.
+//! `RustStore`: the demo's feature-flag store (`examples/demo/src/store.rs`, compiled
+//! in here as well) with writes and edge cases added, callable from Python over the
+//! Python pool or the native PostgreSQL pool. The tests drive each pool's behaviour
+//! through it: retries, rollback, panics, refused Tokio timers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,28 +17,9 @@ use pyo3_twisted::db::{
     PythonDatabasePool,
 };
 
-/// The flags of `user_id`, by feature name.
-pub async fn get_flags(
-    pool: &dyn DatabasePool,
-    user_id: String,
-) -> anyhow::Result<Vec<(String, bool)>> {
-    pool.run_interaction("get_feature_flags", move |txn| {
-        let user_id = user_id.clone();
-        async move {
-            let rows = txn
-                .query(
-                    "SELECT feature, enabled FROM feature_flags WHERE user_id = ? ORDER BY feature",
-                    &[user_id.into()],
-                )
-                .await?;
-            rows.iter()
-                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-                .collect()
-        }
-        .boxed()
-    })
-    .await
-}
+#[path = "../../../examples/demo/src/store.rs"]
+mod flags;
+use flags::get_flags;
 
 /// Sets one flag of `user_id` (insert or update).
 pub async fn set_flag(
@@ -322,7 +303,7 @@ impl RustStore {
     }
 }
 
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RustStore>()?;
     Ok(())
 }
