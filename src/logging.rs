@@ -18,7 +18,6 @@ use std::sync::Arc;
 use log::{LevelFilter, Log, Metadata, Record};
 use pyo3::prelude::*;
 
-use crate::bridge::Bridge;
 use crate::scope::TaskScope;
 use crate::threads;
 
@@ -98,11 +97,7 @@ impl Log for Logger {
             return;
         }
         let scope = TaskScope::current();
-        let Some(bridge) = scope
-            .as_ref()
-            .map(|scope| Arc::clone(&scope.bridge))
-            .or_else(Bridge::of_current_thread)
-        else {
+        let Some(bridge) = TaskScope::bridge_of(scope.as_ref()) else {
             return;
         };
         let owned = OwnedRecord::new(record);

@@ -99,10 +99,7 @@ impl Runtime {
     /// The runtime running the calling task: inside a bridged future, its `spawn`ed
     /// children, or anything else on this crate's Tokio threads.
     pub fn current() -> Option<Self> {
-        TaskScope::current()
-            .map(|scope| Arc::clone(&scope.bridge))
-            .or_else(Bridge::of_current_thread)
-            .map(Self::from_bridge)
+        TaskScope::current_bridge().map(Self::from_bridge)
     }
 
     pub(crate) fn from_bridge(bridge: Arc<Bridge>) -> Self {

@@ -57,6 +57,19 @@ impl TaskScope {
         SCOPE.try_with(Arc::clone).ok()
     }
 
+    /// The runtime the caller works for: its task scope's, else the one owning the
+    /// calling Tokio thread. Any thread, no GIL.
+    pub(crate) fn current_bridge() -> Option<Arc<Bridge>> {
+        Self::bridge_of(Self::current().as_ref())
+    }
+
+    /// `scope`'s runtime, else the one owning the calling Tokio thread.
+    pub(crate) fn bridge_of(scope: Option<&Arc<TaskScope>>) -> Option<Arc<Bridge>> {
+        scope
+            .map(|scope| Arc::clone(&scope.bridge))
+            .or_else(Bridge::of_current_thread)
+    }
+
     /// `fut` running inside `scope`, its CPU time metered.
     pub(crate) fn enter<F: std::future::Future>(
         scope: Arc<TaskScope>,
