@@ -41,6 +41,7 @@ use crate::registry::{Entry, Key, Registry};
 use crate::stats::{Counters, Stats};
 use crate::submit::{Submitter, Task};
 use crate::threads;
+use crate::timer_queue::{Deadline, Timer, TimerQueue};
 
 mod directory;
 mod lifecycle;
@@ -176,6 +177,8 @@ struct CrossThread {
     reactor_thread: AtomicU64,
     /// Whether the reactor was running when the process last forked.
     running_at_fork: AtomicBool,
+    /// The timers of `time`, when this runtime follows the reactor's clock.
+    timers: Option<TimerQueue>,
 }
 
 /// What only the reactor thread touches (`stats()` and the garbage collector read
@@ -188,6 +191,8 @@ struct ReactorLocal {
     /// whether one is scheduled or running.
     linger: OnceLock<Py<PyAny>>,
     linger_scheduled: AtomicBool,
+    /// What the timers' `callLater` runs (reactor clock only).
+    timers_due: OnceLock<Py<PyAny>>,
     side: Mutex<ReactorSide>,
 }
 
@@ -385,6 +390,52 @@ impl Bridge {
         self.local.linger_scheduled.store(false, Ordering::Release);
     }
 
+    /// This runtime's timers on the reactor's clock; `None` when it uses Tokio's.
+    pub(crate) fn timers(&self) -> Option<&TimerQueue> {
+        self.cross.timers.as_ref()
+    }
+
+    /// Refreshes the reactor-clock time that tasks read. Reactor thread.
+    pub(crate) fn observe_clock(&self, py: Python<'_>) {
+        if let (Some(timers), Some(reactor)) = (self.cross.timers.as_ref(), self.reactor(py)) {
+            if let Err(err) = timers.observe(&reactor) {
+                report(py, err, "pyo3-twisted: reading reactor.seconds()");
+            }
+        }
+    }
+
+    /// Starts a reactor-clock timer. Reactor thread.
+    pub(crate) fn start_timer(
+        &self,
+        py: Python<'_>,
+        timer: Arc<Timer>,
+        deadline: Deadline,
+    ) -> PyResult<()> {
+        let (Some(timers), Some(due), Some(reactor)) = (
+            self.cross.timers.as_ref(),
+            self.local.timers_due.get(),
+            self.reactor(py),
+        ) else {
+            timer.shut_down();
+            return Ok(());
+        };
+        timers.insert(&reactor, timer, deadline, due)
+    }
+
+    /// The timers' `callLater` ran. Reactor thread.
+    fn timers_due(&self, py: Python<'_>) {
+        let (Some(timers), Some(due), Some(reactor)) = (
+            self.cross.timers.as_ref(),
+            self.local.timers_due.get(),
+            self.reactor(py),
+        ) else {
+            return;
+        };
+        if let Err(err) = timers.fire_due(&reactor, due) {
+            report(py, err, "pyo3-twisted: firing timers");
+        }
+    }
+
     /// Reports what the bridge holds to Python's garbage collector.
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         // A lock held elsewhere means a reactor-thread operation is under way;
@@ -400,6 +451,9 @@ impl Bridge {
             }
             visit.call(&side.shutdown_timer)?;
         }
+        if let Some(timers) = &self.cross.timers {
+            timers.traverse(visit)?;
+        }
         Ok(())
     }
 
@@ -410,6 +464,13 @@ impl Bridge {
             wake_mode: self.local.side.lock().wake_mode,
             worker_threads: self.config.worker_threads as u64,
             tasks_in_flight: self.in_flight() as u64,
+            clock: if self.cross.timers.is_some() {
+                "reactor"
+            } else {
+                "tokio"
+            },
+            timers_pending: self.cross.timers.as_ref().map_or(0, |t| t.len() as u64),
+            timers_fired: self.cross.timers.as_ref().map_or(0, |t| t.fired()),
             gil_acquisitions_on_tokio_threads: threads::gil_acquisitions_on_tokio_threads(),
             ..Stats::default()
         };

@@ -64,6 +64,8 @@ pub struct RuntimeConfig {
     /// Which Tokio runtime runs the work. Default: [`TokioRuntime::Process`], one pool
     /// shared by every reactor in the process.
     pub tokio: TokioRuntime,
+    /// Which clock [`time`](crate::time) follows. Default: [`ClockMode::Auto`].
+    pub clock: ClockMode,
 }
 
 impl Default for RuntimeConfig {
@@ -78,12 +80,13 @@ impl Default for RuntimeConfig {
             wake: WakeMode::Auto,
             linger: Duration::from_micros(50),
             tokio: TokioRuntime::Process,
+            clock: ClockMode::Auto,
         }
     }
 }
 
 /// The keyword arguments [`RuntimeConfig::from_kwargs`] understands.
-pub(crate) const CONFIG_KEYWORDS: [&str; 8] = [
+pub(crate) const CONFIG_KEYWORDS: [&str; 9] = [
     "worker_threads",
     "thread_name",
     "shutdown_timeout",
@@ -92,14 +95,16 @@ pub(crate) const CONFIG_KEYWORDS: [&str; 8] = [
     "wake",
     "linger",
     "tokio",
+    "clock",
 ];
 
 impl RuntimeConfig {
     /// The config that Python keyword arguments describe, as `pyo3_twisted.install`
     /// and `pyo3_twisted.Runtime` take them: `worker_threads` (int), `thread_name`
     /// (str), `shutdown_timeout` and `linger` (seconds), `logcontext` (a module name),
-    /// `track_cpu_time` (bool), `wake` (`"auto"`, `"fd"`, `"call_from_thread"`) and
-    /// `tokio` (`"process"`, `"per_reactor"`). Omitted or `None` options keep their
+    /// `track_cpu_time` (bool), `wake` (`"auto"`, `"fd"`, `"call_from_thread"`),
+    /// `tokio` (`"process"`, `"per_reactor"`) and `clock` (`"auto"`, `"reactor"`,
+    /// `"tokio"`). Omitted or `None` options keep their
     /// defaults. An unknown keyword is a `TypeError`, a bad value a `ValueError`.
     pub fn from_kwargs(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         let mut config = RuntimeConfig::default();
@@ -120,6 +125,7 @@ impl RuntimeConfig {
                 "wake" => config.wake = WakeMode::parse(&value.extract::<String>()?)?,
                 "linger" => config.linger = seconds(&key, &value)?,
                 "tokio" => config.tokio = TokioRuntime::parse(&value.extract::<String>()?)?,
+                "clock" => config.clock = ClockMode::parse(&value.extract::<String>()?)?,
                 other => {
                     return Err(PyTypeError::new_err(format!(
                         "unexpected keyword argument {other:?}; the runtime's options are {}",
@@ -249,6 +255,45 @@ impl WakeMode {
     }
 }
 
+/// Which clock a runtime's timers ([`time`](crate::time)) follow; decided at install.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ClockMode {
+    /// The reactor's clock on reactors a test drives by hand (those with an
+    /// `advance` method, such as Twisted's `Clock` and `MemoryReactorClock`), Tokio's
+    /// timers on every other reactor.
+    #[default]
+    Auto,
+    /// The reactor's clock: timers fire when `reactor.seconds()` reaches their
+    /// deadline, through `reactor.callLater`. On a memory reactor no real time
+    /// passes; `advance(n)` fires what falls due.
+    Reactor,
+    /// Tokio's timers: real time, with no reactor round trip per timer.
+    Tokio,
+}
+
+impl ClockMode {
+    /// The spelling used by the Python `install(..., clock=...)` keyword.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClockMode::Auto => "auto",
+            ClockMode::Reactor => "reactor",
+            ClockMode::Tokio => "tokio",
+        }
+    }
+
+    /// Parses the spelling of [`ClockMode::as_str`].
+    pub fn parse(s: &str) -> PyResult<Self> {
+        match s {
+            "auto" => Ok(ClockMode::Auto),
+            "reactor" => Ok(ClockMode::Reactor),
+            "tokio" => Ok(ClockMode::Tokio),
+            other => Err(PyValueError::new_err(format!(
+                "clock must be 'auto', 'reactor' or 'tokio', got {other:?}"
+            ))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +335,13 @@ mod tests {
             assert_eq!(WakeMode::parse(mode.as_str()).unwrap(), mode);
         }
         assert!(WakeMode::parse("eventfd").is_err());
+    }
+
+    #[test]
+    fn clock_mode_round_trips() {
+        for mode in [ClockMode::Auto, ClockMode::Reactor, ClockMode::Tokio] {
+            assert_eq!(ClockMode::parse(mode.as_str()).unwrap(), mode);
+        }
+        assert!(ClockMode::parse("virtual").is_err());
     }
 }

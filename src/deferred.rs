@@ -87,6 +87,8 @@ where
     }
     // Starts the runtime on first use.
     let engine = bridge.engine(py)?;
+    // On the reactor's clock the task's `time::now()` starts from the time now.
+    bridge.observe_clock(py);
 
     let context = match bridge.provider() {
         Some(provider) => provider.capture(py)?,

@@ -124,13 +124,15 @@ mod submit;
 pub mod synapse;
 mod task;
 mod threads;
+pub mod time;
+mod timer_queue;
 mod tokio_pool;
 mod twisted;
 mod wake;
 mod wake_flag;
 
 pub use bridge::runtime_attr;
-pub use config::{LogContextProvider, RuntimeConfig, TokioRuntime, WakeMode};
+pub use config::{ClockMode, LogContextProvider, RuntimeConfig, TokioRuntime, WakeMode};
 pub use deferred::create_deferred;
 pub use errors::{RuntimeShutdown, RustPanicError};
 pub use logging::Logger;

@@ -15,7 +15,8 @@ use crate::errors::{RuntimeShutdown, RustPanicError};
 use crate::runtime::{install_runtime, PyRuntime};
 
 /// install(reactor, *, worker_threads=None, thread_name=None, shutdown_timeout=None,
-///         logcontext=None, track_cpu_time=None, wake=None, linger=None, tokio=None)
+///         logcontext=None, track_cpu_time=None, wake=None, linger=None, tokio=None,
+///         clock=None)
 ///
 /// Installs the pyo3-twisted runtime on `reactor`. Omitted options keep their
 /// defaults. Installing again with the same options is a no-op; with different ones,

@@ -27,12 +27,13 @@ macro_rules! stats {
             }
         }
 
-        /// How many figures a [`Stats`] has, `state` and `wake_mode` aside.
+        /// How many figures a [`Stats`] has, `state`, `wake_mode` and `clock` aside.
         const FIGURES: usize = [$(stringify!($computed),)* $(stringify!($counted),)*].len();
 
         /// A snapshot of one runtime's counters.
         ///
-        /// Counters only grow, except `tasks_in_flight` and `tokio_threads_live`.
+        /// Counters only grow, except `tasks_in_flight`, `timers_pending` and
+        /// `tokio_threads_live`.
         #[derive(Clone, Debug, Default, PartialEq, Eq)]
         #[non_exhaustive]
         pub struct Stats {
@@ -40,13 +41,15 @@ macro_rules! stats {
             pub state: &'static str,
             /// `"fd"` or `"call_from_thread"` once running; `"none"` before.
             pub wake_mode: &'static str,
+            /// Which clock [`time`](crate::time) follows: `"reactor"` or `"tokio"`.
+            pub clock: &'static str,
             $( $(#[doc = $cdoc])+ pub $computed: u64, )*
             $( $(#[doc = $kdoc])+ pub $counted: u64, )*
         }
 
         impl Stats {
             /// The snapshot as `(name, value)` pairs, in declaration order; the names
-            /// are the Python dict's keys. `state` and `wake_mode` excluded.
+            /// are the Python dict's keys. `state`, `wake_mode` and `clock` excluded.
             pub fn counters(&self) -> [(&'static str, u64); FIGURES] {
                 [
                     $( (stringify!($computed), self.$computed), )*
@@ -63,6 +66,10 @@ stats! {
         worker_threads,
         /// Deferreds created and not yet fired.
         tasks_in_flight,
+        /// Timers of [`time`](crate::time) waiting on the reactor's clock.
+        timers_pending,
+        /// Timers of [`time`](crate::time) fired by the reactor's clock.
+        timers_fired,
         /// GIL acquisitions made by this crate on Tokio threads, process-wide (the
         /// design keeps it at zero).
         gil_acquisitions_on_tokio_threads,
@@ -111,7 +118,7 @@ impl Counters {
 
 impl Stats {
     /// The snapshot as the Python dict `pyo3_twisted.stats(reactor)` returns: every
-    /// counter, plus `state` and `wake_mode`.
+    /// counter, plus `state`, `wake_mode` and `clock`.
     pub fn to_dict<'py>(
         &self,
         py: pyo3::Python<'py>,
@@ -120,6 +127,7 @@ impl Stats {
         let dict = pyo3::types::PyDict::new(py);
         dict.set_item("state", self.state)?;
         dict.set_item("wake_mode", self.wake_mode)?;
+        dict.set_item("clock", self.clock)?;
         for (name, value) in self.counters() {
             dict.set_item(name, value)?;
         }

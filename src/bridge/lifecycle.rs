@@ -32,7 +32,7 @@ use super::{
     ReactorSlot, OWNER, PROCESS_OWNER,
 };
 use crate::asyncio::AsyncioLoop;
-use crate::config::{LogContextProvider, RuntimeConfig, TokioRuntime};
+use crate::config::{ClockMode, LogContextProvider, RuntimeConfig, TokioRuntime};
 use crate::errors::{report, RuntimeShutdown};
 use crate::live_tasks::LiveTasks;
 use crate::logcontext::Provider;
@@ -41,6 +41,7 @@ use crate::registry::{Entry, Registry};
 use crate::stats::Counters;
 use crate::submit::Submitter;
 use crate::threads;
+use crate::timer_queue::TimerQueue;
 use crate::twisted::{deferred_class, succeed};
 
 /// How long stopping waits for Tokio threads to finish their current poll. Aborted
@@ -169,6 +170,13 @@ impl Bridge {
         let counters = Arc::new(Counters::default());
         let mailbox = Arc::new(Mailbox::new(Arc::clone(&counters)));
         let installed = crate::mailbox::install(py, reactor, config.wake, &mailbox)?;
+        let timers = match config.clock {
+            ClockMode::Reactor => true,
+            ClockMode::Tokio => false,
+            // Reactors a test drives by hand: Twisted's Clock and its subclasses.
+            ClockMode::Auto => reactor.hasattr(intern!(py, "advance"))?,
+        }
+        .then(TimerQueue::default);
         let bridge = Arc::new(Bridge {
             reactor_address: reactor.as_ptr() as usize,
             provider,
@@ -181,12 +189,14 @@ impl Bridge {
                 live: LiveTasks::default(),
                 reactor_thread: std::sync::atomic::AtomicU64::new(threads::current_id()),
                 running_at_fork: std::sync::atomic::AtomicBool::new(false),
+                timers,
             },
             local: ReactorLocal {
                 registry: parking_lot::Mutex::new(Registry::default()),
                 canceller: std::sync::OnceLock::new(),
                 linger: std::sync::OnceLock::new(),
                 linger_scheduled: std::sync::atomic::AtomicBool::new(false),
+                timers_due: std::sync::OnceLock::new(),
                 side: parking_lot::Mutex::new(ReactorSide {
                     reactor: Some(PyWeakrefReference::new(reactor)?.unbind()),
                     reader: installed.reader.as_ref().map(|r| r.clone_ref(py)),
@@ -204,6 +214,13 @@ impl Bridge {
             c"cancel",
             |bridge, py, args| bridge.cancel(py, &args.get_item(0)?),
         )?);
+        if bridge.cross.timers.is_some() {
+            let due = bridge_callback(py, &bridge, c"timers_due", |bridge, py, _| {
+                bridge.timers_due(py);
+                Ok(py.None())
+            })?;
+            let _ = bridge.local.timers_due.set(due);
+        }
         if fd_mode && !bridge.config.linger.is_zero() {
             let linger = bridge_callback(py, &bridge, c"linger", |bridge, py, _| {
                 bridge.linger(py);
@@ -561,6 +578,11 @@ impl Bridge {
                 report(py, err, "pyo3-twisted: unregistering the mailbox reader");
             }
         }
+        if let Some(timers) = &self.cross.timers {
+            if let Err(err) = timers.close(py) {
+                report(py, err, "pyo3-twisted: cancelling the timers' callLater");
+            }
+        }
         directory::forget(self);
         self.stop_engine(py, true);
         // What the stopped tasks queued as they were dropped: the cancellation of
@@ -634,6 +656,11 @@ impl Bridge {
     /// Stops at interpreter exit, whatever state the reactor is in.
     pub(super) fn stop_for_exit(&self, py: Python<'_>) {
         self.cross.phase.store(Phase::Stopped);
+        if let Some(timers) = &self.cross.timers {
+            if let Err(err) = timers.close(py) {
+                report(py, err, "pyo3-twisted: cancelling the timers' callLater");
+            }
+        }
         directory::forget(self);
         self.stop_engine(py, true);
         self.cross.mailbox.close(py);

@@ -214,19 +214,20 @@ impl super::DatabasePool for PostgresPool {
         mut func: ErasedInteraction,
     ) -> ErasedResult {
         let mut attempt = 1;
-        let started = std::time::Instant::now();
+        // The crate's clock: a test on a memory reactor retries in virtual time.
+        let started = crate::time::clock_now();
         loop {
             match self.attempt(name, &mut func).await {
                 Err(err) if attempt < self.config.max_attempts && is_retryable(&err) => {
                     log::debug!(
                         "run_interaction({name}): attempt {attempt} failed, retrying: {err:#}"
                     );
-                    tokio::time::sleep(backoff(self.config.retry_backoff, attempt)).await;
+                    crate::time::wait(backoff(self.config.retry_backoff, attempt)).await;
                     attempt += 1;
                 }
                 Err(err)
                     if connection_lost(&err)
-                        && started.elapsed() < self.config.reconnect_timeout =>
+                        && crate::time::clock_now() - started < self.config.reconnect_timeout =>
                 {
                     log::warn!(
                         "run_interaction({name}): connection to {} lost or refused \
@@ -235,7 +236,7 @@ impl super::DatabasePool for PostgresPool {
                     );
                     let delay =
                         backoff(self.config.retry_backoff, attempt).min(Duration::from_millis(250));
-                    tokio::time::sleep(delay).await;
+                    crate::time::wait(delay).await;
                     attempt += 1;
                 }
                 Err(err) => {

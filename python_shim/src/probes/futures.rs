@@ -132,7 +132,7 @@ fn spawn_children<'py>(
     })
 }
 
-fn seconds_to_duration(seconds: f64) -> PyResult<Duration> {
+pub(super) fn seconds_to_duration(seconds: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(seconds)
         .map_err(|_| PyValueError::new_err(format!("bad duration: {seconds}")))
 }

@@ -7,6 +7,7 @@
 use pyo3::prelude::*;
 
 mod awaitables;
+mod clock;
 mod futures;
 mod store;
 
@@ -17,6 +18,7 @@ pub(crate) fn register(parent: &Bound<'_, PyModule>) -> PyResult<()> {
     let m = PyModule::new(py, "probes")?;
     futures::register(&m)?;
     awaitables::register(&m)?;
+    clock::register(&m)?;
     store::register(&m)?;
     m.setattr("__name__", "pyo3_twisted.probes")?;
     m.setattr(
