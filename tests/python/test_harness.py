@@ -40,6 +40,25 @@ def test_get_success_times_out_without_busy_looping():
     assert time.process_time() - cpu_before < 0.2
 
 
+def test_pump_until_runs_thread_calls_without_moving_the_clock():
+    reactor = ThreadedMemoryReactorClock()
+    seen = []
+    go = threading.Event()
+
+    def worker():
+        go.wait()
+        reactor.callFromThread(seen.append, "from a thread")
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    go.set()
+    reactor.pump_until(lambda: seen == ["from a thread"])
+    thread.join()
+    assert reactor.seconds() == 0
+    with pytest.raises(TimeoutError, match="did not hold within 0.05 s"):
+        reactor.pump_until(lambda: False, timeout=0.05)
+
+
 def test_get_failure_checks_the_type():
     reactor = ThreadedMemoryReactorClock()
     d = Deferred()

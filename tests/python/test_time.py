@@ -15,14 +15,11 @@ from pyo3_twisted import RuntimeShutdown, probes
 from pyo3_twisted.testing import memory_reactor
 
 
-def pump_until(reactor, condition, what, timeout=10.0):
-    """Turn the reactor (no virtual time passes) until `condition()` holds: the
-    Rust tasks run on Tokio threads and reach their timers in their own time."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        reactor.turn()
-        reactor.wait_for_work(0.005)
+def pump_until(reactor, condition, what):
+    try:
+        reactor.pump_until(condition)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def timers_pending(reactor):

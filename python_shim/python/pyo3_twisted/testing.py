@@ -30,6 +30,19 @@ From pytest::
         with memory_reactor() as reactor:
             yield reactor
 
+Rust timers (``pyo3_twisted::time``) follow this reactor's clock, as ``callLater``
+does: no real time passes, and ``advance(n)`` fires what falls due. A timer starts
+when the reactor thread registers it, so let the task reach its sleep before
+advancing (:meth:`ThreadedMemoryReactorClock.pump_until`)::
+
+    def test_retry_waits_an_hour(reactor):
+        d = my_extension.retry_in_an_hour(reactor)          # sleeps 3600 s in Rust
+        reactor.pump_until(lambda: my_extension.stats(reactor)["timers_pending"] == 1)
+        reactor.advance(3599)
+        assert not d.called
+        reactor.advance(1)
+        assert reactor.get_success(d) == "retried"
+
 This module depends on Twisted only (not on the compiled extension), so it serves any
 extension crate built on pyo3-twisted. It works on Twisted 24.11 and later.
 """
@@ -182,6 +195,22 @@ class ThreadedMemoryReactorClock(MemoryReactorClock):
         timing.)"""
         self.advance(seconds)
         self.check_logcontext()
+
+    def pump_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Turn the reactor, moving no virtual time, until ``condition()`` holds:
+        the way to wait for bridged work to reach a state (a Rust task at its
+        sleep, say) before advancing the clock. Waits for work with the GIL
+        released between turns; raises ``TimeoutError`` after ``timeout`` seconds
+        of real time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.turn()
+            if condition():
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{condition!r} did not hold within {timeout} s")
+            self.wait_for_work(min(remaining, 0.005))
 
     def check_logcontext(self) -> None:
         """With a ``logcontext`` module: fail unless the reactor thread is in the
