@@ -54,6 +54,10 @@ ROWS = [
     ("syn_versions_seq", "synapse_versions", {"impl": "synapse", "mode": "sequential", "m": 2_000}, "Synapse 1.163.2's own RustHandlers.versions.get_versions(), sequential"),
     ("port_versions_conc", "synapse_versions", {"impl": "ours", "mode": "concurrent", "n": 10_000}, "the same handler on pyo3_twisted::synapse, 10k concurrent"),
     ("port_versions_seq", "synapse_versions", {"impl": "ours", "mode": "sequential", "m": 2_000}, "the same handler on pyo3_twisted::synapse, sequential"),
+    ("sleep10_ours", "sleep_accuracy", {"clock": "crate", "measure": "overshoot", "n": 100}, "pyo3_twisted::time::sleep(10 ms) on epoll: overshoot past 10 ms"),
+    ("sleep10_tokio", "sleep_accuracy", {"clock": "tokio", "measure": "overshoot", "n": 100}, "tokio::time::sleep(10 ms) in a bridged task: overshoot past 10 ms"),
+    ("sleep10_ours_cpu", "sleep_accuracy", {"clock": "crate", "measure": "cpu", "n": 100}, "pyo3_twisted::time::sleep(10 ms): process CPU per sleep"),
+    ("sleep10_tokio_cpu", "sleep_accuracy", {"clock": "tokio", "measure": "cpu", "n": 100}, "tokio::time::sleep(10 ms): process CPU per sleep"),
     ("cpu_on", "cpu_accounting", {"track": True, "n": 200_000}, "per poll, CPU accounting on"),
     ("cpu_off", "cpu_accounting", {"track": False, "n": 200_000}, "per poll, CPU accounting off"),
 ]
@@ -84,6 +88,8 @@ GOALS = [
     ("7. shared process pool (default) vs a pool of the reactor's own, sequential", "ours_seq", "ours_seq_own", 1.15, "<="),
     ("8. Synapse's /versions handler ported to pyo3_twisted::synapse vs Synapse 1.163.2's own, 10k concurrent", "port_versions_conc", "syn_versions_conc", 1.0, "<="),
     ("8. Synapse's /versions handler ported to pyo3_twisted::synapse vs Synapse 1.163.2's own, sequential", "port_versions_seq", "syn_versions_seq", 1.0, "<="),
+    ("9. pyo3_twisted::time::sleep(10 ms) vs tokio::time::sleep, overshoot (epoll)", "sleep10_ours", "sleep10_tokio", 1.5, "<="),
+    ("9. pyo3_twisted::time::sleep(10 ms) vs tokio::time::sleep, CPU per sleep (epoll)", "sleep10_ours_cpu", "sleep10_tokio_cpu", 1.2, "<="),
 ]
 
 
@@ -107,7 +113,8 @@ def summary(us: list[float]) -> dict:
 def scaled(params: dict, quick: bool) -> dict:
     if not quick:
         return params
-    return {k: (max(100, v // 10) if k in ("n", "m", "total") and isinstance(v, int) else v) for k, v in params.items()}
+    small = lambda k, v: max(10, v // 10) if k == "n" and params.get("measure") else max(100, v // 10)  # noqa: E731
+    return {k: (small(k, v) if k in ("n", "m", "total") and isinstance(v, int) else v) for k, v in params.items()}
 
 
 def main() -> int:

@@ -590,6 +590,30 @@ def case_synapse_versions(p: dict) -> None:
     twisted_main(body)
 
 
+def case_sleep_accuracy(p: dict) -> None:
+    """`n` sleeps of 10 ms in a row inside one bridged task on the epoll reactor,
+    through `pyo3_twisted::time::sleep` (Tokio's timers there) or
+    `tokio::time::sleep`: per repetition, the median overshoot past 10 ms (µs of
+    real time), or the process CPU time per sleep (µs)."""
+    import statistics
+
+    from pyo3_twisted import probes
+
+    async def body(reactor: Any) -> dict:
+        us = []
+        for _ in range(p["reps"]):
+            cpu = time.process_time()
+            overshoots = await probes.sleep_overshoots(reactor, p["n"], 10, p["clock"] == "crate")
+            cpu = time.process_time() - cpu
+            if p["measure"] == "overshoot":
+                us.append(statistics.median(overshoots))
+            else:
+                us.append(cpu * 1e6 / p["n"])
+        return {"us": us}
+
+    twisted_main(body, runtime={"worker_threads": 2})
+
+
 CASES = {name[len("case_") :]: f for name, f in globals().items() if name.startswith("case_")}
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ configured through that module. It installs the runtime; from inside the reactor
 awaits a Rust future that sleeps on Tokio, one that spawns children, one that fails
 with a Python exception raised in Rust and one that panics; prints what came back
 and the runtime's counters; and stops the reactor, which shuts the runtime down.
+(Rust's default panic hook also prints the panic to stderr.)
 """
 
 from typing import Any

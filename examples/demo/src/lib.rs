@@ -11,8 +11,10 @@ mod hello;
 mod store;
 mod versions;
 
-#[pymodule]
-fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+// The library is named for the package (a workspace cannot hold two `_native`
+// libraries: their files would collide in target/); the module is `_native`.
+#[pymodule(name = "_native")]
+fn demo_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pyo3_twisted::add_python_api(m)?;
     versions::register(m)?;
     hello::register(m)?;
