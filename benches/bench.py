@@ -36,6 +36,7 @@ ROWS = [
     ("asyncio_conc", "asyncio", {"mode": "concurrent", "n": 10_000}, "pyo3-async-runtimes on asyncio, 10k concurrent"),
     ("asyncio_seq", "asyncio", {"mode": "sequential", "m": 2_000}, "pyo3-async-runtimes on asyncio, sequential"),
     ("ours_conc", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 10_000}, "create_deferred, 10k concurrent"),
+    ("ours_conc_nometrics", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 10_000, "metrics": False}, "create_deferred, 10k concurrent, histograms off (metrics=False)"),
     ("ours_conc_own", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 10_000, "tokio": "per_reactor"}, "create_deferred, 10k concurrent, a Tokio pool of the reactor's own"),
     ("ours_conc_prov", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 10_000, "provider_only": True}, "create_deferred, pyo3_twisted.logcontext provider, caller in the sentinel"),
     ("ours_conc_lc", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 10_000, "logcontext": True}, "create_deferred + pyo3_twisted.logcontext, 10k concurrent"),
@@ -88,6 +89,7 @@ GOALS = [
     ("7. shared process pool (default) vs a pool of the reactor's own, sequential", "ours_seq", "ours_seq_own", 1.15, "<="),
     ("8. Synapse's /versions handler ported to pyo3_twisted::synapse vs Synapse 1.163.2's own, 10k concurrent", "port_versions_conc", "syn_versions_conc", 1.0, "<="),
     ("8. Synapse's /versions handler ported to pyo3_twisted::synapse vs Synapse 1.163.2's own, sequential", "port_versions_seq", "syn_versions_seq", 1.0, "<="),
+    ("10. create_deferred 10k concurrent, histograms on (default) vs off", "ours_conc", "ours_conc_nometrics", 1.05, "<="),
     ("9. pyo3_twisted::time::sleep(10 ms) vs tokio::time::sleep, overshoot (epoll)", "sleep10_ours", "sleep10_tokio", 1.5, "<="),
     ("9. pyo3_twisted::time::sleep(10 ms) vs tokio::time::sleep, CPU per sleep (epoll)", "sleep10_ours_cpu", "sleep10_tokio_cpu", 1.2, "<="),
 ]

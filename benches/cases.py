@@ -248,6 +248,8 @@ def case_twisted(p: dict) -> None:
         runtime = {}  # the default configuration
         if p.get("tokio"):
             runtime["tokio"] = p["tokio"]
+        if "metrics" in p:
+            runtime["metrics"] = p["metrics"]
         if p.get("logcontext") or p.get("provider_only"):
             runtime["logcontext"] = "pyo3_twisted.logcontext"
 

@@ -24,6 +24,7 @@ PACKAGE_FILES = {
     "pyo3_twisted/_native.pyi",
     "pyo3_twisted/database.py",
     "pyo3_twisted/logcontext.py",
+    "pyo3_twisted/metrics.py",
     "pyo3_twisted/py.typed",
     "pyo3_twisted/testing.py",
 }
@@ -35,6 +36,8 @@ NATIVE_API = {
     "RuntimeShutdown",
     "RustPanicError",
     "convert_placeholders",
+    "describe_stats",
+    "histograms",
     "install",
     "reset_log_cache",
     "stats",

@@ -38,7 +38,7 @@ use crate::live_tasks::{HasLiveTasks, LiveTasks};
 use crate::logcontext::Provider;
 use crate::mailbox::Mailbox;
 use crate::registry::{Entry, Key, Registry};
-use crate::stats::{Counters, Stats};
+use crate::stats::{Counters, Histograms, Stats};
 use crate::submit::{Submitter, Task};
 use crate::threads;
 use crate::timer_queue::{Deadline, Timer, TimerQueue};
@@ -169,6 +169,7 @@ pub(crate) struct Bridge {
 /// What Tokio threads (and any thread) touch.
 struct CrossThread {
     counters: Arc<Counters>,
+    histograms: Arc<Histograms>,
     mailbox: Arc<Mailbox>,
     phase: PhaseCell,
     engine: RwLock<Option<Arc<Engine>>>,
@@ -242,6 +243,10 @@ impl Bridge {
 
     pub(crate) fn config(&self) -> &RuntimeConfig {
         &self.config
+    }
+
+    pub(crate) fn histograms(&self) -> &Histograms {
+        &self.cross.histograms
     }
 
     pub(crate) fn counters(&self) -> &Counters {
@@ -471,6 +476,7 @@ impl Bridge {
             },
             timers_pending: self.cross.timers.as_ref().map_or(0, |t| t.len() as u64),
             timers_fired: self.cross.timers.as_ref().map_or(0, |t| t.fired()),
+            mailbox_depth: self.cross.mailbox.depth() as u64,
             gil_acquisitions_on_tokio_threads: threads::gil_acquisitions_on_tokio_threads(),
             ..Stats::default()
         };

@@ -66,6 +66,10 @@ pub struct RuntimeConfig {
     pub tokio: TokioRuntime,
     /// Which clock [`time`](crate::time) follows. Default: [`ClockMode::Auto`].
     pub clock: ClockMode,
+    /// Record the histograms [`histograms`](crate::histograms) reports (drain batch sizes,
+    /// wake-to-drain latency, task run and CPU times). The counters of
+    /// [`stats`](crate::stats) are kept either way. Default: `true`.
+    pub metrics: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -81,12 +85,13 @@ impl Default for RuntimeConfig {
             linger: Duration::from_micros(50),
             tokio: TokioRuntime::Process,
             clock: ClockMode::Auto,
+            metrics: true,
         }
     }
 }
 
 /// The keyword arguments [`RuntimeConfig::from_kwargs`] understands.
-pub(crate) const CONFIG_KEYWORDS: [&str; 9] = [
+pub(crate) const CONFIG_KEYWORDS: [&str; 10] = [
     "worker_threads",
     "thread_name",
     "shutdown_timeout",
@@ -96,6 +101,7 @@ pub(crate) const CONFIG_KEYWORDS: [&str; 9] = [
     "linger",
     "tokio",
     "clock",
+    "metrics",
 ];
 
 impl RuntimeConfig {
@@ -103,8 +109,8 @@ impl RuntimeConfig {
     /// and `pyo3_twisted.Runtime` take them: `worker_threads` (int), `thread_name`
     /// (str), `shutdown_timeout` and `linger` (seconds), `logcontext` (a module name),
     /// `track_cpu_time` (bool), `wake` (`"auto"`, `"fd"`, `"call_from_thread"`),
-    /// `tokio` (`"process"`, `"per_reactor"`) and `clock` (`"auto"`, `"reactor"`,
-    /// `"tokio"`). Omitted or `None` options keep their
+    /// `tokio` (`"process"`, `"per_reactor"`), `clock` (`"auto"`, `"reactor"`,
+    /// `"tokio"`) and `metrics` (bool). Omitted or `None` options keep their
     /// defaults. An unknown keyword is a `TypeError`, a bad value a `ValueError`.
     pub fn from_kwargs(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         let mut config = RuntimeConfig::default();
@@ -126,6 +132,7 @@ impl RuntimeConfig {
                 "linger" => config.linger = seconds(&key, &value)?,
                 "tokio" => config.tokio = TokioRuntime::parse(&value.extract::<String>()?)?,
                 "clock" => config.clock = ClockMode::parse(&value.extract::<String>()?)?,
+                "metrics" => config.metrics = value.extract()?,
                 other => {
                     return Err(PyTypeError::new_err(format!(
                         "unexpected keyword argument {other:?}; the runtime's options are {}",

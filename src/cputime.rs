@@ -10,17 +10,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
-/// User and system CPU microseconds used and not yet charged.
+/// User and system CPU microseconds used and not yet charged, and the total.
 #[derive(Default, Debug)]
 pub(crate) struct CpuMeter {
     user_us: AtomicU64,
     system_us: AtomicU64,
+    total_us: AtomicU64,
 }
 
 impl CpuMeter {
     fn add(&self, user_us: u64, system_us: u64) {
         self.user_us.fetch_add(user_us, Ordering::Relaxed);
         self.system_us.fetch_add(system_us, Ordering::Relaxed);
+        self.total_us
+            .fetch_add(user_us + system_us, Ordering::Relaxed);
+    }
+
+    /// All the CPU time used so far, charged or not.
+    pub(crate) fn total(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.total_us.load(Ordering::Relaxed))
     }
 
     /// Takes what was used so far, in seconds, if anything was.

@@ -15,6 +15,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::future::{AbortHandle, Abortable};
 use futures_util::FutureExt;
@@ -27,7 +28,7 @@ use crate::live_tasks::LiveTasks;
 use crate::registry::Key;
 use crate::runtime::RuntimeRef;
 use crate::scope::TaskScope;
-use crate::stats::Counters;
+use crate::stats::{Counters, TaskOutcome};
 use crate::twisted::{already_called_error, deferred_class};
 
 /// Runs `fut` on the reactor's Tokio runtime and returns a Twisted `Deferred` for its
@@ -101,6 +102,7 @@ where
     let key = bridge.register(deferred.clone().unbind(), abort);
     // Holds the scope; on the shared pool it also counts the task until it is gone.
     let live = LiveTasks::enter(scope, engine.counts_live_tasks());
+    let started = bridge.histograms().enabled.then(Instant::now);
     let task = Box::pin(async move {
         let Some(scope) = live.owner().map(Arc::clone) else {
             return;
@@ -118,6 +120,9 @@ where
         let Some(scope) = live.disarm() else {
             return;
         };
+        if let Some(started) = started {
+            record(&scope, started, &outcome);
+        }
         let mailbox = Arc::clone(scope.bridge.mailbox());
         mailbox.push(Box::new(move |py| deliver(py, &scope, key, outcome)));
     });
@@ -140,6 +145,20 @@ where
 enum Outcome<O> {
     Finished(PyResult<O>),
     Panicked(String),
+}
+
+/// The task's run time and CPU time, into its runtime's histograms. Tokio worker.
+fn record<O>(scope: &TaskScope, started: Instant, outcome: &Outcome<O>) {
+    let histograms = scope.bridge.histograms();
+    let kind = match outcome {
+        Outcome::Finished(Ok(_)) => TaskOutcome::Completed,
+        Outcome::Finished(Err(_)) => TaskOutcome::Failed,
+        Outcome::Panicked(_) => TaskOutcome::Panicked,
+    };
+    histograms.task_run[kind as usize].observe_duration(started.elapsed());
+    if let Some(cpu) = scope.cpu_total() {
+        histograms.task_cpu.observe_duration(cpu);
+    }
 }
 
 fn reject(py: Python<'_>, deferred: &Bound<'_, PyAny>) -> PyResult<()> {

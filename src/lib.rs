@@ -111,6 +111,7 @@ pub mod db;
 mod deferred;
 mod errors;
 mod fork;
+mod histogram;
 mod live_tasks;
 mod logcontext;
 mod logging;
@@ -135,12 +136,14 @@ pub use bridge::runtime_attr;
 pub use config::{ClockMode, LogContextProvider, RuntimeConfig, TokioRuntime, WakeMode};
 pub use deferred::create_deferred;
 pub use errors::{RuntimeShutdown, RustPanicError};
+pub use histogram::HistogramSnapshot;
 pub use logging::Logger;
 pub use python_api::add_python_api;
 pub use runtime::{
-    install_runtime, run_python_awaitable, stats, PyRuntime, ReactorHandle, Runtime, RuntimeRef,
+    histograms, install_runtime, run_python_awaitable, stats, HistogramReading, PyRuntime,
+    ReactorHandle, Runtime, RuntimeRef,
 };
-pub use stats::Stats;
+pub use stats::{Stats, GAUGES};
 pub use task::spawn;
 pub use tokio_pool::process_runtime;
 pub use wake::POLLS_READERS_ATTR;

@@ -39,7 +39,7 @@ use pyo3::prelude::*;
 
 use crate::close_flag::CloseFlag;
 use crate::errors::{panic_message, report, RustPanicError};
-use crate::stats::Counters;
+use crate::stats::{Counters, Histograms};
 use crate::wake::ReactorWaker;
 pub use crate::wake_flag::WakeFlag;
 
@@ -64,10 +64,11 @@ pub(crate) struct Mailbox {
     waiting: AtomicBool,
     waiter: Mutex<Option<std::thread::Thread>>,
     counters: Arc<Counters>,
+    histograms: Arc<Histograms>,
 }
 
 impl Mailbox {
-    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(counters: Arc<Counters>, histograms: Arc<Histograms>) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
         Self {
             tx,
@@ -78,6 +79,7 @@ impl Mailbox {
             waiting: AtomicBool::new(false),
             waiter: Mutex::new(None),
             counters,
+            histograms,
         }
     }
 
@@ -105,6 +107,11 @@ impl Mailbox {
             }
         }
         if self.wake_pending.request_wake() {
+            if self.histograms.enabled {
+                self.histograms
+                    .batch_started
+                    .store(crate::histogram::now_ns(), Ordering::Release);
+            }
             self.wake();
         }
     }
@@ -157,6 +164,7 @@ impl Mailbox {
     pub(crate) fn drain(&self, py: Python<'_>) -> PyResult<usize> {
         Counters::bump(&self.counters.mailbox_drains);
         self.wake_pending.begin_drain();
+        self.note_drain_start();
         self.run_jobs(py)
     }
 
@@ -208,11 +216,26 @@ impl Mailbox {
         // Back to the wake protocol: clear the flag, then take what was pushed
         // before the clear (whoever pushes after it wakes the reactor).
         self.wake_pending.begin_drain();
+        self.note_drain_start();
         let last = self.run_jobs(py);
         Counters::bump(&self.counters.mailbox_lingers);
         match (outcome, last) {
             (Ok(n), Ok(m)) => Ok(n + m),
             (Err(err), _) | (_, Err(err)) => Err(err),
+        }
+    }
+
+    /// Jobs queued right now. Any thread.
+    pub(crate) fn depth(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// A drain starts: the wake-up that asked for it, if any, took this long.
+    fn note_drain_start(&self) {
+        let started = self.histograms.batch_started.swap(0, Ordering::Acquire);
+        if started != 0 {
+            let waited = crate::histogram::now_ns().saturating_sub(started);
+            self.histograms.wake_to_drain.observe(waited);
         }
     }
 
@@ -249,6 +272,9 @@ impl Mailbox {
         self.counters
             .mailbox_max_batch
             .fetch_max(ran as u64, Ordering::Relaxed);
+        if ran > 0 && self.histograms.enabled {
+            self.histograms.drain_batch.observe(ran as u64);
+        }
         match interrupt {
             Some(err) => Err(err),
             None => Ok(ran),
@@ -282,7 +308,10 @@ mod tests {
     use super::*;
 
     fn mailbox() -> Mailbox {
-        Mailbox::new(Arc::new(Counters::default()))
+        Mailbox::new(
+            Arc::new(Counters::default()),
+            Arc::new(Histograms::new(true)),
+        )
     }
 
     #[test]

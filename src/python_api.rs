@@ -8,7 +8,7 @@
 //! configure and read the runtime that module's futures actually run on.
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 
 use crate::config::RuntimeConfig;
 use crate::errors::{RuntimeShutdown, RustPanicError};
@@ -16,7 +16,7 @@ use crate::runtime::{install_runtime, PyRuntime};
 
 /// install(reactor, *, worker_threads=None, thread_name=None, shutdown_timeout=None,
 ///         logcontext=None, track_cpu_time=None, wake=None, linger=None, tokio=None,
-///         clock=None)
+///         clock=None, metrics=None)
 ///
 /// Installs the pyo3-twisted runtime on `reactor`. Omitted options keep their
 /// defaults. Installing again with the same options is a no-op; with different ones,
@@ -38,12 +38,56 @@ fn stats<'py>(py: Python<'py>, reactor: &Bound<'py, PyAny>) -> PyResult<Bound<'p
     crate::runtime::stats(reactor)?.to_dict(py)
 }
 
+/// histograms(reactor) -> list[dict]
+///
+/// The histograms of the runtime installed on `reactor`: for each, `name`,
+/// `labels` (a dict), `buckets` (`(upper bound, cumulative count)` pairs, the last
+/// bound `inf`), `sum` and `count`. Raises RuntimeError if no runtime is installed.
+#[pyfunction]
+fn histograms<'py>(py: Python<'py>, reactor: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for reading in crate::runtime::histograms(reactor)? {
+        let item = PyDict::new(py);
+        item.set_item("name", reading.name)?;
+        let labels = PyDict::new(py);
+        if let Some(outcome) = reading.outcome {
+            labels.set_item("outcome", outcome)?;
+        }
+        item.set_item("labels", labels)?;
+        item.set_item("buckets", reading.snapshot.buckets.clone())?;
+        item.set_item("sum", reading.snapshot.sum)?;
+        item.set_item("count", reading.snapshot.count())?;
+        list.append(item)?;
+    }
+    Ok(list)
+}
+
+/// describe_stats() -> dict
+///
+/// For every key of `stats(reactor)` but `state`, `wake_mode` and `clock`: `(doc,
+/// kind)`, kind `"counter"` (only grows) or `"gauge"` (a level).
+#[pyfunction]
+fn describe_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let dict = PyDict::new(py);
+    for (name, doc) in crate::stats::Stats::descriptions() {
+        let kind = if crate::stats::GAUGES.contains(&name) {
+            "gauge"
+        } else {
+            "counter"
+        };
+        dict.set_item(name, (doc.trim(), kind))?;
+    }
+    Ok(dict)
+}
+
 /// Adds this copy of the crate's Python API to the extension module `m`:
 ///
 /// | name | what it is |
 /// |------|------------|
 /// | `install(reactor, **config)` | [`install_runtime`] with [`RuntimeConfig::from_kwargs`] |
 /// | `stats(reactor)` | [`stats`](crate::stats) as a dict |
+/// | `histograms(reactor)` | [`histograms`](crate::histograms) as a list of dicts |
+/// | `describe_stats()` | each figure's doc and kind (counter or gauge) |
 /// | `Runtime` | [`PyRuntime`], a handle on a reactor's runtime |
 /// | `RustPanicError`, `RuntimeShutdown` | the exceptions this copy raises |
 /// | `RUNTIME_ATTR`, `POLLS_READERS_ATTR` | [`runtime_attr`](crate::runtime_attr) and [`POLLS_READERS_ATTR`](crate::POLLS_READERS_ATTR) |
@@ -72,6 +116,8 @@ pub fn add_python_api(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_function(wrap_pyfunction!(install, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
+    m.add_function(wrap_pyfunction!(histograms, m)?)?;
+    m.add_function(wrap_pyfunction!(describe_stats, m)?)?;
     m.add_class::<PyRuntime>()?;
     m.add("RustPanicError", py.get_type::<RustPanicError>())?;
     m.add("RuntimeShutdown", py.get_type::<RuntimeShutdown>())?;

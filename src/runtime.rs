@@ -25,6 +25,7 @@ use pyo3::types::PyDict;
 use crate::bridge::{bridge_for_address, Bridge};
 use crate::config::RuntimeConfig;
 use crate::errors::RuntimeShutdown;
+use crate::histogram::HistogramSnapshot;
 use crate::scope::TaskScope;
 use crate::stats::Stats;
 
@@ -390,6 +391,42 @@ pub fn install_runtime(reactor: &Bound<'_, PyAny>, config: RuntimeConfig) -> PyR
 pub fn stats(reactor: &Bound<'_, PyAny>) -> PyResult<Stats> {
     match Bridge::of_reactor(reactor)? {
         Some(bridge) => Ok(bridge.stats()),
+        None => Err(PyRuntimeError::new_err(
+            "no pyo3-twisted runtime is installed on this reactor",
+        )),
+    }
+}
+
+/// One histogram of a runtime, as [`histograms`] reads it.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct HistogramReading {
+    /// `drain_batch_size` (jobs), `wake_to_drain_seconds`, `task_run_seconds` or
+    /// `task_cpu_seconds`.
+    pub name: &'static str,
+    /// The `outcome` label of `task_run_seconds`: `completed`, `failed` or
+    /// `panicked`.
+    pub outcome: Option<&'static str>,
+    /// The counts.
+    pub snapshot: HistogramSnapshot,
+}
+
+/// The histograms of the runtime installed on `reactor` (all empty when it was
+/// installed with `metrics: false`). Any thread; never blocks the workers.
+///
+/// Errors if no runtime is installed there (this does not install one).
+pub fn histograms(reactor: &Bound<'_, PyAny>) -> PyResult<Vec<HistogramReading>> {
+    match Bridge::of_reactor(reactor)? {
+        Some(bridge) => Ok(bridge
+            .histograms()
+            .snapshot()
+            .into_iter()
+            .map(|(name, outcome, snapshot)| HistogramReading {
+                name,
+                outcome,
+                snapshot,
+            })
+            .collect()),
         None => Err(PyRuntimeError::new_err(
             "no pyo3-twisted runtime is installed on this reactor",
         )),

@@ -79,6 +79,11 @@ impl TaskScope {
         SCOPE.scope(scope, crate::cputime::metered(fut, meter))
     }
 
+    /// The thread CPU time this scope's tasks used, where it is metered.
+    pub(crate) fn cpu_total(&self) -> Option<std::time::Duration> {
+        self.cpu.as_ref().map(|meter| meter.total())
+    }
+
     /// The logging context this scope works for; `None` for the sentinel.
     pub(crate) fn context(&self) -> Option<&Py<PyAny>> {
         self.context.as_ref()

@@ -6,6 +6,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::histogram::{Histogram, HistogramSnapshot, Unit, COUNT_BOUNDS, SECONDS_BOUNDS_NS};
+
 macro_rules! stats {
     (
         // Figures the bridge computes when it takes a snapshot.
@@ -32,8 +34,8 @@ macro_rules! stats {
 
         /// A snapshot of one runtime's counters.
         ///
-        /// Counters only grow, except `tasks_in_flight`, `timers_pending` and
-        /// `tokio_threads_live`.
+        /// Counters only grow, except `tasks_in_flight`, `timers_pending`,
+        /// `mailbox_depth` and `tokio_threads_live`.
         #[derive(Clone, Debug, Default, PartialEq, Eq)]
         #[non_exhaustive]
         pub struct Stats {
@@ -48,6 +50,14 @@ macro_rules! stats {
         }
 
         impl Stats {
+            /// Every figure's name and doc, in the order of [`Stats::counters`].
+            pub fn descriptions() -> [(&'static str, &'static str); FIGURES] {
+                [
+                    $( (stringify!($computed), concat!($($cdoc),+)), )*
+                    $( (stringify!($counted), concat!($($kdoc),+)), )*
+                ]
+            }
+
             /// The snapshot as `(name, value)` pairs, in declaration order; the names
             /// are the Python dict's keys. `state`, `wake_mode` and `clock` excluded.
             pub fn counters(&self) -> [(&'static str, u64); FIGURES] {
@@ -68,6 +78,8 @@ stats! {
         tasks_in_flight,
         /// Timers of [`time`](crate::time) waiting on the reactor's clock.
         timers_pending,
+        /// Jobs queued in the mailbox for the reactor thread right now.
+        mailbox_depth,
         /// Timers of [`time`](crate::time) fired by the reactor's clock.
         timers_fired,
         /// GIL acquisitions made by this crate on Tokio threads, process-wide (the
@@ -107,6 +119,73 @@ stats! {
         mailbox_max_batch,
         /// Times the reactor lingered for results after handing work to Tokio.
         mailbox_lingers,
+    }
+}
+
+/// The figures of [`Stats`] that are levels (they may go down, or report a
+/// maximum), exported as gauges; every other figure only grows, a counter.
+pub const GAUGES: [&str; 6] = [
+    "worker_threads",
+    "tasks_in_flight",
+    "timers_pending",
+    "mailbox_depth",
+    "tokio_threads_live",
+    "mailbox_max_batch",
+];
+
+/// How a bridged task ended, for the run-time histogram's `outcome` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TaskOutcome {
+    Completed = 0,
+    Failed = 1,
+    Panicked = 2,
+}
+
+/// The `outcome` label of each [`TaskOutcome`], in order.
+pub(crate) const TASK_OUTCOMES: [&str; 3] = ["completed", "failed", "panicked"];
+
+/// One runtime's histograms, recorded from any thread without the GIL. With
+/// `RuntimeConfig::metrics` off, nothing is recorded (the counters still are).
+#[derive(Debug)]
+pub(crate) struct Histograms {
+    pub(crate) enabled: bool,
+    /// Jobs run by each drain that found any.
+    pub(crate) drain_batch: Histogram,
+    /// From the push that asked for a wake-up to the start of the drain it caused.
+    pub(crate) wake_to_drain: Histogram,
+    /// From `create_deferred` to the future's outcome, by [`TaskOutcome`].
+    pub(crate) task_run: [Histogram; 3],
+    /// Thread CPU time a task used, where CPU time is metered (a logcontext
+    /// provider with `track_cpu_time`).
+    pub(crate) task_cpu: Histogram,
+    /// When the first push of the pending batch asked for a wake-up (`now_ns`), or 0.
+    pub(crate) batch_started: AtomicU64,
+}
+
+impl Histograms {
+    pub(crate) fn new(enabled: bool) -> Self {
+        let seconds = || Histogram::new(SECONDS_BOUNDS_NS, Unit::Nanoseconds);
+        Self {
+            enabled,
+            drain_batch: Histogram::new(COUNT_BOUNDS, Unit::Count),
+            wake_to_drain: seconds(),
+            task_run: [seconds(), seconds(), seconds()],
+            task_cpu: seconds(),
+            batch_started: AtomicU64::new(0),
+        }
+    }
+
+    /// Every histogram by its exported name (and `outcome` label for task runs).
+    pub(crate) fn snapshot(&self) -> Vec<(&'static str, Option<&'static str>, HistogramSnapshot)> {
+        let mut all = vec![
+            ("drain_batch_size", None, self.drain_batch.snapshot()),
+            ("wake_to_drain_seconds", None, self.wake_to_drain.snapshot()),
+        ];
+        for (outcome, h) in TASK_OUTCOMES.iter().zip(&self.task_run) {
+            all.push(("task_run_seconds", Some(*outcome), h.snapshot()));
+        }
+        all.push(("task_cpu_seconds", None, self.task_cpu.snapshot()));
+        all
     }
 }
 
@@ -159,5 +238,20 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), FIGURES, "a figure is listed twice");
+    }
+
+    #[test]
+    fn every_figure_has_a_doc_and_every_gauge_is_a_figure() {
+        let described = Stats::descriptions();
+        assert!(described.iter().all(|(_, doc)| !doc.trim().is_empty()));
+        let names: Vec<_> = Stats::default()
+            .counters()
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(described.iter().map(|(n, _)| *n).collect::<Vec<_>>(), names);
+        for gauge in GAUGES {
+            assert!(names.contains(&gauge), "{gauge} is not a figure");
+        }
     }
 }

@@ -38,7 +38,7 @@ use crate::live_tasks::LiveTasks;
 use crate::logcontext::Provider;
 use crate::mailbox::Mailbox;
 use crate::registry::{Entry, Registry};
-use crate::stats::Counters;
+use crate::stats::{Counters, Histograms};
 use crate::submit::Submitter;
 use crate::threads;
 use crate::timer_queue::TimerQueue;
@@ -168,7 +168,8 @@ impl Bridge {
         };
         let asyncio = AsyncioLoop::of_reactor(reactor, provider.as_ref())?;
         let counters = Arc::new(Counters::default());
-        let mailbox = Arc::new(Mailbox::new(Arc::clone(&counters)));
+        let histograms = Arc::new(Histograms::new(config.metrics));
+        let mailbox = Arc::new(Mailbox::new(Arc::clone(&counters), Arc::clone(&histograms)));
         let installed = crate::mailbox::install(py, reactor, config.wake, &mailbox)?;
         let timers = match config.clock {
             ClockMode::Reactor => true,
@@ -184,6 +185,7 @@ impl Bridge {
             cross: CrossThread {
                 mailbox,
                 counters,
+                histograms,
                 phase: PhaseCell::new(Phase::Installed),
                 engine: parking_lot::RwLock::new(None),
                 live: LiveTasks::default(),

@@ -109,6 +109,37 @@ def test_versions_put_and_the_access_log(database):
     assert any(f"reactor: {reactor}" in line for line in demo.stderr_lines), demo.stderr_lines
 
 
+def test_metrics_show_the_figures_of_one_request(tmp_path):
+    demo = Demo(str(tmp_path / "demo.sqlite3"))
+    try:
+        status, _ = demo.request("GET", "/versions?user_id=@alice:example.org")
+        assert status == 200
+        conn = http.client.HTTPConnection(demo.host, demo.port, timeout=30)
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.getheader("Content-Type").startswith("text/plain")
+        text = response.read().decode()
+        conn.close()
+    finally:
+        assert demo.stop() == 0
+    from prometheus_client.parser import text_string_to_metric_families
+
+    figures = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    main = (("reactor", "main"),)
+    # One request: one Rust task, completed, timed once.
+    assert figures[("pyo3_twisted_tasks_spawned_total", main)] == 1
+    assert figures[("pyo3_twisted_tasks_completed_total", main)] == 1
+    assert figures[("pyo3_twisted_task_run_seconds_count", (("outcome", "completed"), *main))] == 1
+    assert figures[("pyo3_twisted_tasks_in_flight", main)] == 0
+    # Its transaction went through the Python pool: one awaitable from Rust.
+    assert figures[("pyo3_twisted_awaitables_started_total", main)] == 1
+
+
 def test_bad_requests_get_4xx_and_change_nothing(tmp_path):
     path = str(tmp_path / "demo.sqlite3")
     demo = Demo(path)

@@ -10,6 +10,8 @@ from twisted.internet.interfaces import IReactorCore
 from pyo3_twisted._native import POLLS_READERS_ATTR as POLLS_READERS_ATTR
 from pyo3_twisted._native import RUNTIME_ATTR as RUNTIME_ATTR
 from pyo3_twisted._native import Runtime as Runtime
+from pyo3_twisted._native import describe_stats as describe_stats
+from pyo3_twisted._native import histograms as histograms
 from pyo3_twisted._native import install as install
 from pyo3_twisted._native import stats as stats
 

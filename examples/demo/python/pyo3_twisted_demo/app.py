@@ -7,6 +7,8 @@
   through the same pool as the Python code: the shape of Synapse's ``/versions``.
 - ``PUT /features/{user_id}/{feature}`` with ``{"enabled": true}``: written by a
   Python handler through that pool.
+- ``GET /metrics``: the Rust runtime's figures in Prometheus text format
+  (``pyo3_twisted.metrics``).
 - One access-log line per request with its logging context's figures:
   ``ru=(utime, stime)`` including the Rust handler's CPU time, and
   ``db=(sched/txn/count)`` including the Rust-initiated transactions.
@@ -36,8 +38,11 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
 from pyo3_twisted import logcontext as lc
 from pyo3_twisted.database import DatabasePool, redact
+from pyo3_twisted.metrics import RuntimeCollector
 
 from . import _native
 from ._native import RuntimeShutdown, VersionsHandler
@@ -92,6 +97,11 @@ class DemoApp:
         self.reactor = reactor
         self.pool = pool
         self.versions = VersionsHandler(pool, reactor, KNOWN_FEATURES, rust_work_ms)
+        # GET /metrics: this module's runtime (its own copy of the crate's).
+        self.metrics = CollectorRegistry()
+        collector = RuntimeCollector(source=_native)
+        collector.track(reactor, name="main")
+        self.metrics.register(collector)
         self.shutdown_timeout = shutdown_timeout
         self.request_ids = itertools.count(1)
         self.active = 0
@@ -225,6 +235,10 @@ class DemoResource(Resource):
         self.app = app
 
     def render(self, request: Any) -> Any:
+        if request.path == b"/metrics" and request.method == b"GET":
+            # Prometheus text, rendered at once: a scrape reads counters only.
+            request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+            return generate_latest(self.app.metrics)
         return self.app.render(request)
 
 
