@@ -66,10 +66,14 @@ where
     });
     let shared = Arc::new(Shared::default());
     let scope = TaskScope::current();
+    // Entered on the reactor thread while the factory runs: Rust it calls back into
+    // (a `create_deferred`) starts under the calling task's span.
+    let span = tracing::Span::current();
     let job_shared = Arc::clone(&shared);
     let job_bridge = Arc::clone(&bridge);
     bridge.mailbox().push(Box::new(move |py| {
         drop(keep);
+        let _entered = span.enter();
         start(
             py,
             &job_bridge,

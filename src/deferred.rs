@@ -22,6 +22,7 @@ use futures_util::FutureExt;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::IntoPyObjectExt;
+use tracing::Instrument;
 
 use crate::errors::{panic_message, RuntimeShutdown, RustPanicError};
 use crate::live_tasks::LiveTasks;
@@ -103,11 +104,13 @@ where
     // Holds the scope; on the shared pool it also counts the task until it is gone.
     let live = LiveTasks::enter(scope, engine.counts_live_tasks());
     let started = bridge.histograms().enabled.then(Instant::now);
+    // The caller's `tracing` span, if any, goes with the task.
+    let span = tracing::Span::current();
     let task = Box::pin(async move {
         let Some(scope) = live.owner().map(Arc::clone) else {
             return;
         };
-        let scoped = TaskScope::enter(scope, fut);
+        let scoped = TaskScope::enter(scope, fut.instrument(span));
         let outcome = match AssertUnwindSafe(Abortable::new(scoped, registration))
             .catch_unwind()
             .await

@@ -30,7 +30,11 @@
 //!   `synapse.logging.context`), the request's logging context follows the work:
 //!   Python called back from Rust runs in it (so its database time is charged to the
 //!   request), the CPU time spent polling the future is added to it, and Rust `log`
-//!   lines ([`Logger`]) are emitted inside it.
+//!   lines ([`Logger`]) and `tracing` events ([`trace::PythonLayer`]) are emitted
+//!   inside it.
+//! - [`time`] has timers on the reactor's clock (virtual time in tests), and
+//!   [`histograms`] with [`stats`] feed the Prometheus collector
+//!   `pyo3_twisted.metrics`.
 //!
 //! # Which thread runs what
 //!
@@ -128,6 +132,7 @@ mod threads;
 pub mod time;
 mod timer_queue;
 mod tokio_pool;
+pub mod trace;
 mod twisted;
 mod wake;
 mod wake_flag;

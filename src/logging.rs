@@ -36,7 +36,7 @@ use crate::threads;
 /// }
 /// ```
 pub struct Logger {
-    python: Arc<pyo3_log::Logger>,
+    pub(crate) python: Arc<pyo3_log::Logger>,
     max_level: LevelFilter,
 }
 
@@ -96,35 +96,41 @@ impl Log for Logger {
         if !self.python.enabled(record.metadata()) {
             return;
         }
-        let scope = TaskScope::current();
-        let Some(bridge) = TaskScope::bridge_of(scope.as_ref()) else {
-            return;
-        };
-        let owned = OwnedRecord::new(record);
-        let python = Arc::clone(&self.python);
-        bridge.mailbox().push(Box::new(move |py| {
-            let emit = || {
-                owned.emit(&*python);
-                Ok(())
-            };
-            match &scope {
-                Some(scope) => scope.with_context(py, emit),
-                None => emit(),
-            }
-        }));
+        forward_from_tokio(&self.python, OwnedRecord::new(record));
     }
 
     fn flush(&self) {}
 }
 
+/// Sends `record`, made on one of this crate's Tokio threads, to the reactor thread,
+/// to be emitted inside the logging context of the task that made it (the sentinel
+/// outside any request). Never takes the GIL.
+pub(crate) fn forward_from_tokio(python: &Arc<pyo3_log::Logger>, record: OwnedRecord) {
+    let scope = TaskScope::current();
+    let Some(bridge) = TaskScope::bridge_of(scope.as_ref()) else {
+        return;
+    };
+    let python = Arc::clone(python);
+    bridge.mailbox().push(Box::new(move |py| {
+        let emit = || {
+            record.emit(&*python);
+            Ok(())
+        };
+        match &scope {
+            Some(scope) => scope.with_context(py, emit),
+            None => emit(),
+        }
+    }));
+}
+
 /// A record that outlives the `log!` call, to be emitted on the reactor thread.
-struct OwnedRecord {
-    level: log::Level,
-    target: String,
-    module_path: Option<String>,
-    file: Option<String>,
-    line: Option<u32>,
-    message: String,
+pub(crate) struct OwnedRecord {
+    pub(crate) level: log::Level,
+    pub(crate) target: String,
+    pub(crate) module_path: Option<String>,
+    pub(crate) file: Option<String>,
+    pub(crate) line: Option<u32>,
+    pub(crate) message: String,
 }
 
 impl OwnedRecord {
@@ -139,7 +145,8 @@ impl OwnedRecord {
         }
     }
 
-    fn emit(&self, logger: &dyn Log) {
+    /// Emits the record through `logger`, on the calling thread.
+    pub(crate) fn emit(&self, logger: &dyn Log) {
         logger.log(
             &Record::builder()
                 .level(self.level)

@@ -3,6 +3,7 @@
 use std::future::Future;
 
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::scope::TaskScope;
 
@@ -12,7 +13,9 @@ use crate::scope::TaskScope;
 /// Use it instead of `tokio::spawn` so the child keeps the request's logging context
 /// (when a provider is configured): its log lines, its Python calls
 /// ([`run_python_awaitable`](crate::run_python_awaitable)) and its CPU time are
-/// charged to the same request. Outside a bridged task it is `tokio::spawn`.
+/// charged to the same request. It also runs in the caller's current `tracing` span,
+/// so the child's events carry the parent's span fields. Outside a bridged task it is
+/// `tokio::spawn` (in the current span).
 ///
 /// # Panics
 ///
@@ -33,6 +36,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
+    let fut = fut.in_current_span();
     match TaskScope::current() {
         Some(scope) => tokio::spawn(TaskScope::enter(scope, fut)),
         None => tokio::spawn(fut),

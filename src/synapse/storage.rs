@@ -127,7 +127,7 @@ pub mod db {
 
     pub mod python_db_pool {
         //! Synapse's `PythonDatabasePoolWrapper`: the crate's
-        //! [`PythonDatabasePool`](crate::db::PythonDatabasePool), made from a
+        //! [`PythonDatabasePool`], made from a
         //! `RustRuntime`.
 
         use pyo3::prelude::*;

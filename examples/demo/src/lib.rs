@@ -21,5 +21,7 @@ fn demo_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // This module's Rust `log` records reach Python logging, in the request's
     // logcontext. Another module of the process may have set a logger already.
     let _ = pyo3_twisted::Logger::new(m.py())?.install();
+    // And its `tracing` events, unless a subscriber is already set.
+    let _ = pyo3_twisted::trace::try_init(m.py())?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 mod awaitables;
 mod clock;
 mod futures;
+mod spans;
 mod store;
 
 /// Adds the submodule `probes` to `_native`, importable as `pyo3_twisted.probes`
@@ -20,6 +21,7 @@ pub(crate) fn register(parent: &Bound<'_, PyModule>) -> PyResult<()> {
     awaitables::register(&m)?;
     clock::register(&m)?;
     store::register(&m)?;
+    spans::register(&m)?;
     m.setattr("__name__", "pyo3_twisted.probes")?;
     m.setattr(
         "__doc__",
