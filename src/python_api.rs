@@ -50,8 +50,8 @@ fn histograms<'py>(py: Python<'py>, reactor: &Bound<'py, PyAny>) -> PyResult<Bou
         let item = PyDict::new(py);
         item.set_item("name", reading.name)?;
         let labels = PyDict::new(py);
-        if let Some(outcome) = reading.outcome {
-            labels.set_item("outcome", outcome)?;
+        for (label, value) in &reading.labels {
+            labels.set_item(label, value)?;
         }
         item.set_item("labels", labels)?;
         item.set_item("buckets", reading.snapshot.buckets.clone())?;

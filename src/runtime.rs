@@ -401,12 +401,13 @@ pub fn stats(reactor: &Bound<'_, PyAny>) -> PyResult<Stats> {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct HistogramReading {
-    /// `drain_batch_size` (jobs), `wake_to_drain_seconds`, `task_run_seconds` or
-    /// `task_cpu_seconds`.
+    /// `drain_batch_size` (jobs), `wake_to_drain_seconds`, `task_run_seconds`,
+    /// `task_cpu_seconds`, `pool_checkout_seconds` or `run_interaction_seconds`.
     pub name: &'static str,
-    /// The `outcome` label of `task_run_seconds`: `completed`, `failed` or
-    /// `panicked`.
-    pub outcome: Option<&'static str>,
+    /// Its labels, `(name, value)`: `outcome` (`completed`, `failed`, `panicked`) for
+    /// task runs; `pool` for checkouts; `pool`, `name` (the transaction's) and
+    /// `outcome` (`committed`, `retried`, `failed`) for transactions.
+    pub labels: Vec<(&'static str, &'static str)>,
     /// The counts.
     pub snapshot: HistogramSnapshot,
 }
@@ -421,9 +422,9 @@ pub fn histograms(reactor: &Bound<'_, PyAny>) -> PyResult<Vec<HistogramReading>>
             .histograms()
             .snapshot()
             .into_iter()
-            .map(|(name, outcome, snapshot)| HistogramReading {
+            .map(|(name, labels, snapshot)| HistogramReading {
                 name,
-                outcome,
+                labels,
                 snapshot,
             })
             .collect()),

@@ -5,6 +5,7 @@
 //! (the field names) and [`Stats::counters`] are all generated from it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::histogram::{Histogram, HistogramSnapshot, Unit, COUNT_BOUNDS, SECONDS_BOUNDS_NS};
 
@@ -160,7 +161,17 @@ pub(crate) struct Histograms {
     pub(crate) task_cpu: Histogram,
     /// When the first push of the pending batch asked for a wake-up (`now_ns`), or 0.
     pub(crate) batch_started: AtomicU64,
+    /// `run_interaction` time, whole (every attempt), by pool, transaction name and
+    /// outcome (`committed`, `retried` then committed, `failed`).
+    interactions: parking_lot::Mutex<Vec<(InteractionKey, Arc<Histogram>)>>,
+    /// Waits for a connection of the native PostgreSQL pool.
+    pub(crate) checkout: Histogram,
 }
+
+type InteractionKey = (&'static str, &'static str, &'static str);
+
+/// A histogram's labels, `(name, value)` in the exported order.
+pub(crate) type Labels = Vec<(&'static str, &'static str)>;
 
 impl Histograms {
     pub(crate) fn new(enabled: bool) -> Self {
@@ -172,19 +183,61 @@ impl Histograms {
             task_run: [seconds(), seconds(), seconds()],
             task_cpu: seconds(),
             batch_started: AtomicU64::new(0),
+            interactions: parking_lot::Mutex::new(Vec::new()),
+            checkout: seconds(),
         }
     }
 
-    /// Every histogram by its exported name (and `outcome` label for task runs).
-    pub(crate) fn snapshot(&self) -> Vec<(&'static str, Option<&'static str>, HistogramSnapshot)> {
-        let mut all = vec![
-            ("drain_batch_size", None, self.drain_batch.snapshot()),
-            ("wake_to_drain_seconds", None, self.wake_to_drain.snapshot()),
+    /// Counts one whole `run_interaction`. Any thread; a short lock, taken once per
+    /// transaction.
+    pub(crate) fn observe_interaction(
+        &self,
+        pool: &'static str,
+        name: &'static str,
+        outcome: &'static str,
+        elapsed: std::time::Duration,
+    ) {
+        if !self.enabled {
+            return;
+        }
+        let key = (pool, name, outcome);
+        let histogram = {
+            let mut all = self.interactions.lock();
+            match all.iter().find(|(k, _)| *k == key) {
+                Some((_, h)) => Arc::clone(h),
+                None => {
+                    let h = Arc::new(Histogram::new(SECONDS_BOUNDS_NS, Unit::Nanoseconds));
+                    all.push((key, Arc::clone(&h)));
+                    h
+                }
+            }
+        };
+        histogram.observe_duration(elapsed);
+    }
+
+    /// Every histogram by its exported name, with its labels.
+    pub(crate) fn snapshot(&self) -> Vec<(&'static str, Labels, HistogramSnapshot)> {
+        let mut all: Vec<(&'static str, Labels, HistogramSnapshot)> = vec![
+            ("drain_batch_size", vec![], self.drain_batch.snapshot()),
+            ("wake_to_drain_seconds", vec![], self.wake_to_drain.snapshot()),
         ];
         for (outcome, h) in TASK_OUTCOMES.iter().zip(&self.task_run) {
-            all.push(("task_run_seconds", Some(*outcome), h.snapshot()));
+            all.push(("task_run_seconds", vec![("outcome", *outcome)], h.snapshot()));
         }
-        all.push(("task_cpu_seconds", None, self.task_cpu.snapshot()));
+        all.push(("task_cpu_seconds", vec![], self.task_cpu.snapshot()));
+        all.push((
+            "pool_checkout_seconds",
+            vec![("pool", "postgres")],
+            self.checkout.snapshot(),
+        ));
+        let interactions: Vec<_> = self.interactions.lock().clone();
+        for ((pool, name, outcome), h) in interactions {
+            all.push((
+                "run_interaction_seconds",
+                vec![("pool", pool), ("name", name), ("outcome", outcome)],
+                h.snapshot(),
+            ));
+        }
         all
     }
 }

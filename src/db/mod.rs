@@ -42,7 +42,9 @@
 use std::any::Any;
 use std::future::Future;
 #[cfg(feature = "postgres")]
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 #[cfg(feature = "postgres")]
 use std::task::Poll;
 
@@ -122,6 +124,39 @@ pub(crate) fn unerase<R: 'static>(name: &str, result: ErasedResult) -> anyhow::R
 }
 
 impl<P: DatabasePool + ?Sized> DatabasePoolExt for P {}
+
+/// `func`, counting the attempts it is called for.
+pub(crate) fn counted(func: ErasedInteraction) -> (ErasedInteraction, Arc<AtomicU32>) {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let count = Arc::clone(&attempts);
+    let counted: ErasedInteraction = Box::new(move |txn| {
+        count.fetch_add(1, Ordering::Relaxed);
+        func(txn)
+    });
+    (counted, attempts)
+}
+
+/// Counts one whole transaction (every attempt) in `bridge`'s histograms:
+/// `committed` at the first attempt, `retried` when it committed after reruns,
+/// `failed` otherwise.
+pub(crate) fn record_interaction(
+    bridge: Option<&crate::bridge::Bridge>,
+    pool: &'static str,
+    name: &'static str,
+    attempts: &AtomicU32,
+    committed: bool,
+    started: std::time::Instant,
+) {
+    let Some(bridge) = bridge else { return };
+    let outcome = match (committed, attempts.load(Ordering::Relaxed) > 1) {
+        (false, _) => "failed",
+        (true, true) => "retried",
+        (true, false) => "committed",
+    };
+    bridge
+        .histograms()
+        .observe_interaction(pool, name, outcome, started.elapsed());
+}
 
 /// A transaction in progress, handed to the closure of `run_interaction`.
 ///

@@ -148,7 +148,14 @@ impl PostgresPool {
 
     // `&mut`: the closure is `Send` but not `Sync`, and this future must be `Send`.
     async fn attempt(&self, name: &'static str, func: &mut ErasedInteraction) -> ErasedResult {
-        let mut client = match self.pool.get().await {
+        let waiting = std::time::Instant::now();
+        let checkout = self.pool.get().await;
+        if let Some(bridge) = crate::scope::TaskScope::current_bridge() {
+            if bridge.histograms().enabled {
+                bridge.histograms().checkout.observe_duration(waiting.elapsed());
+            }
+        }
+        let mut client = match checkout {
             Ok(client) => client,
             Err(err) => {
                 let message = format!(
@@ -211,8 +218,28 @@ impl super::DatabasePool for PostgresPool {
     async fn run_interaction_erased(
         &self,
         name: &'static str,
-        mut func: ErasedInteraction,
+        func: ErasedInteraction,
     ) -> ErasedResult {
+        let (func, attempts) = super::counted(func);
+        let started = std::time::Instant::now();
+        let result = self.run_counted(name, func).await;
+        let bridge = crate::scope::TaskScope::current_bridge();
+        super::record_interaction(
+            bridge.as_deref(),
+            "postgres",
+            name,
+            &attempts,
+            result.is_ok(),
+            started,
+        );
+        result
+    }
+}
+
+impl PostgresPool {
+    /// The transaction, retried on serialization failures, deadlocks and (within
+    /// `reconnect_timeout`) lost connections.
+    async fn run_counted(&self, name: &'static str, mut func: ErasedInteraction) -> ErasedResult {
         let mut attempt = 1;
         // The crate's clock: a test on a memory reactor retries in virtual time.
         let started = crate::time::clock_now();

@@ -131,6 +131,19 @@ impl super::DatabasePool for PythonDatabasePool {
         name: &'static str,
         func: ErasedInteraction,
     ) -> ErasedResult {
+        let (func, attempts) = super::counted(func);
+        let started = std::time::Instant::now();
+        let result = self.run_counted(name, func).await;
+        let bridge = self.runtime.as_ref().map(|runtime| runtime.bridge().as_ref());
+        super::record_interaction(bridge, "python", name, &attempts, result.is_ok(), started);
+        result
+    }
+}
+
+impl PythonDatabasePool {
+    /// The transaction through `runInteraction`, which reruns `func` on a
+    /// serialization failure.
+    async fn run_counted(&self, name: &'static str, func: ErasedInteraction) -> ErasedResult {
         let Some(handle) = &self.runtime else {
             let reason = match &*self.pool {
                 PoolRef::Broken(reason) => reason.clone(),

@@ -24,8 +24,8 @@ def scrape(registry):
     return samples
 
 
-def value(samples, name, **labels):
-    return samples[(name, frozenset({"reactor": "main", **labels}.items()))]
+def value(samples, sample, **labels):
+    return samples[(sample, frozenset({"reactor": "main", **labels}.items()))]
 
 
 def registry_for(reactor, source=None):
@@ -93,6 +93,38 @@ def test_cpu_time_per_task_is_recorded_where_it_is_metered():
         samples = scrape(registry)
     assert value(samples, "pyo3_twisted_task_cpu_seconds_count") == 1
     assert value(samples, "pyo3_twisted_task_cpu_seconds_sum") >= 0.015
+
+
+def test_run_interaction_outcomes_per_pool_and_transaction_name():
+    from pyo3_twisted.database import DatabasePool
+    from pyo3_twisted.probes import RustStore
+
+    with memory_reactor() as reactor:
+        pyo3_twisted.install(reactor, worker_threads=2, tokio="per_reactor")
+        registry = registry_for(reactor)
+        pool = DatabasePool(reactor, ":memory:", max_connections=1)
+        try:
+            store = RustStore.python(pool, reactor)
+            ddl = "CREATE TABLE feature_flags (user_id TEXT, feature TEXT, enabled BOOLEAN, PRIMARY KEY (user_id, feature))"
+            reactor.get_success(store.execute(reactor, [(ddl, [])]))
+            for _ in range(3):
+                reactor.get_success(store.get_flags(reactor, "@alice:example.org"))
+            reactor.get_failure(store.query(reactor, "SELECT * FROM no_such_table", []), Exception)
+            samples = scrape(registry)
+        finally:
+            pool.close()
+
+    def count(name, outcome):
+        return value(
+            samples, "pyo3_twisted_run_interaction_seconds_count", pool="python", name=name, outcome=outcome
+        )
+
+    assert count("get_feature_flags", "committed") == 3
+    assert count("execute", "committed") == 1
+    assert count("query", "failed") == 1
+    assert ("pyo3_twisted_run_interaction_seconds_count", frozenset(
+        {"reactor": "main", "pool": "python", "name": "get_feature_flags", "outcome": "retried"}.items()
+    )) not in samples
 
 
 def test_metrics_off_keeps_the_counters_and_records_no_histogram():

@@ -154,6 +154,14 @@ def test_serialization_failure_reruns_the_closure(pg_setup, pg_dsn):
     # T2's first attempt hit a serialization failure; the second committed, and its
     # value (T1's +1 and its own) is what came back.
     assert attempts == 2
+    # The metrics saw one transaction that committed after a rerun.
+    pool = "postgres" if s.kind == "native-postgresql" else "python"
+    retried = [
+        h for h in pyo3_twisted.histograms(s.reactor)
+        if h["name"] == "run_interaction_seconds"
+        and h["labels"] == {"pool": pool, "name": "increment_after_lock", "outcome": "retried"}
+    ]
+    assert [h["count"] for h in retried] == [1]
     assert value == 2
     assert s.get(s.store.query(s.reactor, "SELECT value FROM counter WHERE id = 1", [])) == [[2]]
 

@@ -5,7 +5,8 @@ Rust futures into Deferreds. This package is its Python side:
 
 - :class:`Runtime` is a handle on a reactor's runtime (start, shutdown, stats) that an
   application keeps instead of the reactor; :func:`install` configures the runtime of a
-  reactor, :func:`stats` reads its counters;
+  reactor, :func:`stats` reads its counters and :func:`histograms` its histograms
+  (:mod:`pyo3_twisted.metrics` exports both to Prometheus);
 - :class:`RustPanicError` and :class:`RuntimeShutdown` are the failures a bridged
   Deferred can carry besides the future's own exceptions;
 - :mod:`pyo3_twisted.testing` is a memory-reactor harness for trial and pytest;
@@ -26,6 +27,7 @@ from ._native import (
     Runtime,
     RuntimeShutdown,
     RustPanicError,
+    histograms,
     install,
     stats,
 )
@@ -36,6 +38,7 @@ __all__ = [
     "Runtime",
     "RuntimeShutdown",
     "RustPanicError",
+    "histograms",
     "install",
     "stats",
 ]

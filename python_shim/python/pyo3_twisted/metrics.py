@@ -16,8 +16,11 @@ reactor's figures carry a ``reactor`` label, its name:
 - every figure of ``stats(reactor)``, as a counter (``pyo3_twisted_<name>_total``)
   or a gauge (levels: tasks in flight, mailbox depth, live Tokio threads, ...);
 - the histograms: ``drain_batch_size``, ``wake_to_drain_seconds``,
-  ``task_run_seconds`` (with an ``outcome`` label) and ``task_cpu_seconds`` (where
-  CPU time is metered: a logcontext provider with ``track_cpu_time``).
+  ``task_run_seconds`` (with an ``outcome`` label), ``task_cpu_seconds`` (where
+  CPU time is metered: a logcontext provider with ``track_cpu_time``),
+  ``run_interaction_seconds`` (labels ``pool``, ``name``, ``outcome``: committed,
+  retried or failed) and ``pool_checkout_seconds`` (the native pool's waits for a
+  connection).
 
 Collecting reads atomic counters and never waits for the reactor or the Tokio
 workers, so a scrape may run on any thread (``prometheus_client``'s HTTP server
@@ -39,6 +42,26 @@ from prometheus_client.registry import Collector
 __all__ = ["RuntimeCollector"]
 
 _TEXT_FIGURES = ("state", "wake_mode", "clock")
+
+#: The histograms a runtime records: name -> (help, labels besides ``reactor``).
+HISTOGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "drain_batch_size": ("Jobs run by each mailbox drain that found any.", ()),
+    "wake_to_drain_seconds": (
+        "From the push that asked for a reactor wake-up to the start of the drain it caused.",
+        (),
+    ),
+    "task_run_seconds": ("From create_deferred to the future's outcome.", ("outcome",)),
+    "task_cpu_seconds": (
+        "Thread CPU time a bridged task (and its spawned children) used, where metered.",
+        (),
+    ),
+    "run_interaction_seconds": (
+        "A whole run_interaction from Rust, every attempt included; outcome committed, "
+        "retried (committed after reruns) or failed.",
+        ("pool", "name", "outcome"),
+    ),
+    "pool_checkout_seconds": ("Waits for a connection of the native PostgreSQL pool.", ("pool",)),
+}
 
 
 class RuntimeCollector(Collector):
@@ -105,7 +128,7 @@ class RuntimeCollector(Collector):
                 figure_families[figure].add_metric([name], value)
             for histogram in histograms:
                 family = histogram_families[histogram["name"]]
-                labels = [name, *histogram["labels"].values()]
+                labels = [name] + [histogram["labels"][label] for label in HISTOGRAMS[histogram["name"]][1]]
                 buckets = [(_le(bound), count) for bound, count in histogram["buckets"]]
                 family.add_metric(labels, buckets, histogram["sum"])
         yield from figure_families.values()
@@ -123,30 +146,11 @@ class RuntimeCollector(Collector):
                 figures[figure] = CounterMetricFamily(name, doc, labels=["reactor"])
             else:
                 figures[figure] = GaugeMetricFamily(name, doc, labels=["reactor"])
-        histograms = [
-            HistogramMetricFamily(
-                f"{self._prefix}_drain_batch_size",
-                "Jobs run by each mailbox drain that found any.",
-                labels=["reactor"],
-            ),
-            HistogramMetricFamily(
-                f"{self._prefix}_wake_to_drain_seconds",
-                "From the push that asked for a reactor wake-up to the start of the drain it caused.",
-                labels=["reactor"],
-            ),
-            HistogramMetricFamily(
-                f"{self._prefix}_task_run_seconds",
-                "From create_deferred to the future's outcome.",
-                labels=["reactor", "outcome"],
-            ),
-            HistogramMetricFamily(
-                f"{self._prefix}_task_cpu_seconds",
-                "Thread CPU time a bridged task (and its spawned children) used, where metered.",
-                labels=["reactor"],
-            ),
-        ]
-        prefix = len(self._prefix) + 1
-        return figures, {family.name[prefix:]: family for family in histograms}
+        histograms = {
+            name: HistogramMetricFamily(f"{self._prefix}_{name}", doc, labels=["reactor", *labels])
+            for name, (doc, labels) in HISTOGRAMS.items()
+        }
+        return figures, histograms
 
 
 def _le(bound: float) -> str:
