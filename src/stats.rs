@@ -219,10 +219,18 @@ impl Histograms {
     pub(crate) fn snapshot(&self) -> Vec<(&'static str, Labels, HistogramSnapshot)> {
         let mut all: Vec<(&'static str, Labels, HistogramSnapshot)> = vec![
             ("drain_batch_size", vec![], self.drain_batch.snapshot()),
-            ("wake_to_drain_seconds", vec![], self.wake_to_drain.snapshot()),
+            (
+                "wake_to_drain_seconds",
+                vec![],
+                self.wake_to_drain.snapshot(),
+            ),
         ];
         for (outcome, h) in TASK_OUTCOMES.iter().zip(&self.task_run) {
-            all.push(("task_run_seconds", vec![("outcome", *outcome)], h.snapshot()));
+            all.push((
+                "task_run_seconds",
+                vec![("outcome", *outcome)],
+                h.snapshot(),
+            ));
         }
         all.push(("task_cpu_seconds", vec![], self.task_cpu.snapshot()));
         all.push((

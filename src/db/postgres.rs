@@ -152,7 +152,10 @@ impl PostgresPool {
         let checkout = self.pool.get().await;
         if let Some(bridge) = crate::scope::TaskScope::current_bridge() {
             if bridge.histograms().enabled {
-                bridge.histograms().checkout.observe_duration(waiting.elapsed());
+                bridge
+                    .histograms()
+                    .checkout
+                    .observe_duration(waiting.elapsed());
             }
         }
         let mut client = match checkout {

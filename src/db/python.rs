@@ -134,7 +134,10 @@ impl super::DatabasePool for PythonDatabasePool {
         let (func, attempts) = super::counted(func);
         let started = std::time::Instant::now();
         let result = self.run_counted(name, func).await;
-        let bridge = self.runtime.as_ref().map(|runtime| runtime.bridge().as_ref());
+        let bridge = self
+            .runtime
+            .as_ref()
+            .map(|runtime| runtime.bridge().as_ref());
         super::record_interaction(bridge, "python", name, &attempts, result.is_ok(), started);
         result
     }
