@@ -480,6 +480,16 @@ pub(crate) fn clock_now() -> Instant {
     }
 }
 
+/// `future`, or `None` if `duration` passes first, on the clock [`wait`] follows.
+#[cfg(feature = "postgres")]
+pub(crate) async fn within<F: Future>(duration: Duration, future: F) -> Option<F::Output> {
+    match clock() {
+        // Shutdown ends the wait as a timeout; the runtime is stopping anyway.
+        Ok(Clock::Reactor(_)) => timeout(duration, future).await.ok(),
+        _ => tokio::time::timeout(duration, future).await.ok(),
+    }
+}
+
 /// The crate's own waits (retry backoff, reconnect): the reactor's clock when the
 /// calling task follows it, else Tokio's, so that code running outside any bridged
 /// task (a Rust-only program's pool) waits as before.

@@ -259,6 +259,102 @@ mod native {
     }
 
     #[test]
+    fn statement_timeout_cancels_once_and_leaves_the_pool_healthy() {
+        runtime().block_on(async {
+            let mut config = PostgresConfig::new(dsn());
+            config.max_size = 1;
+            config.statement_timeout = Some(std::time::Duration::from_millis(100));
+            let pool = PostgresPool::new(config).unwrap();
+            let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let counter = std::sync::Arc::clone(&attempts);
+            let err = pool
+                .run_interaction("slow", move |txn| {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    async move { txn.execute("SELECT pg_sleep(5)", &[]).await }.boxed()
+                })
+                .await
+                .unwrap_err();
+            let message = format!("{err:#}");
+            assert!(message.contains("statement timeout"), "{message}");
+            assert_eq!(
+                attempts.load(std::sync::atomic::Ordering::Relaxed),
+                1,
+                "a cancelled statement is not a serialization failure"
+            );
+            // The same (only) connection serves the next transaction, which sees the
+            // timeout in force.
+            let rows = pool
+                .run_interaction("after", |txn| {
+                    async move { txn.query("SHOW statement_timeout", &[]).await }.boxed()
+                })
+                .await
+                .unwrap();
+            assert_eq!(rows[0].try_get::<String>(0).unwrap(), "100ms");
+            let status = pool.status();
+            assert_eq!((status.size, status.available), (1, 1), "{status:?}");
+        });
+    }
+
+    #[test]
+    fn checkout_timeout_names_the_pool_its_size_and_the_wait() {
+        runtime().block_on(async {
+            let mut config = PostgresConfig::new(dsn());
+            config.max_size = 1;
+            config.checkout_timeout = Some(std::time::Duration::from_millis(200));
+            let pool = std::sync::Arc::new(PostgresPool::new(config).unwrap());
+            let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
+            let held_tx = std::sync::Arc::new(parking_lot::Mutex::new(Some(held_tx)));
+            let holder = {
+                let pool = std::sync::Arc::clone(&pool);
+                tokio::spawn(async move {
+                    pool.run_interaction("hold", move |txn| {
+                        let held_tx = std::sync::Arc::clone(&held_tx);
+                        async move {
+                            txn.execute("SELECT 1", &[]).await?;
+                            if let Some(tx) = held_tx.lock().take() {
+                                let _ = tx.send(());
+                            }
+                            txn.execute("SELECT pg_sleep(1)", &[]).await
+                        }
+                        .boxed()
+                    })
+                    .await
+                })
+            };
+            held_rx.await.unwrap();
+            let err = pool
+                .run_interaction("waits", |txn| {
+                    async move { txn.execute("SELECT 1", &[]).await }.boxed()
+                })
+                .await
+                .unwrap_err();
+            let timeout = err
+                .downcast_ref::<pyo3_twisted::db::CheckoutTimeout>()
+                .unwrap_or_else(|| panic!("not a CheckoutTimeout: {err:#}"));
+            assert_eq!(timeout.max_size, 1);
+            assert_eq!(timeout.waited, std::time::Duration::from_millis(200));
+            let message = format!("{err:#}");
+            assert!(
+                message.contains("127.0.0.1")
+                    || message.contains("localhost")
+                    || message.contains("/"),
+                "{message}"
+            );
+            assert!(
+                message.contains("within 200ms") && message.contains("all 1 (max_size)"),
+                "{message}"
+            );
+            // The holder was not disturbed, and the pool works once it is done.
+            holder.await.unwrap().unwrap();
+            pool.run_interaction("after", |txn| {
+                async move { txn.execute("SELECT 1", &[]).await }.boxed()
+            })
+            .await
+            .unwrap();
+        });
+    }
+
+    #[test]
     fn unreachable_server_names_the_dsn_without_the_password() {
         runtime().block_on(async {
             let pool = PostgresPool::new(PostgresConfig {

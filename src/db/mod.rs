@@ -59,7 +59,9 @@ mod value;
 mod postgres;
 
 #[cfg(feature = "postgres")]
-pub use postgres::{CommitOutcomeUnknown, PoolStatus, PostgresConfig, PostgresPool};
+pub use postgres::{
+    CheckoutTimeout, CommitOutcomeUnknown, PoolStatus, PostgresConfig, PostgresPool,
+};
 pub use python::PythonDatabasePool;
 pub use sql::Placeholders;
 pub use value::{DbRow, DbRowExt, DbValue, FromDbValue};

@@ -46,6 +46,17 @@ pub struct PostgresConfig {
     /// addition to `max_attempts`. Retry delays grow to at most 250 ms. Zero turns
     /// these retries off. Default: 5 seconds.
     pub reconnect_timeout: Duration,
+    /// How long a transaction waits for a pooled connection when all `max_size` are
+    /// in use, before failing with [`CheckoutTimeout`] (never retried). `None` waits
+    /// as long as it takes. Follows the task's clock ([`crate::time`]). Default: 30
+    /// seconds.
+    pub checkout_timeout: Option<Duration>,
+    /// The server's `statement_timeout` for every statement of this pool's
+    /// transactions (`SET LOCAL` after `BEGIN`, so it works behind PgBouncer too): a
+    /// statement running longer is cancelled by the server, the transaction rolls
+    /// back and fails with SQLSTATE 57014, never retried, and the connection goes back
+    /// to the pool. `None` leaves the server's setting. Default: `None`.
+    pub statement_timeout: Option<Duration>,
 }
 
 impl PostgresConfig {
@@ -58,9 +69,36 @@ impl PostgresConfig {
             max_attempts: 5,
             retry_backoff: Duration::from_millis(5),
             reconnect_timeout: Duration::from_secs(5),
+            checkout_timeout: Some(Duration::from_secs(30)),
+            statement_timeout: None,
         }
     }
 }
+
+/// A transaction waited longer than `checkout_timeout` for a connection of a
+/// [`PostgresPool`] whose connections were all in use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckoutTimeout {
+    /// The pool's DSN, without its password.
+    pub dsn: String,
+    /// The pool's `max_size`.
+    pub max_size: usize,
+    /// How long the transaction waited.
+    pub waited: Duration,
+}
+
+impl std::fmt::Display for CheckoutTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no connection of the pool for {} came free within {:?}: all {} (max_size) \
+             are in use; raise max_size or checkout_timeout, or hold connections for less",
+            self.dsn, self.waited, self.max_size
+        )
+    }
+}
+
+impl std::error::Error for CheckoutTimeout {}
 
 /// A [`DatabasePool`](super::DatabasePool) over tokio-postgres, for Rust-only
 /// programs.
@@ -149,7 +187,19 @@ impl PostgresPool {
     // `&mut`: the closure is `Send` but not `Sync`, and this future must be `Send`.
     async fn attempt(&self, name: &'static str, func: &mut ErasedInteraction) -> ErasedResult {
         let waiting = std::time::Instant::now();
-        let checkout = self.pool.get().await;
+        let checkout = match self.config.checkout_timeout {
+            Some(limit) => match crate::time::within(limit, self.pool.get()).await {
+                Some(checkout) => checkout,
+                None => {
+                    return Err(anyhow::Error::new(CheckoutTimeout {
+                        dsn: self.safe_dsn.clone(),
+                        max_size: self.config.max_size,
+                        waited: limit,
+                    }))
+                }
+            },
+            None => self.pool.get().await,
+        };
         if let Some(bridge) = crate::scope::TaskScope::current_bridge() {
             if bridge.histograms().enabled {
                 bridge
@@ -193,6 +243,12 @@ impl PostgresPool {
             .isolation_level(self.config.isolation_level)
             .start()
             .await?;
+        if let Some(limit) = self.config.statement_timeout {
+            // At least 1 ms: 0 would mean no timeout to the server.
+            let ms = limit.as_millis().max(1);
+            txn.batch_execute(&format!("SET LOCAL statement_timeout = {ms}"))
+                .await?;
+        }
         let calls = InTransactionCall::default();
         let mut transaction = PgTransaction { txn, calls: &calls };
         let result = calls.drive(name, func(&mut transaction)).await;
