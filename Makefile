@@ -106,8 +106,10 @@ lint: venv
 	$(VENV)/bin/python -m mypy
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --all-features -- -D warnings
-	# The released wheel's build: python_shim without the `probes` feature.
+	# The released wheel's build: python_shim without the `probes` feature; and the
+	# crate with its default features, as a dependency without `postgres` builds it.
 	cargo clippy -p pyo3-twisted-python --all-targets -- -D warnings
+	cargo clippy -p pyo3-twisted --all-targets -- -D warnings
 
 # The mailbox's wake and close protocols, model-checked (src/wake_flag.rs and
 # src/close_flag.rs under loom's atomics;

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use futures_util::FutureExt;
 use pyo3::prelude::*;
-use pyo3_twisted::db::{DatabasePool, DatabasePoolExt, DbRowExt, DbValue, PythonDatabasePool};
+use pyo3_twisted::db::{DatabasePool, DatabasePoolExt, DbRowExt, PythonDatabasePool};
 use pyo3_twisted::{create_deferred, install_runtime, RuntimeConfig};
 
 /// Counts the flags of a user, inserting one first: a write and a read in one
@@ -97,6 +97,13 @@ fn python_pool_runs_rust_transactions_and_reports_commit_failures() {
                         .boxed()
                 })
                 .await;
+            let options = for_task
+                .run_interaction_with(
+                    "read_only",
+                    pyo3_twisted::db::InteractionOptions::default().read_only(),
+                    |txn| async move { txn.execute("SELECT 1", &[]).await }.boxed(),
+                )
+                .await;
             let show = |r: anyhow::Result<i64>| match r {
                 Ok(n) => format!("ok {n}"),
                 Err(e) => format!("error {e:#}"),
@@ -106,10 +113,16 @@ fn python_pool_runs_rust_transactions_and_reports_commit_failures() {
                 show(second),
                 show(commit.map(|n| n as i64)),
                 show(wrong_type),
+                show(options.map(|n| n as i64)),
             ])
         })?;
-        let [first, second, commit, wrong_type]: [String; 4] =
+        let [first, second, commit, wrong_type, options]: [String; 5] =
             get_success(&reactor, &d)?.extract()?;
+        // The Python pool's transactions are the Python pool's: options are refused.
+        assert!(
+            options.contains("does not support transaction options"),
+            "{options}"
+        );
         assert_eq!((first.as_str(), second.as_str()), ("ok 1", "ok 2"));
         // The closure returned Ok(1); the deferred foreign key failed at COMMIT.
         assert!(
@@ -130,7 +143,7 @@ fn python_pool_runs_rust_transactions_and_reports_commit_failures() {
 #[cfg(feature = "postgres")]
 mod native {
     use super::*;
-    use pyo3_twisted::db::{PostgresConfig, PostgresPool};
+    use pyo3_twisted::db::{DbValue, PostgresConfig, PostgresPool};
 
     fn dsn() -> String {
         std::env::var("PYO3_TWISTED_TEST_PG_DSN")
@@ -292,6 +305,78 @@ mod native {
             assert_eq!(rows[0].try_get::<String>(0).unwrap(), "100ms");
             let status = pool.status();
             assert_eq!((status.size, status.available), (1, 1), "{status:?}");
+        });
+    }
+
+    #[test]
+    fn read_only_and_per_transaction_timeouts_apply_to_that_transaction_only() {
+        use pyo3_twisted::db::InteractionOptions;
+        runtime().block_on(async {
+            let mut config = PostgresConfig::new(dsn());
+            config.max_size = 1;
+            let pool = PostgresPool::new(config).unwrap();
+            fresh_table(&pool, "read_only_flags").await;
+            let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let counter = std::sync::Arc::clone(&attempts);
+            let err = pool
+                .run_interaction_with(
+                    "write_in_read_only",
+                    InteractionOptions::default().read_only(),
+                    move |txn| {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        async move {
+                            txn.execute(
+                                "INSERT INTO read_only_flags (user_id, enabled) VALUES ('a', TRUE)",
+                                &[],
+                            )
+                            .await
+                        }
+                        .boxed()
+                    },
+                )
+                .await
+                .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("read-only transaction"),
+                "{err:#}"
+            );
+            assert_eq!(attempts.load(std::sync::atomic::Ordering::Relaxed), 1);
+            let read: Vec<_> = pool
+                .run_interaction_with("read", InteractionOptions::default().read_only(), |txn| {
+                    async move { txn.query("SHOW transaction_read_only", &[]).await }.boxed()
+                })
+                .await
+                .unwrap();
+            assert_eq!(read[0].try_get::<String>(0).unwrap(), "on");
+
+            let err = pool
+                .run_interaction_with(
+                    "slow",
+                    InteractionOptions::default()
+                        .statement_timeout(std::time::Duration::from_millis(100)),
+                    |txn| async move { txn.execute("SELECT pg_sleep(5)", &[]).await }.boxed(),
+                )
+                .await
+                .unwrap_err();
+            assert!(format!("{err:#}").contains("statement timeout"), "{err:#}");
+            // The next transaction on the same connection has neither option.
+            let after = pool
+                .run_interaction("after", |txn| {
+                    async move {
+                        let timeout = txn.query("SHOW statement_timeout", &[]).await?;
+                        let read_only = txn.query("SHOW transaction_read_only", &[]).await?;
+                        Ok((
+                            timeout[0].try_get::<String>(0)?,
+                            read_only[0].try_get::<String>(0)?,
+                        ))
+                    }
+                    .boxed()
+                })
+                .await
+                .unwrap();
+            assert_ne!(after.0, "100ms");
+            assert_eq!(after.1, "off");
+            assert_eq!(pool.status().available, 1);
         });
     }
 

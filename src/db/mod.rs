@@ -86,6 +86,62 @@ pub trait DatabasePool: Send + Sync {
         name: &'static str,
         func: ErasedInteraction,
     ) -> ErasedResult;
+
+    /// [`run_interaction_erased`](Self::run_interaction_erased) with `options`. Pools
+    /// that support options override it; the default runs default options and
+    /// refuses others with a clear error.
+    async fn run_interaction_erased_with(
+        &self,
+        name: &'static str,
+        options: InteractionOptions,
+        func: ErasedInteraction,
+    ) -> ErasedResult {
+        if options != InteractionOptions::default() {
+            anyhow::bail!(
+                "run_interaction({name}): this pool does not support transaction options \
+                 ({options:?}); the native PostgresPool does"
+            );
+        }
+        self.run_interaction_erased(name, func).await
+    }
+}
+
+/// How one transaction runs, beyond its closure:
+/// [`DatabasePoolExt::run_interaction_with`]. Supported by
+/// [`PostgresPool`](crate::db::PostgresPool) (feature `postgres`).
+///
+/// ```
+/// use std::time::Duration;
+/// use pyo3_twisted::db::InteractionOptions;
+///
+/// let report = InteractionOptions::default()
+///     .read_only()
+///     .statement_timeout(Duration::from_secs(2));
+/// assert!(report.read_only);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InteractionOptions {
+    /// `BEGIN ... READ ONLY`: the server refuses writes (SQLSTATE 25006, not
+    /// retried). Default: `false`.
+    pub read_only: bool,
+    /// This transaction's `statement_timeout`, in place of the pool's. Default: the
+    /// pool's.
+    pub statement_timeout: Option<std::time::Duration>,
+}
+
+impl InteractionOptions {
+    /// A read-only transaction.
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+
+    /// A transaction whose statements the server cancels after `limit`.
+    pub fn statement_timeout(mut self, limit: std::time::Duration) -> Self {
+        self.statement_timeout = Some(limit);
+        self
+    }
 }
 
 /// The typed `run_interaction`, for every [`DatabasePool`].
@@ -108,6 +164,29 @@ pub trait DatabasePoolExt: DatabasePool {
     {
         let erased: ErasedInteraction = Box::new(move |txn| erase(func(txn)));
         async move { unerase(name, self.run_interaction_erased(name, erased).await) }
+    }
+
+    /// [`run_interaction`](Self::run_interaction) with `options` (read-only, a
+    /// statement timeout). A pool that does not support them fails at once, running
+    /// nothing.
+    fn run_interaction_with<R, F>(
+        &self,
+        name: &'static str,
+        options: InteractionOptions,
+        func: F,
+    ) -> impl Future<Output = anyhow::Result<R>> + Send
+    where
+        R: Send + 'static,
+        F: for<'t> Fn(&'t mut dyn Transaction) -> BoxFuture<'t, anyhow::Result<R>> + Send + 'static,
+    {
+        let erased: ErasedInteraction = Box::new(move |txn| erase(func(txn)));
+        async move {
+            unerase(
+                name,
+                self.run_interaction_erased_with(name, options, erased)
+                    .await,
+            )
+        }
     }
 }
 

@@ -22,7 +22,8 @@ use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 use tokio_postgres::{IsolationLevel, NoTls, Row};
 
 use super::{
-    DbRow, DbValue, ErasedInteraction, ErasedResult, InTransactionCall, Placeholders, Transaction,
+    DbRow, DbValue, ErasedInteraction, ErasedResult, InTransactionCall, InteractionOptions,
+    Placeholders, Transaction,
 };
 
 /// Configuration of a [`PostgresPool`].
@@ -185,7 +186,12 @@ impl PostgresPool {
     }
 
     // `&mut`: the closure is `Send` but not `Sync`, and this future must be `Send`.
-    async fn attempt(&self, name: &'static str, func: &mut ErasedInteraction) -> ErasedResult {
+    async fn attempt(
+        &self,
+        name: &'static str,
+        options: InteractionOptions,
+        func: &mut ErasedInteraction,
+    ) -> ErasedResult {
         let waiting = std::time::Instant::now();
         let checkout = match self.config.checkout_timeout {
             Some(limit) => match crate::time::within(limit, self.pool.get()).await {
@@ -224,7 +230,7 @@ impl PostgresPool {
                 });
             }
         };
-        let outcome = self.transaction(name, func, &mut client).await;
+        let outcome = self.transaction(name, options, func, &mut client).await;
         if outcome.as_ref().is_err_and(connection_lost) {
             // Not back into the pool: the next user would find it dead too.
             drop(deadpool_postgres::Object::take(client));
@@ -235,15 +241,17 @@ impl PostgresPool {
     async fn transaction(
         &self,
         name: &'static str,
+        options: InteractionOptions,
         func: &mut ErasedInteraction,
         client: &mut deadpool_postgres::Client,
     ) -> ErasedResult {
         let txn = client
             .build_transaction()
             .isolation_level(self.config.isolation_level)
+            .read_only(options.read_only)
             .start()
             .await?;
-        if let Some(limit) = self.config.statement_timeout {
+        if let Some(limit) = options.statement_timeout.or(self.config.statement_timeout) {
             // At least 1 ms: 0 would mean no timeout to the server.
             let ms = limit.as_millis().max(1);
             txn.batch_execute(&format!("SET LOCAL statement_timeout = {ms}"))
@@ -279,9 +287,19 @@ impl super::DatabasePool for PostgresPool {
         name: &'static str,
         func: ErasedInteraction,
     ) -> ErasedResult {
+        self.run_interaction_erased_with(name, InteractionOptions::default(), func)
+            .await
+    }
+
+    async fn run_interaction_erased_with(
+        &self,
+        name: &'static str,
+        options: InteractionOptions,
+        func: ErasedInteraction,
+    ) -> ErasedResult {
         let (func, attempts) = super::counted(func);
         let started = std::time::Instant::now();
-        let result = self.run_counted(name, func).await;
+        let result = self.run_counted(name, options, func).await;
         let bridge = crate::scope::TaskScope::current_bridge();
         super::record_interaction(
             bridge.as_deref(),
@@ -298,12 +316,17 @@ impl super::DatabasePool for PostgresPool {
 impl PostgresPool {
     /// The transaction, retried on serialization failures, deadlocks and (within
     /// `reconnect_timeout`) lost connections.
-    async fn run_counted(&self, name: &'static str, mut func: ErasedInteraction) -> ErasedResult {
+    async fn run_counted(
+        &self,
+        name: &'static str,
+        options: InteractionOptions,
+        mut func: ErasedInteraction,
+    ) -> ErasedResult {
         let mut attempt = 1;
         // The crate's clock: a test on a memory reactor retries in virtual time.
         let started = crate::time::clock_now();
         loop {
-            match self.attempt(name, &mut func).await {
+            match self.attempt(name, options, &mut func).await {
                 Err(err) if attempt < self.config.max_attempts && is_retryable(&err) => {
                     log::debug!(
                         "run_interaction({name}): attempt {attempt} failed, retrying: {err:#}"

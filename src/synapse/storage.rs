@@ -180,6 +180,23 @@ pub mod db {
                 }
                 self.pool.run_interaction_erased(name, func).await
             }
+
+            async fn run_interaction_erased_with(
+                &self,
+                name: &'static str,
+                options: crate::db::InteractionOptions,
+                func: ErasedInteraction,
+            ) -> ErasedResult {
+                if self.runtime.is_shut_down() {
+                    return Err(RuntimeShutdown::new_err(format!(
+                        "run_interaction({name}): the homeserver's Rust runtime has shut down"
+                    ))
+                    .into());
+                }
+                self.pool
+                    .run_interaction_erased_with(name, options, func)
+                    .await
+            }
         }
     }
 }
