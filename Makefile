@@ -23,7 +23,14 @@ PYO3_MIN := 0.29.0
 PG_DIR ?= /tmp/pyo3-twisted-pg
 PG_PORT ?= 55432
 PG_DSN_FILE := $(CURDIR)/target/pg-dsn
-WITH_PG = PYO3_TWISTED_TEST_PG_DSN="$$(cat $(PG_DSN_FILE))"
+# Beside it, for the native pool's tests: a cluster with ssl=on (certificates made at
+# start) and PgBouncer in transaction mode in front of the first.
+PG_TLS_DIR ?= /tmp/pyo3-twisted-pg-tls
+PG_TLS_PORT ?= 55433
+PGBOUNCER_DIR ?= /tmp/pyo3-twisted-pgbouncer
+PGBOUNCER_PORT ?= 56432
+PG_ENV_FILE := $(CURDIR)/target/pg-servers.env
+WITH_PG = env PYO3_TWISTED_TEST_PG_DSN="$$(cat $(PG_DSN_FILE))" $$(cat $(PG_ENV_FILE))
 
 VENV := $(CURDIR)/.venv
 VENV_OLDEST := $(CURDIR)/.venv-oldest
@@ -131,9 +138,16 @@ bench: test-ext postgres
 postgres:
 	mkdir -p $(dir $(PG_DSN_FILE))
 	scripts/test-postgres.sh start $(PG_DIR) $(PG_PORT) > $(PG_DSN_FILE)
-	@echo "PostgreSQL for the tests: $$(cat $(PG_DSN_FILE))"
+	scripts/test-postgres.sh start-tls $(PG_TLS_DIR) $(PG_TLS_PORT)
+	scripts/test-postgres.sh start-pgbouncer $(PGBOUNCER_DIR) $(PGBOUNCER_PORT) $(PG_PORT)
+	printf '%s\n' PYO3_TWISTED_TEST_PG_SOCKET_DIR=$(PG_DIR) PYO3_TWISTED_TEST_PG_PORT=$(PG_PORT) \
+	  PYO3_TWISTED_TEST_PG_TLS_DIR=$(PG_TLS_DIR) PYO3_TWISTED_TEST_PG_TLS_PORT=$(PG_TLS_PORT) \
+	  PYO3_TWISTED_TEST_PGBOUNCER_PORT=$(PGBOUNCER_PORT) > $(PG_ENV_FILE)
+	@echo "PostgreSQL for the tests: $$(cat $(PG_DSN_FILE)); TLS on port $(PG_TLS_PORT); PgBouncer on $(PGBOUNCER_PORT)"
 
 postgres-stop:
+	scripts/test-postgres.sh stop-pgbouncer $(PGBOUNCER_DIR)
+	scripts/test-postgres.sh stop $(PG_TLS_DIR)
 	scripts/test-postgres.sh stop $(PG_DIR)
 
 # The Rust tests import the package's Python modules from the venv.

@@ -280,15 +280,20 @@ mod native {
             let pool = PostgresPool::new(config).unwrap();
             let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
             let counter = std::sync::Arc::clone(&attempts);
+            let started = std::time::Instant::now();
             let err = pool
                 .run_interaction("slow", move |txn| {
                     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    async move { txn.execute("SELECT pg_sleep(5)", &[]).await }.boxed()
+                    async move { txn.execute("SELECT pg_sleep(10)", &[]).await }.boxed()
                 })
                 .await
                 .unwrap_err();
+            let took = started.elapsed();
             let message = format!("{err:#}");
             assert!(message.contains("statement timeout"), "{message}");
+            // Cut off by the server at 100 ms, far from the 10 s asked for (the margin
+            // is for a loaded machine, not for the timeout).
+            assert!(took < std::time::Duration::from_secs(3), "{took:?}");
             assert_eq!(
                 attempts.load(std::sync::atomic::Ordering::Relaxed),
                 1,
@@ -384,29 +389,32 @@ mod native {
     fn checkout_timeout_names_the_pool_its_size_and_the_wait() {
         runtime().block_on(async {
             let mut config = PostgresConfig::new(dsn());
-            config.max_size = 1;
+            config.max_size = 2;
             config.checkout_timeout = Some(std::time::Duration::from_millis(200));
             let pool = std::sync::Arc::new(PostgresPool::new(config).unwrap());
-            let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
-            let held_tx = std::sync::Arc::new(parking_lot::Mutex::new(Some(held_tx)));
-            let holder = {
-                let pool = std::sync::Arc::clone(&pool);
-                tokio::spawn(async move {
-                    pool.run_interaction("hold", move |txn| {
-                        let held_tx = std::sync::Arc::clone(&held_tx);
-                        async move {
-                            txn.execute("SELECT 1", &[]).await?;
-                            if let Some(tx) = held_tx.lock().take() {
-                                let _ = tx.send(());
+            // Two transactions hold both connections: each says when it is in, then
+            // sleeps in the server well past the third one's checkout timeout.
+            let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+            let holders: Vec<_> = (0..2)
+                .map(|_| {
+                    let pool = std::sync::Arc::clone(&pool);
+                    let held_tx = held_tx.clone();
+                    tokio::spawn(async move {
+                        pool.run_interaction("hold", move |txn| {
+                            let held_tx = held_tx.clone();
+                            async move {
+                                txn.execute("SELECT 1", &[]).await?;
+                                let _ = held_tx.send(());
+                                txn.execute("SELECT pg_sleep(1.5)", &[]).await
                             }
-                            txn.execute("SELECT pg_sleep(1)", &[]).await
-                        }
-                        .boxed()
+                            .boxed()
+                        })
+                        .await
                     })
-                    .await
                 })
-            };
-            held_rx.await.unwrap();
+                .collect();
+            held_rx.recv().await.unwrap();
+            held_rx.recv().await.unwrap();
             let err = pool
                 .run_interaction("waits", |txn| {
                     async move { txn.execute("SELECT 1", &[]).await }.boxed()
@@ -416,7 +424,7 @@ mod native {
             let timeout = err
                 .downcast_ref::<pyo3_twisted::db::CheckoutTimeout>()
                 .unwrap_or_else(|| panic!("not a CheckoutTimeout: {err:#}"));
-            assert_eq!(timeout.max_size, 1);
+            assert_eq!(timeout.max_size, 2);
             assert_eq!(timeout.waited, std::time::Duration::from_millis(200));
             let message = format!("{err:#}");
             assert!(
@@ -426,16 +434,28 @@ mod native {
                 "{message}"
             );
             assert!(
-                message.contains("within 200ms") && message.contains("all 1 (max_size)"),
+                message.contains("within 200ms") && message.contains("all 2 (max_size)"),
                 "{message}"
             );
-            // The holder was not disturbed, and the pool works once it is done.
-            holder.await.unwrap().unwrap();
+            // The holders were not disturbed, and the pool works once they are done.
+            for holder in holders {
+                holder.await.unwrap().unwrap();
+            }
             pool.run_interaction("after", |txn| {
                 async move { txn.execute("SELECT 1", &[]).await }.boxed()
             })
             .await
             .unwrap();
+            // Nothing leaked: both connections idle, none opened beyond max_size, the
+            // timed-out checkout counted.
+            let status = pool.status();
+            assert_eq!((status.size, status.available), (2, 2), "{status:?}");
+            assert_eq!(status.connections_opened, 2, "{status:?}");
+            assert_eq!(status.connections_closed, 0, "{status:?}");
+            assert_eq!(status.checkout_timeouts, 1, "{status:?}");
+            // Two holders and the last transaction; the timed-out one never got one.
+            assert_eq!(status.checkouts, 3, "{status:?}");
+            assert!(status.checkout_waits >= 3, "{status:?}");
         });
     }
 

@@ -56,11 +56,18 @@ mod sql;
 mod value;
 
 #[cfg(feature = "postgres")]
+mod libpq;
+#[cfg(feature = "postgres")]
+mod pg_connection;
+#[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+mod tls;
 
 #[cfg(feature = "postgres")]
 pub use postgres::{
     CheckoutTimeout, CommitOutcomeUnknown, PoolStatus, PostgresConfig, PostgresPool,
+    StatementCacheUnsafe,
 };
 pub use python::PythonDatabasePool;
 pub use sql::Placeholders;

@@ -3,8 +3,10 @@
 //! ```text
 //!  Tokio task: run_interaction(name, f)
 //!    for attempt in 1..=max_attempts:
-//!      connection ← deadpool (at most max_size)
-//!      BEGIN ISOLATION LEVEL …;  f(txn)  (only Transaction calls may be awaited);  COMMIT
+//!      connection ← deadpool (at most max_size; opened by pg_connection: libpq's rules, TLS)
+//!      BEGIN ISOLATION LEVEL …; [SET LOCAL statement_timeout]; [SELECT pg_backend_pid()]
+//!        (one round trip; the pid guards the statement cache against transaction poolers)
+//!      f(txn)  (only Transaction calls may be awaited);  COMMIT
 //!      40001 / 40P01 (in f or at COMMIT) → ROLLBACK, jittered backoff, again
 //!      connection lost or refused before COMMIT → drop the connection, back off,
 //!        again on a new one (for up to `reconnect_timeout`: a server restart)
@@ -15,11 +17,19 @@
 
 use std::time::Duration;
 
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 use bytes::BytesMut;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool::managed::{Object, Pool, PoolError};
+use futures_util::TryStreamExt;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
-use tokio_postgres::{IsolationLevel, NoTls, Row};
+use tokio_postgres::types::{to_sql_checked, Format, FromSql, IsNull, Kind, ToSql, Type};
+use tokio_postgres::{IsolationLevel, Row, SimpleQueryMessage};
+
+use super::libpq::{self, ProcessEnvironment};
+use super::pg_connection::{ConnectError, PgConnection, PgManager, PoolCounters};
 
 use super::{
     DbRow, DbValue, ErasedInteraction, ErasedResult, InTransactionCall, InteractionOptions,
@@ -29,9 +39,25 @@ use super::{
 /// Configuration of a [`PostgresPool`].
 #[derive(Clone, Debug)]
 pub struct PostgresConfig {
-    /// A libpq-style connection string or URL,
-    /// e.g. `postgresql://synapse:secret@127.0.0.1:5432/synapse`. Connections are made
-    /// without TLS: use it on loopback or a trusted network.
+    /// A connection string, read as libpq reads one: a URL
+    /// (`postgresql://synapse:secret@db.example:5432/synapse?sslmode=verify-full`) or
+    /// `key=value` pairs (`host=/var/run/postgresql dbname=synapse`). What it leaves
+    /// out comes from the `PG*` environment variables (`PGHOST`, which may be a
+    /// Unix-socket directory, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
+    /// `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`, `PGCONNECT_TIMEOUT`,
+    /// `PGPASSFILE`, `PGAPPNAME`, `PGOPTIONS`), then the password file (`~/.pgpass`),
+    /// then libpq's defaults (the local socket directory, port 5432, the OS user,
+    /// `sslmode=prefer`). An empty string takes everything from there. Read once, by
+    /// [`PostgresPool::new`].
+    ///
+    /// TLS is rustls, with `sslmode` as libpq defines it: `disable`, `allow`,
+    /// `prefer` (the default: TLS when the server offers it, certificate unchecked),
+    /// `require`, `verify-ca` and `verify-full`. `sslrootcert` is a PEM file of CAs or
+    /// `system` (the system's roots; implies `verify-full`); with a root file (the
+    /// default is `~/.postgresql/root.crt` when it exists) the chain is checked in
+    /// every mode, the host name in `verify-full`. `sslcert`/`sslkey` (default
+    /// `~/.postgresql/postgresql.{crt,key}`) authenticate the client. Unix-socket
+    /// connections are never encrypted, as in libpq.
     pub dsn: String,
     /// Most connections open at once. Default: 10.
     pub max_size: usize,
@@ -58,6 +84,22 @@ pub struct PostgresConfig {
     /// back and fails with SQLSTATE 57014, never retried, and the connection goes back
     /// to the pool. `None` leaves the server's setting. Default: `None`.
     pub statement_timeout: Option<Duration>,
+    /// How long opening one connection may take, when the DSN (`connect_timeout`)
+    /// and `PGCONNECT_TIMEOUT` say nothing: libpq would wait as long as TCP does,
+    /// minutes for a server that drops packets. Default: 10 seconds.
+    pub connect_timeout: Option<Duration>,
+    /// Keep each connection's prepared statements, by SQL text, and reuse them
+    /// (named statements: one round trip less per query). Default: `true`.
+    ///
+    /// Turn it off behind a pooler that hands one client connection's transactions to
+    /// different server connections (PgBouncer in transaction mode, before 1.21 or
+    /// without `max_prepared_statements`): queries then use unnamed statements, with
+    /// parameters sent as text for the server to type, and never leave anything on
+    /// the server. With the cache on, each transaction checks that it runs in the
+    /// session where its statements were prepared, and fails with
+    /// [`StatementCacheUnsafe`] (never retried) rather than run a statement another
+    /// client may have prepared under the same name.
+    pub statement_cache: bool,
 }
 
 impl PostgresConfig {
@@ -72,9 +114,37 @@ impl PostgresConfig {
             reconnect_timeout: Duration::from_secs(5),
             checkout_timeout: Some(Duration::from_secs(30)),
             statement_timeout: None,
+            connect_timeout: Some(Duration::from_secs(10)),
+            statement_cache: true,
         }
     }
 }
+
+/// A transaction found its connection in another server session than the one its
+/// cached statements were prepared in: a pooler in transaction mode sits in front of
+/// the server. Never retried; turn [`PostgresConfig::statement_cache`] off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatementCacheUnsafe {
+    /// The pool's DSN, without its password.
+    pub dsn: String,
+    /// `pg_backend_pid()` when the statements were prepared, and now.
+    pub backends: (i32, i32),
+}
+
+impl std::fmt::Display for StatementCacheUnsafe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the server session behind one connection to {} changed between transactions \
+             (backend {} then {}): a pooler in transaction mode, such as PgBouncer, is in \
+             between, and named prepared statements could run another client's SQL there; \
+             nothing was run. Set PostgresConfig::statement_cache = false for this pool",
+            self.dsn, self.backends.0, self.backends.1
+        )
+    }
+}
+
+impl std::error::Error for StatementCacheUnsafe {}
 
 /// A transaction waited longer than `checkout_timeout` for a connection of a
 /// [`PostgresPool`] whose connections were all in use.
@@ -118,13 +188,15 @@ impl std::error::Error for CheckoutTimeout {}
 /// # Ok(()) }
 /// ```
 pub struct PostgresPool {
-    pool: Pool,
+    pool: Pool<PgManager>,
     config: PostgresConfig,
     safe_dsn: String,
+    counters: Arc<PoolCounters>,
 }
 
-/// Connection counts of a [`PostgresPool`].
+/// What a [`PostgresPool`] holds now and has done since it was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolStatus {
     /// Connections open now.
     pub size: usize,
@@ -132,6 +204,24 @@ pub struct PoolStatus {
     pub available: usize,
     /// The configured maximum.
     pub max_size: usize,
+    /// Connections handed to transactions (one per attempt).
+    pub checkouts: u64,
+    /// Checkouts that found no idle connection at once, and waited for one to open
+    /// or come free.
+    pub checkout_waits: u64,
+    /// Checkouts that gave up after `checkout_timeout` ([`CheckoutTimeout`]).
+    pub checkout_timeouts: u64,
+    /// Transactions run again after a serialization failure (SQLSTATE 40001).
+    pub retries_serialization: u64,
+    /// Transactions run again after a deadlock (40P01).
+    pub retries_deadlock: u64,
+    /// Transactions run again on a new connection after losing one, or failing to
+    /// open one, before COMMIT (`reconnect_timeout`).
+    pub retries_connection: u64,
+    /// Connections opened.
+    pub connections_opened: u64,
+    /// Connections that have ended (closed by either side, or dropped by the pool).
+    pub connections_closed: u64,
 }
 
 impl std::fmt::Debug for PostgresPool {
@@ -144,44 +234,66 @@ impl std::fmt::Debug for PostgresPool {
 }
 
 impl PostgresPool {
-    /// A pool for `config`. Connections are opened on first use, so an unreachable
-    /// server is reported by the first transaction (naming the DSN without its
-    /// password).
+    /// A pool for `config`. The DSN, the `PG*` environment and the password file are
+    /// read now, and TLS files loaded now, so a mistake in them fails here; connections
+    /// are opened on first use, so an unreachable server is reported by the first
+    /// transaction (naming the host, never the password).
     pub fn new(config: PostgresConfig) -> anyhow::Result<Self> {
         let safe_dsn = redact(&config.dsn);
-        let pg_config: tokio_postgres::Config = config
-            .dsn
-            .parse()
+        let mut options = libpq::resolve(&config.dsn, &ProcessEnvironment)
             .map_err(|e| anyhow::anyhow!("invalid PostgreSQL DSN {safe_dsn}: {e}"))?;
+        if options.connect_timeout.is_none() {
+            options.connect_timeout = config.connect_timeout;
+        }
         if config.max_size == 0 || config.max_attempts == 0 {
             anyhow::bail!("max_size and max_attempts must be at least 1");
         }
-        let manager = Manager::from_config(
-            pg_config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
+        let tls = super::tls::client_config(&options.tls)
+            .map_err(|e| anyhow::anyhow!("TLS for {safe_dsn}: {e}"))?;
+        let counters = Arc::new(PoolCounters::default());
+        let pool = Pool::builder(PgManager::new(options, tls, counters.clone()))
             .max_size(config.max_size)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| anyhow::anyhow!("cannot build a pool for {safe_dsn}: {e}"))?;
         Ok(Self {
             pool,
             config,
             safe_dsn,
+            counters,
         })
     }
 
-    /// How many connections are open and idle.
+    /// Connection counts now, and the pool's totals so far.
     pub fn status(&self) -> PoolStatus {
         let status = self.pool.status();
+        let read = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let c = &self.counters;
         PoolStatus {
             size: status.size,
             available: status.available,
             max_size: status.max_size,
+            checkouts: read(&c.checkouts),
+            checkout_waits: read(&c.checkout_waits),
+            checkout_timeouts: read(&c.checkout_timeouts),
+            retries_serialization: read(&c.retries_serialization),
+            retries_deadlock: read(&c.retries_deadlock),
+            retries_connection: read(&c.retries_connection),
+            connections_opened: read(&c.connections_opened),
+            connections_closed: read(&c.connections_closed),
+        }
+    }
+
+    async fn checkout(&self) -> Result<Object<PgManager>, PoolError<ConnectError>> {
+        let mut get = std::pin::pin!(self.pool.get());
+        // Ready at the first poll: an idle connection was there. Anything else waited,
+        // for a connection to open or to come free.
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(get.as_mut().poll(cx))).await;
+        match first {
+            std::task::Poll::Ready(result) => result,
+            std::task::Poll::Pending => {
+                PoolCounters::bump(&self.counters.checkout_waits);
+                get.await
+            }
         }
     }
 
@@ -194,17 +306,18 @@ impl PostgresPool {
     ) -> ErasedResult {
         let waiting = std::time::Instant::now();
         let checkout = match self.config.checkout_timeout {
-            Some(limit) => match crate::time::within(limit, self.pool.get()).await {
+            Some(limit) => match crate::time::within(limit, self.checkout()).await {
                 Some(checkout) => checkout,
                 None => {
+                    PoolCounters::bump(&self.counters.checkout_timeouts);
                     return Err(anyhow::Error::new(CheckoutTimeout {
                         dsn: self.safe_dsn.clone(),
                         max_size: self.config.max_size,
                         waited: limit,
-                    }))
+                    }));
                 }
             },
-            None => self.pool.get().await,
+            None => self.checkout().await,
         };
         if let Some(bridge) = crate::scope::TaskScope::current_bridge() {
             if bridge.histograms().enabled {
@@ -214,26 +327,36 @@ impl PostgresPool {
                     .observe_duration(waiting.elapsed());
             }
         }
-        let mut client = match checkout {
-            Ok(client) => client,
+        let connection = match checkout {
+            Ok(connection) => connection,
             Err(err) => {
-                let message = format!(
-                    "cannot get a connection to {}: {}",
-                    self.safe_dsn,
-                    describe(&err)
-                );
-                return Err(match err {
-                    deadpool_postgres::PoolError::Backend(_) => {
-                        anyhow::Error::new(ServerUnreachable(message))
-                    }
-                    _ => anyhow::anyhow!(message),
+                let (message, transient) = match &err {
+                    PoolError::Backend(connect) => (connect.message.clone(), connect.transient),
+                    other => (other.to_string(), false),
+                };
+                let message = format!("cannot connect to {}: {message}", self.safe_dsn);
+                return Err(if transient {
+                    anyhow::Error::new(ServerUnreachable(message))
+                } else {
+                    anyhow::anyhow!(message)
                 });
             }
         };
-        let outcome = self.transaction(name, options, func, &mut client).await;
-        if outcome.as_ref().is_err_and(connection_lost) {
-            // Not back into the pool: the next user would find it dead too.
-            drop(deadpool_postgres::Object::take(client));
+        PoolCounters::bump(&self.counters.checkouts);
+        let mut open = OpenTransaction {
+            connection: Some(connection),
+            in_transaction: false,
+        };
+        let outcome = self.transaction(name, options, func, &mut open).await;
+        let unusable = outcome.as_ref().is_err_and(|err| {
+            connection_lost(err) || err.downcast_ref::<StatementCacheUnsafe>().is_some()
+        });
+        if unusable {
+            // Not back into the pool: the next user would find it dead, or in the
+            // wrong session, too.
+            if let Some(connection) = open.connection.take() {
+                drop(Object::take(connection));
+            }
         }
         outcome
     }
@@ -243,27 +366,45 @@ impl PostgresPool {
         name: &'static str,
         options: InteractionOptions,
         func: &mut ErasedInteraction,
-        client: &mut deadpool_postgres::Client,
+        open: &mut OpenTransaction,
     ) -> ErasedResult {
-        let txn = client
-            .build_transaction()
-            .isolation_level(self.config.isolation_level)
-            .read_only(options.read_only)
-            .start()
-            .await?;
-        if let Some(limit) = options.statement_timeout.or(self.config.statement_timeout) {
-            // At least 1 ms: 0 would mean no timeout to the server.
-            let ms = limit.as_millis().max(1);
-            txn.batch_execute(&format!("SET LOCAL statement_timeout = {ms}"))
-                .await?;
+        let Some(connection) = open.connection.as_deref_mut() else {
+            anyhow::bail!("internal error: no connection for the transaction");
+        };
+        let begin = self.begin_statement(options);
+        open.in_transaction = true;
+        let replies = connection.client.simple_query(&begin).await?;
+        if self.config.statement_cache {
+            let pid = replies.iter().find_map(|reply| match reply {
+                SimpleQueryMessage::Row(row) => row.get(0).and_then(|pid| pid.parse().ok()),
+                _ => None,
+            });
+            match (connection.backend_pid, pid) {
+                (Some(before), Some(now)) if before != now => {
+                    // Nothing ran; the connection is closed after this anyway.
+                    let _ = connection.client.batch_execute("ROLLBACK").await;
+                    return Err(anyhow::Error::new(StatementCacheUnsafe {
+                        dsn: self.safe_dsn.clone(),
+                        backends: (before, now),
+                    }));
+                }
+                (None, Some(now)) => connection.backend_pid = Some(now),
+                _ => {}
+            }
         }
         let calls = InTransactionCall::default();
-        let mut transaction = PgTransaction { txn, calls: &calls };
+        let mut transaction = PgTransaction {
+            connection: &mut *connection,
+            unnamed: !self.config.statement_cache,
+            calls: &calls,
+        };
         let result = calls.drive(name, func(&mut transaction)).await;
-        let PgTransaction { txn, .. } = transaction;
         match result {
-            Ok(value) => match txn.commit().await {
-                Ok(()) => Ok(value),
+            Ok(value) => match connection.client.batch_execute("COMMIT").await {
+                Ok(()) => {
+                    open.in_transaction = false;
+                    Ok(value)
+                }
                 Err(err) if is_connection_loss(&err) => {
                     Err(anyhow::Error::new(err).context(CommitOutcomeUnknown {
                         dsn: self.safe_dsn.clone(),
@@ -272,10 +413,64 @@ impl PostgresPool {
                 Err(err) => Err(err.into()),
             },
             Err(err) => {
-                // Best effort: dropping the transaction rolls it back too.
-                let _ = txn.rollback().await;
+                if connection.client.batch_execute("ROLLBACK").await.is_ok() {
+                    open.in_transaction = false;
+                }
                 Err(err)
             }
+        }
+    }
+
+    /// BEGIN and what goes with it, as one simple query: one round trip.
+    fn begin_statement(&self, options: InteractionOptions) -> String {
+        let isolation = match self.config.isolation_level {
+            IsolationLevel::ReadUncommitted => "READ UNCOMMITTED",
+            IsolationLevel::ReadCommitted => "READ COMMITTED",
+            IsolationLevel::Serializable => "SERIALIZABLE",
+            _ => "REPEATABLE READ",
+        };
+        let mut begin = format!("BEGIN ISOLATION LEVEL {isolation}");
+        if options.read_only {
+            begin.push_str(" READ ONLY");
+        }
+        if let Some(limit) = options.statement_timeout.or(self.config.statement_timeout) {
+            // At least 1 ms: 0 would mean no timeout to the server.
+            let ms = limit.as_millis().max(1);
+            begin.push_str(&format!("; SET LOCAL statement_timeout = {ms}"));
+        }
+        if self.config.statement_cache {
+            begin.push_str("; SELECT pg_backend_pid()");
+        }
+        begin
+    }
+}
+
+/// A checked-out connection and whether a transaction is open on it. Dropped with one
+/// open (the caller's future was cancelled mid-transaction), it rolls back on a Tokio
+/// task before the connection goes back to the pool, or closes the connection.
+struct OpenTransaction {
+    connection: Option<Object<PgManager>>,
+    in_transaction: bool,
+}
+
+impl Drop for OpenTransaction {
+    fn drop(&mut self) {
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        if !self.in_transaction {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if connection.client.batch_execute("ROLLBACK").await.is_err() {
+                        drop(Object::take(connection));
+                    }
+                });
+            }
+            // The server rolls back when the connection closes.
+            Err(_) => drop(Object::take(connection)),
         }
     }
 }
@@ -328,6 +523,11 @@ impl PostgresPool {
         loop {
             match self.attempt(name, options, &mut func).await {
                 Err(err) if attempt < self.config.max_attempts && is_retryable(&err) => {
+                    PoolCounters::bump(if is_deadlock(&err) {
+                        &self.counters.retries_deadlock
+                    } else {
+                        &self.counters.retries_serialization
+                    });
                     log::debug!(
                         "run_interaction({name}): attempt {attempt} failed, retrying: {err:#}"
                     );
@@ -338,6 +538,7 @@ impl PostgresPool {
                     if connection_lost(&err)
                         && crate::time::clock_now() - started < self.config.reconnect_timeout =>
                 {
+                    PoolCounters::bump(&self.counters.retries_connection);
                     log::warn!(
                         "run_interaction({name}): connection to {} lost or refused \
                          (attempt {attempt}), retrying on a new one: {err:#}",
@@ -408,7 +609,7 @@ impl std::error::Error for ServerUnreachable {}
 
 /// A closed connection, a refused one, or the server shutting down (SQLSTATE class
 /// 08, 57P01 to 57P03).
-fn is_connection_loss(err: &tokio_postgres::Error) -> bool {
+pub(crate) fn is_connection_loss(err: &tokio_postgres::Error) -> bool {
     if err.is_closed() {
         return true;
     }
@@ -431,6 +632,15 @@ fn is_retryable(err: &anyhow::Error) -> bool {
                 *code == SqlState::T_R_SERIALIZATION_FAILURE
                     || *code == SqlState::T_R_DEADLOCK_DETECTED
             })
+    })
+}
+
+fn is_deadlock(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::code)
+            .is_some_and(|code| *code == SqlState::T_R_DEADLOCK_DETECTED)
     })
 }
 
@@ -468,7 +678,7 @@ fn redact(dsn: &str) -> String {
 
 /// The innermost cause's message (deadpool and tokio-postgres wrap the interesting
 /// one, such as "connection refused").
-fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     let mut message = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -482,20 +692,62 @@ fn describe(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 struct PgTransaction<'a> {
-    txn: deadpool_postgres::Transaction<'a>,
+    connection: &'a mut PgConnection,
+    /// No named statements (`statement_cache` off).
+    unnamed: bool,
     calls: &'a InTransactionCall,
 }
 
+/// The parameter type of an unnamed query: unspecified, for the server to infer, with
+/// the value sent as text.
+static UNSPECIFIED: once_cell::sync::Lazy<Type> = once_cell::sync::Lazy::new(|| {
+    Type::new("unspecified".into(), 0, Kind::Pseudo, "pg_catalog".into())
+});
+
 impl PgTransaction<'_> {
-    async fn prepare(
-        &self,
-        sql: &str,
-        params: &[DbValue],
-    ) -> anyhow::Result<tokio_postgres::Statement> {
+    async fn rows(&mut self, sql: &str, params: &[DbValue]) -> anyhow::Result<Vec<Row>> {
         let placeholders = Placeholders::scan(sql);
         placeholders.check(params.len())?;
-        Ok(self.txn.prepare_cached(&placeholders.numbered(sql)).await?)
+        let sql = placeholders.numbered(sql);
+        if self.unnamed {
+            let typed = params.iter().map(|p| (p, UNSPECIFIED.clone()));
+            let stream = self
+                .connection
+                .client
+                .query_typed_raw(&sql, typed)
+                .await
+                .map_err(explain_statement_error)?;
+            return Ok(stream.try_collect().await?);
+        }
+        let statement = self
+            .connection
+            .prepare_cached(&sql)
+            .await
+            .map_err(explain_statement_error)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        self.connection
+            .client
+            .query(&statement, &refs)
+            .await
+            .map_err(explain_statement_error)
     }
+}
+
+/// A prepared statement the server does not know, or knows already: its sessions are
+/// being shared by a pooler (checked for at BEGIN; this is the backstop).
+fn explain_statement_error(err: tokio_postgres::Error) -> anyhow::Error {
+    let code = err.code().cloned();
+    let err = anyhow::Error::new(err);
+    if code == Some(SqlState::INVALID_SQL_STATEMENT_NAME)
+        || code == Some(SqlState::DUPLICATE_PSTATEMENT)
+    {
+        return err.context(
+            "the server lost or already had a prepared statement of this connection: a \
+             pooler in transaction mode (PgBouncer?) is in between; set \
+             PostgresConfig::statement_cache = false",
+        );
+    }
+    err
 }
 
 #[async_trait::async_trait]
@@ -504,9 +756,7 @@ impl Transaction for PgTransaction<'_> {
         let calls = self.calls;
         calls
             .around(async {
-                let statement = self.prepare(sql, params).await?;
-                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-                let rows = self.txn.query(&statement, &refs).await?;
+                let rows = self.rows(sql, params).await?;
                 rows.iter().map(row_values).collect()
             })
             .await
@@ -516,9 +766,30 @@ impl Transaction for PgTransaction<'_> {
         let calls = self.calls;
         calls
             .around(async {
-                let statement = self.prepare(sql, params).await?;
+                if self.unnamed {
+                    let placeholders = Placeholders::scan(sql);
+                    placeholders.check(params.len())?;
+                    let sql = placeholders.numbered(sql);
+                    let typed = params.iter().map(|p| (p, UNSPECIFIED.clone()));
+                    let stream = self
+                        .connection
+                        .client
+                        .query_typed_raw(&sql, typed)
+                        .await
+                        .map_err(explain_statement_error)?;
+                    let mut stream = std::pin::pin!(stream);
+                    while stream.try_next().await?.is_some() {}
+                    return Ok(stream.rows_affected().unwrap_or(0));
+                }
+                let placeholders = Placeholders::scan(sql);
+                placeholders.check(params.len())?;
+                let statement = self
+                    .connection
+                    .prepare_cached(&placeholders.numbered(sql))
+                    .await
+                    .map_err(explain_statement_error)?;
                 let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-                Ok(self.txn.execute(&statement, &refs).await?)
+                Ok(self.connection.client.execute(&statement, &refs).await?)
             })
             .await
     }
@@ -632,6 +903,9 @@ impl ToSql for DbValue {
         ty: &Type,
         out: &mut BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if ty.oid() == 0 {
+            return self.to_text(out);
+        }
         let narrow = |i: i64, what: &str| format!("{i} does not fit PostgreSQL type {what}");
         match (self, ty) {
             (DbValue::Null, _) => Ok(IsNull::Yes),
@@ -664,7 +938,50 @@ impl ToSql for DbValue {
         true
     }
 
+    fn encode_format(&self, ty: &Type) -> Format {
+        if ty.oid() == 0 {
+            Format::Text
+        } else {
+            Format::Binary
+        }
+    }
+
     to_sql_checked!();
+}
+
+impl DbValue {
+    /// The value in PostgreSQL's text input format, for a parameter whose type the
+    /// server infers (unnamed statements).
+    fn to_text(
+        &self,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use std::fmt::Write;
+        match self {
+            DbValue::Null => return Ok(IsNull::Yes),
+            DbValue::Bool(b) => out.extend_from_slice(if *b { b"t" } else { b"f" }),
+            DbValue::Int(i) => write!(out, "{i}")?,
+            DbValue::Float(f) if f.is_nan() => out.extend_from_slice(b"NaN"),
+            DbValue::Float(f) if f.is_infinite() => {
+                out.extend_from_slice(if *f > 0.0 { b"Infinity" } else { b"-Infinity" })
+            }
+            // `{:?}` keeps every digit and a decimal point, so 1.0 stays a float.
+            DbValue::Float(f) => write!(out, "{f:?}")?,
+            DbValue::Text(text) => {
+                if text.contains('\0') {
+                    return Err("PostgreSQL text cannot contain NUL characters".into());
+                }
+                out.extend_from_slice(text.as_bytes())
+            }
+            DbValue::Bytes(bytes) => {
+                out.extend_from_slice(b"\\x");
+                for byte in bytes {
+                    write!(out, "{byte:02x}")?;
+                }
+            }
+        }
+        Ok(IsNull::No)
+    }
 }
 
 #[cfg(test)]

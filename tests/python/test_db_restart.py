@@ -78,4 +78,8 @@ def test_pools_ride_out_a_server_restart_and_report_an_outage(own_server, kind):
     assert all(outcomes[txn]["ok"] for txn in range(2000, 2010))
     if kind == "native":
         assert result["status"]["size"] <= result["status"]["max_size"] == 4
+        # The restart cut connections off and the pool reran on new ones.
+        assert result["status"]["retries_connection"] >= 1, result["status"]
+        assert result["status"]["connections_closed"] >= 1, result["status"]
+        assert result["status"]["connections_opened"] >= result["status"]["connections_closed"]
     assert result["logged_errors"] == []

@@ -162,6 +162,9 @@ def test_serialization_failure_reruns_the_closure(pg_setup, pg_dsn):
         and h["labels"] == {"pool": pool, "name": "increment_after_lock", "outcome": "retried"}
     ]
     assert [h["count"] for h in retried] == [1]
+    if s.kind == "native-postgresql":
+        status = s.store.status()
+        assert (status["retries_serialization"], status["retries_deadlock"], status["retries_connection"]) == (1, 0, 0), status
     assert value == 2
     assert s.get(s.store.query(s.reactor, "SELECT value FROM counter WHERE id = 1", [])) == [[2]]
 

@@ -92,14 +92,16 @@ impl RustStore {
 
     /// A store over a native PostgreSQL pool.
     #[staticmethod]
-    #[pyo3(signature = (dsn, max_size=4, max_attempts=5, reconnect_timeout=5.0))]
+    #[pyo3(signature = (dsn, max_size=4, max_attempts=5, reconnect_timeout=5.0, statement_cache=true))]
     fn postgres(
         dsn: String,
         max_size: usize,
         max_attempts: u32,
         reconnect_timeout: f64,
+        statement_cache: bool,
     ) -> PyResult<Self> {
         let mut config = PostgresConfig::new(dsn);
+        config.statement_cache = statement_cache;
         config.max_size = max_size;
         config.max_attempts = max_attempts;
         config.reconnect_timeout = Duration::try_from_secs_f64(reconnect_timeout)
@@ -289,7 +291,7 @@ impl RustStore {
         })
     }
 
-    /// Native pool only: `{"size", "available", "max_size"}`.
+    /// Native pool only: every field of `PoolStatus`, by name.
     fn status<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         let Some(native) = &self.native else {
             return Ok(None);
@@ -299,6 +301,18 @@ impl RustStore {
         dict.set_item("size", status.size)?;
         dict.set_item("available", status.available)?;
         dict.set_item("max_size", status.max_size)?;
+        for (name, value) in [
+            ("checkouts", status.checkouts),
+            ("checkout_waits", status.checkout_waits),
+            ("checkout_timeouts", status.checkout_timeouts),
+            ("retries_serialization", status.retries_serialization),
+            ("retries_deadlock", status.retries_deadlock),
+            ("retries_connection", status.retries_connection),
+            ("connections_opened", status.connections_opened),
+            ("connections_closed", status.connections_closed),
+        ] {
+            dict.set_item(name, value)?;
+        }
         Ok(Some(dict))
     }
 }
