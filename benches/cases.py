@@ -394,6 +394,21 @@ def case_interaction_sqlite(p: dict) -> None:
     twisted_main(body, {})
 
 
+def pg_bench_dsn(server: str) -> str:
+    """The servers `make postgres` starts: the plain one, the one with ssl=on (TLS
+    required for tls_user, certificate unchecked: sslmode=require), and PgBouncer in
+    transaction mode in front of the plain one."""
+    if server == "direct":
+        return os.environ["PYO3_TWISTED_TEST_PG_DSN"]
+    if server == "tls":
+        port = os.environ["PYO3_TWISTED_TEST_PG_TLS_PORT"]
+        return f"postgresql://tls_user:tls-secret-1@127.0.0.1:{port}/pyo3_twisted_test?sslmode=require"
+    if server == "bouncer":
+        port = os.environ["PYO3_TWISTED_TEST_PGBOUNCER_PORT"]
+        return f"postgresql://postgres@127.0.0.1:{port}/pyo3_twisted_test?sslmode=disable"
+    raise ValueError(f"unknown server {server!r}")
+
+
 def case_pg_throughput(p: dict) -> None:
     """1,000 small transactions at concurrency 8 on PostgreSQL: the native pool vs
     the Python pool (through run_interaction): µs per transaction."""
@@ -404,10 +419,10 @@ def case_pg_throughput(p: dict) -> None:
         from pyo3_twisted.database import DatabasePool
         from pyo3_twisted.probes import RustStore
 
-        dsn = os.environ["PYO3_TWISTED_TEST_PG_DSN"]
+        dsn = pg_bench_dsn(p.get("server", "direct"))
         pool = None
         if p["pool"] == "native":
-            store = RustStore.postgres(dsn, max_size=8)
+            store = RustStore.postgres(dsn, max_size=8, statement_cache=p.get("statement_cache", True))
         else:
             pool = DatabasePool(reactor, dsn, max_connections=8)
             store = RustStore.python(pool, reactor)
