@@ -71,7 +71,7 @@ where
     let span = tracing::Span::current();
     let job_shared = Arc::clone(&shared);
     let job_bridge = Arc::clone(&bridge);
-    bridge.mailbox().push(Box::new(move |py| {
+    let job = move |py: Python<'_>| {
         drop(keep);
         let _entered = span.enter();
         start(
@@ -82,7 +82,19 @@ where
             complete,
             job_shared,
         )
-    }));
+    };
+    if crate::local_task::polling_on_reactor() && bridge.is_reactor_thread() {
+        // Polled on the reactor thread (reactor_polls), GIL held: start it now.
+        crate::local_task::in_python(|| {
+            crate::threads::attach(|py| {
+                if let Err(err) = job(py) {
+                    crate::errors::report(py, err, "pyo3-twisted: starting a Python awaitable");
+                }
+            })
+        });
+    } else {
+        bridge.mailbox().push(Box::new(job));
+    }
 
     let mut guard = CancelOnDrop {
         bridge,
@@ -137,8 +149,15 @@ fn start(
             // A plain value needs no Deferred: answer at once.
             Ok(value) if is_plain_value(&value) => {
                 Counters::bump(&bridge.counters().awaitables_completed);
+                let polls = crate::local_task::polls_run();
                 complete(py, Ok(value));
-                bridge.note_handoff(py);
+                // Started inside the waiter's own reactor-thread poll, or the waiter
+                // ran here: nobody to linger for.
+                if !crate::local_task::polling_on_reactor()
+                    && crate::local_task::polls_run() == polls
+                {
+                    bridge.note_handoff(py);
+                }
                 return Ok(());
             }
             Ok(value) => crate::asyncio::prepare(bridge.asyncio(), value).and_then(to_deferred),
@@ -228,10 +247,14 @@ impl Resolver {
             if let Some(bridge) = &bridge {
                 Counters::bump(&bridge.counters().awaitables_completed);
             }
+            let polls = crate::local_task::polls_run();
             complete(py, outcome);
-            // The waiting task will answer soon: linger for it.
+            // The waiting task will answer soon: linger for it, unless it already
+            // ran here (reactor_polls).
             if let Some(bridge) = bridge {
-                bridge.note_handoff(py);
+                if crate::local_task::polls_run() == polls {
+                    bridge.note_handoff(py);
+                }
             }
         }
     }

@@ -293,6 +293,17 @@ impl Bridge {
         threads::current_id() == self.cross.reactor_thread.load(Ordering::Acquire)
     }
 
+    /// The reactor thread's id ([`threads::current_id`]).
+    pub(crate) fn reactor_thread_id(&self) -> u64 {
+        self.cross.reactor_thread.load(Ordering::Acquire)
+    }
+
+    /// The live counters, shared (a local task bumps them after the bridge call
+    /// that started it returned).
+    pub(crate) fn counters_arc(&self) -> Arc<Counters> {
+        Arc::clone(&self.cross.counters)
+    }
+
     /// Raises unless called on the reactor thread.
     pub(crate) fn check_reactor_thread(&self, what: &str) -> PyResult<()> {
         if self.is_reactor_thread() {

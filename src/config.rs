@@ -70,6 +70,17 @@ pub struct RuntimeConfig {
     /// wake-to-drain latency, task run and CPU times). The counters of
     /// [`stats`](crate::stats) are kept either way. Default: `true`.
     pub metrics: bool,
+    /// Poll a bridged future on the reactor thread when the reactor is what wakes
+    /// it, and start it there: the first poll runs inside `create_deferred`, a
+    /// Python awaitable it awaits starts at once, its answer resumes the future
+    /// on the reactor thread, and a result made there fires the Deferred with no
+    /// thread hop. A future woken by Tokio (sockets, Tokio's timers, channels sent
+    /// from Tokio) still runs on Tokio. Makes a handler that waits on Python (a
+    /// transaction through `runInteraction`) as cheap as a Python one; but the
+    /// future's work between two awaits then runs on the reactor thread, so a
+    /// CPU-heavy stretch stalls the reactor (polls over 10 ms are counted in
+    /// `reactor_polls_slow` and logged). Default: `false`.
+    pub reactor_polls: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -86,12 +97,13 @@ impl Default for RuntimeConfig {
             tokio: TokioRuntime::Process,
             clock: ClockMode::Auto,
             metrics: true,
+            reactor_polls: false,
         }
     }
 }
 
 /// The keyword arguments [`RuntimeConfig::from_kwargs`] understands.
-pub(crate) const CONFIG_KEYWORDS: [&str; 10] = [
+pub(crate) const CONFIG_KEYWORDS: [&str; 11] = [
     "worker_threads",
     "thread_name",
     "shutdown_timeout",
@@ -102,6 +114,7 @@ pub(crate) const CONFIG_KEYWORDS: [&str; 10] = [
     "tokio",
     "clock",
     "metrics",
+    "reactor_polls",
 ];
 
 impl RuntimeConfig {
@@ -110,7 +123,7 @@ impl RuntimeConfig {
     /// (str), `shutdown_timeout` and `linger` (seconds), `logcontext` (a module name),
     /// `track_cpu_time` (bool), `wake` (`"auto"`, `"fd"`, `"call_from_thread"`),
     /// `tokio` (`"process"`, `"per_reactor"`), `clock` (`"auto"`, `"reactor"`,
-    /// `"tokio"`) and `metrics` (bool). Omitted or `None` options keep their
+    /// `"tokio"`), `metrics` and `reactor_polls` (bool). Omitted or `None` options keep their
     /// defaults. An unknown keyword is a `TypeError`, a bad value a `ValueError`.
     pub fn from_kwargs(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         let mut config = RuntimeConfig::default();
@@ -133,6 +146,7 @@ impl RuntimeConfig {
                 "tokio" => config.tokio = TokioRuntime::parse(&value.extract::<String>()?)?,
                 "clock" => config.clock = ClockMode::parse(&value.extract::<String>()?)?,
                 "metrics" => config.metrics = value.extract()?,
+                "reactor_polls" => config.reactor_polls = value.extract()?,
                 other => {
                     return Err(PyTypeError::new_err(format!(
                         "unexpected keyword argument {other:?}; the runtime's options are {}",

@@ -126,11 +126,32 @@ where
         if let Some(started) = started {
             record(&scope, started, &outcome);
         }
+        if crate::local_task::polling_on_reactor() {
+            // Finished on the reactor thread (reactor_polls): fire it as soon as
+            // this poll returns, with no mailbox trip.
+            crate::local_task::after_poll(Box::new(move || {
+                crate::threads::attach(|py| {
+                    if let Err(err) = deliver(py, &scope, key, outcome) {
+                        crate::errors::report(py, err, "pyo3-twisted: delivering a result");
+                    }
+                });
+            }));
+            return;
+        }
         let mailbox = Arc::clone(scope.bridge.mailbox());
         mailbox.push(Box::new(move |py| deliver(py, &scope, key, outcome)));
     });
     Counters::bump(&bridge.counters().tasks_spawned);
-    if engine.submit(task).is_err() {
+    if bridge.config().reactor_polls {
+        // Its first poll, here and now: a future that starts by calling Python
+        // makes that call with no trip through Tokio.
+        crate::local_task::LocalTask::start(
+            task,
+            bridge.reactor_thread_id(),
+            engine.handle().clone(),
+            bridge.counters_arc(),
+        );
+    } else if engine.submit(task).is_err() {
         // The engine is gone (shutdown raced us): fail now rather than never.
         if bridge.take_entry(key).is_some() {
             Counters::bump(&bridge.counters().tasks_rejected_after_shutdown);

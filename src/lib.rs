@@ -117,6 +117,7 @@ mod errors;
 mod fork;
 mod histogram;
 mod live_tasks;
+mod local_task;
 mod logcontext;
 mod logging;
 pub(crate) mod mailbox;

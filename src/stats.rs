@@ -120,6 +120,10 @@ stats! {
         mailbox_max_batch,
         /// Times the reactor lingered for results after handing work to Tokio.
         mailbox_lingers,
+        /// Polls of bridged futures run on the reactor thread (`reactor_polls`).
+        reactor_polls,
+        /// Of those, polls that held the reactor thread longer than 10 ms.
+        reactor_polls_slow,
     }
 }
 

@@ -280,14 +280,19 @@ impl Transaction for PyTransaction {
     async fn query(&mut self, sql: &str, params: &[DbValue]) -> anyhow::Result<Vec<DbRow>> {
         self.run(sql, params, |txn| {
             let py = txn.py();
-            let names = column_names(txn)?;
             let rows = txn.call_method0(intern!(py, "fetchall"))?;
             let mut out = Vec::new();
             for row in rows.try_iter()? {
                 let row = row?;
                 let mut values = Vec::new();
                 for (index, cell) in row.try_iter()?.enumerate() {
-                    values.push(from_python(&cell?, index, &names)?);
+                    let cell = cell?;
+                    let value = match from_python(&cell, index, &[]) {
+                        Ok(value) => value,
+                        // Column names only for the message: not read per query.
+                        Err(_) => from_python(&cell, index, &column_names(txn)?)?,
+                    };
+                    values.push(value);
                 }
                 out.push(values);
             }

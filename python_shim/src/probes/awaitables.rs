@@ -23,6 +23,25 @@ fn call_python<'py>(
     })
 }
 
+/// Where the future was polled: the thread's name at its start, after awaiting
+/// `factory()` (the reactor answers), and after a 1 ms Tokio sleep (Tokio wakes it).
+#[pyfunction]
+fn where_polled<'py>(
+    py: Python<'py>,
+    reactor: &Bound<'py, PyAny>,
+    factory: Py<PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let handle = reactor.clone().unbind();
+    let name = || std::thread::current().name().unwrap_or("").to_owned();
+    create_deferred(py, reactor, async move {
+        let start = name();
+        run_python_awaitable(handle, move |py| factory.bind(py).call0()).await?;
+        let answered = name();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        Ok(vec![start, answered, name()])
+    })
+}
+
 /// Three calls into Python: `f1` directly, `f2` from a `spawn`ed child, and `f3` from
 /// a detached child once `gate.open()` is called (after the request finished, in the
 /// tests). Fires with `[f1(), f2()]`; `f3`'s outcome goes nowhere.
@@ -295,6 +314,7 @@ impl ForeignCall {
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(call_python, m)?)?;
+    m.add_function(wrap_pyfunction!(where_polled, m)?)?;
     m.add_function(wrap_pyfunction!(three_calls, m)?)?;
     m.add_function(wrap_pyfunction!(burn_cpu, m)?)?;
     m.add_function(wrap_pyfunction!(log_messages, m)?)?;

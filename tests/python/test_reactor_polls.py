@@ -1,0 +1,165 @@
+"""`reactor_polls=True`: a bridged future is polled on the reactor thread when the
+reactor wakes it (its first poll, a Python awaitable's answer, a cancel), and on
+Tokio when Tokio does. The crate's rules hold on both paths: a Deferred fires exactly
+once, cancellation drops the future, logcontexts switch only on the reactor thread,
+Tokio workers never take the GIL, panics are errors."""
+
+import logging
+import threading
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError
+
+import pyo3_twisted
+from pyo3_twisted import RustPanicError, probes
+from pyo3_twisted.testing import memory_reactor
+
+
+@pytest.fixture(params=[False, True], ids=["tokio_polls", "reactor_polls"])
+def polls(request):
+    return request.param
+
+
+@pytest.fixture
+def reactor(polls):
+    with memory_reactor() as r:
+        pyo3_twisted.install(r, worker_threads=2, tokio="per_reactor", reactor_polls=polls)
+        yield r
+
+
+@pytest.fixture
+def lc_reactor(polls):
+    with memory_reactor() as r:
+        pyo3_twisted.install(
+            r, worker_threads=2, tokio="per_reactor", reactor_polls=polls, logcontext="pyo3_twisted.logcontext"
+        )
+        yield r
+
+
+def test_polled_where_woken(reactor, polls):
+    waiting = defer.Deferred()
+    d = probes.where_polled(reactor, lambda: waiting)
+    # Answered later, from the reactor thread (this one).
+    waiting.callback(1)
+    start, answered, after_tokio_sleep = reactor.get_success(d)
+    on_tokio = [name.startswith("pyo3-twisted") for name in (start, answered, after_tokio_sleep)]
+    if polls:
+        # Started here, resumed here by the awaitable's answer, then on Tokio after a
+        # Tokio timer woke it.
+        assert on_tokio == [False, False, True], (start, answered, after_tokio_sleep)
+        assert pyo3_twisted.stats(reactor)["reactor_polls"] >= 2
+    else:
+        assert on_tokio == [True, True, True], (start, answered, after_tokio_sleep)
+        assert pyo3_twisted.stats(reactor)["reactor_polls"] == 0
+
+
+def test_a_future_that_only_calls_python_finishes_inside_create_deferred(reactor, polls):
+    before = pyo3_twisted.stats(reactor)["mailbox_jobs"]
+    d = probes.call_python(reactor, lambda: "inline")
+    if polls:
+        # No thread hop anywhere: the Deferred has fired when it is returned, and the
+        # mailbox carried nothing.
+        assert d.called
+        assert pyo3_twisted.stats(reactor)["mailbox_jobs"] == before
+    assert reactor.get_success(d) == "inline"
+
+
+def test_every_deferred_fires_exactly_once(reactor):
+    n = 2000
+    fired = [0] * n
+    pending = []
+
+    def later(i):
+        d = defer.Deferred()
+        pending.append((d, i))
+        return d
+
+    deferreds = []
+    for i in range(n):
+        d = probes.call_python(reactor, lambda i=i: later(i) if i % 2 else i)
+        d.addCallback(lambda value, i=i: fired.__setitem__(i, fired[i] + 1) or value)
+        deferreds.append(d)
+    # Half answered later, from the reactor thread, once their factories ran; a
+    # Deferred fired twice would raise AlreadyCalledError here or count 2 below.
+    reactor.pump_until(lambda: len(pending) == n // 2, timeout=10.0)
+    for d, i in pending:
+        d.callback(i)
+    results = [reactor.get_success(d) for d in deferreds]
+    assert results == list(range(n))
+    assert fired == [1] * n
+    stats = pyo3_twisted.stats(reactor)
+    assert stats["tasks_completed"] == n
+    assert stats["awaitables_started"] == stats["awaitables_completed"] == n
+    assert stats["tasks_in_flight"] == 0
+
+
+def test_cancellation_drops_the_future_at_once(reactor, polls):
+    d, flag = probes.pending(reactor)
+    outcomes = []
+    d.addBoth(outcomes.append)
+    d.cancel()
+    if polls:
+        # The abort woke it on the reactor thread: dropped before cancel() returned.
+        assert flag.dropped
+    assert flag.wait(5.0)
+    assert len(outcomes) == 1 and outcomes[0].check(CancelledError)
+
+
+def test_cancelling_a_future_waiting_on_python_cancels_the_python_side(reactor):
+    waiting = defer.Deferred()
+    cancelled = []
+    waiting.addErrback(lambda f: cancelled.append(f.check(CancelledError)))
+    called = []
+    d = probes.call_python(reactor, lambda: called.append(1) or waiting)
+    d.addErrback(lambda f: f.trap(CancelledError))
+    reactor.pump_until(lambda: called, timeout=5.0)
+    d.cancel()
+    reactor.pump_until(lambda: cancelled, timeout=5.0)
+    assert cancelled == [CancelledError]
+
+
+def test_a_panic_is_an_error_and_the_runtime_goes_on(reactor):
+    failure = reactor.get_failure(probes.panic(reactor, "polled where woken"), RustPanicError)
+    assert str(failure.value) == "polled where woken"
+    assert reactor.get_success(probes.ready(reactor, "alive")) == "alive"
+
+
+def test_logcontexts_switch_on_the_reactor_thread_only(lc_reactor):
+    from pyo3_twisted import logcontext
+
+    reactor_thread = threading.get_ident()
+    seen = []
+
+    def factory():
+        seen.append((threading.get_ident(), logcontext.current_context().name))
+        return defer.succeed(len(seen))
+
+    async def handler():
+        with logcontext.LoggingContext("request-1"):
+            value = await probes.call_python(lc_reactor, factory)
+            # Restored for the caller when the Deferred fired.
+            assert logcontext.current_context().name == "request-1"
+            return value
+
+    assert lc_reactor.get_success(defer.ensureDeferred(handler())) == 1
+    assert seen == [(reactor_thread, "request-1")]
+    # The reactor is back in the sentinel.
+    assert logcontext.current_context() is logcontext.SENTINEL_CONTEXT
+
+
+def test_tokio_workers_never_take_the_gil(reactor):
+    for _ in range(200):
+        reactor.get_success(probes.where_polled(reactor, lambda: 1))
+    assert pyo3_twisted.stats(reactor)["gil_acquisitions_on_tokio_threads"] == 0
+
+
+def test_a_cpu_heavy_poll_on_the_reactor_is_counted_and_logged(caplog):
+    with memory_reactor() as r:
+        pyo3_twisted.install(r, worker_threads=2, tokio="per_reactor", reactor_polls=True)
+        with caplog.at_level(logging.WARNING):
+            # Its first poll, on the reactor thread, burns 30 ms of CPU.
+            burned = r.get_success(probes.burn_cpu(r, 0.03))
+        assert burned >= 0.03
+        assert pyo3_twisted.stats(r)["reactor_polls_slow"] == 1
+        assert any("polled on the reactor thread" in rec.getMessage() for rec in caplog.records), caplog.records
