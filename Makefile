@@ -42,7 +42,7 @@ export PYO3_PYTHON := $(VENV)/bin/python
 export PYO3_TWISTED_VENV := $(VENV)
 export CARGO_TERM_COLOR := never
 
-.PHONY: demo example bench loom exit-soak synapse-port test venv wheel demo-wheel release-install lint postgres postgres-stop rust-test rust-test-pyo3-min test-ext py-test py-test-oldest py-test-newest py-test-asyncio clean
+.PHONY: demo example bench bench-http loom exit-soak synapse-port test venv wheel demo-wheel release-install lint postgres postgres-stop rust-test rust-test-pyo3-min test-ext py-test py-test-oldest py-test-newest py-test-asyncio clean
 
 # The demo service on http://127.0.0.1:8008 (SQLite in target/, seeded on first run).
 # DEMO_ARGS="--database postgresql://user@127.0.0.1/db" switches to PostgreSQL. It runs
@@ -134,6 +134,13 @@ bench: test-ext postgres
 	$(VENV)/bin/pip install -q --force-reinstall --no-deps $(CURDIR)/target/bench-wheels/*.whl
 	cargo bench --bench rust_parts -- --warm-up-time 1 --measurement-time 3
 	$(WITH_PG) $(VENV)/bin/python benches/bench.py $(BENCH_ARGS)
+
+# The demo's Rust /versions handler against its Python twin over HTTP (wrk, from
+# Debian's packages); figures in benches/README.md.
+bench-http: release-install postgres
+	command -v wrk >/dev/null || { sudo_=""; [ "$$(id -u)" = 0 ] || sudo_="sudo -n"; \
+	  $$sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	$(WITH_PG) $(VENV)/bin/python benches/wrk_versions.py $(BENCH_HTTP_ARGS)
 
 postgres:
 	mkdir -p $(dir $(PG_DSN_FILE))

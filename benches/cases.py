@@ -248,6 +248,8 @@ def case_twisted(p: dict) -> None:
         runtime = {}  # the default configuration
         if p.get("tokio"):
             runtime["tokio"] = p["tokio"]
+        if "reactor_polls" in p:
+            runtime["reactor_polls"] = p["reactor_polls"]
         if "metrics" in p:
             runtime["metrics"] = p["metrics"]
         if p.get("logcontext") or p.get("provider_only"):
@@ -374,7 +376,8 @@ def case_interaction_sqlite(p: dict) -> None:
         from pyo3_twisted.database import DatabasePool
         from pyo3_twisted.probes import RustStore
 
-        pool = DatabasePool(reactor, ":memory:")
+        database = os.environ["PYO3_TWISTED_TEST_PG_DSN"] if p.get("database") == "postgresql" else ":memory:"
+        pool = DatabasePool(reactor, database)
         store = RustStore.python(pool, reactor)
 
         def select(txn: Any) -> Any:
@@ -391,7 +394,7 @@ def case_interaction_sqlite(p: dict) -> None:
         pool.close()
         return {"us": us}
 
-    twisted_main(body, {})
+    twisted_main(body, {"reactor_polls": True} if p.get("reactor_polls") else {})
 
 
 def pg_bench_dsn(server: str) -> str:
@@ -454,7 +457,7 @@ def case_pg_throughput(p: dict) -> None:
             pool.close()
         return {"us": us}
 
-    twisted_main(body, {})
+    twisted_main(body, {"reactor_polls": True} if p.get("reactor_polls") else {})
 
 
 def rss_bytes() -> int:

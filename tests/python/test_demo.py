@@ -109,6 +109,21 @@ def test_versions_put_and_the_access_log(database):
     assert any(f"reactor: {reactor}" in line for line in demo.stderr_lines), demo.stderr_lines
 
 
+@pytest.mark.parametrize("polls", [False, True], ids=["tokio_polls", "reactor_polls"])
+def test_the_python_twin_of_versions_answers_the_same(database, polls):
+    demo = Demo(database, *(["--reactor-polls"] if polls else []))
+    try:
+        for user in ["@alice:example.org", "@bob:example.org", "@nobody:example.org"]:
+            rust = demo.request("GET", f"/versions?user_id={user}")
+            python = demo.request("GET", f"/versions_py?user_id={user}")
+            assert rust[0] == 200
+            assert rust == python
+        assert demo.request("POST", "/versions_py")[0] == 405
+    finally:
+        assert demo.stop() == 0
+    assert any(f"reactor_polls: {polls}" in line for line in demo.stderr_lines), demo.stderr_lines
+
+
 def test_metrics_show_the_figures_of_one_request(tmp_path):
     demo = Demo(str(tmp_path / "demo.sqlite3"))
     try:

@@ -5,6 +5,8 @@
 - ``GET /versions?user_id=@alice:example.org``: answered by a Rust handler
   (``create_deferred``) that reads the user's feature flags with ``run_interaction``
   through the same pool as the Python code: the shape of Synapse's ``/versions``.
+- ``GET /versions_py?user_id=…``: the same handler written in Python, on the same
+  pool and data (what ``benches/wrk_versions.py`` compares the Rust one against).
 - ``PUT /features/{user_id}/{feature}`` with ``{"enabled": true}``: written by a
   Python handler through that pool.
 - ``GET /metrics``: the Rust runtime's figures in Prometheus text format
@@ -82,6 +84,25 @@ def create_schema(txn: Any) -> None:
         )
 
 
+VERSIONS = ["v1.1", "v1.2", "v1.3", "v1.11"]
+
+
+def select_flags(txn: Any, user_id: str) -> list[tuple[str, bool]]:
+    # The Rust handler's query (examples/demo/src/store.rs).
+    txn.execute("SELECT feature, enabled FROM feature_flags WHERE user_id = ? ORDER BY feature", (user_id,))
+    return [(feature, bool(enabled)) for feature, enabled in txn.fetchall()]
+
+
+async def python_versions(pool: DatabasePool, user_id: str) -> dict[str, Any]:
+    """``GET /versions`` in Python: the Rust handler's twin."""
+    flags = await pool.runInteraction("get_feature_flags", select_flags, user_id)
+    features = {name: False for name in KNOWN_FEATURES}
+    for name, enabled in flags:
+        if name in features:
+            features[name] = enabled
+    return {"versions": list(VERSIONS), "unstable_features": dict(sorted(features.items()))}
+
+
 def set_feature(txn: Any, user_id: str, feature: str, enabled: bool) -> None:
     txn.execute(
         "INSERT INTO feature_flags (user_id, feature, enabled) VALUES (?, ?, ?)"
@@ -146,13 +167,15 @@ class DemoApp:
     async def dispatch(self, request: Any) -> Any:
         method = request.method.decode()
         segments = [unquote(s.decode()) for s in request.path.split(b"/")[1:]]
-        if segments == ["versions"]:
+        if segments in (["versions"], ["versions_py"]):
             if method != "GET":
-                raise HTTPError(405, "M_UNRECOGNIZED", "Use GET on /versions")
+                raise HTTPError(405, "M_UNRECOGNIZED", f"Use GET on /{segments[0]}")
             user_ids = request.args.get(b"user_id") or [b""]
             user_id = user_ids[0].decode("utf-8", "replace")
             if not user_id:
                 raise HTTPError(400, "M_MISSING_PARAM", "Missing user_id query parameter")
+            if segments == ["versions_py"]:
+                return await python_versions(self.pool, user_id)
             return await self.versions.handle(self.reactor, user_id)
         if len(segments) == 3 and segments[0] == "features" and all(segments[1:]):
             if method != "PUT":
@@ -279,21 +302,27 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--rust-work-ms", type=int, default=0, help="thread CPU milliseconds the Rust handler spends per request"
     )
+    parser.add_argument(
+        "--reactor-polls",
+        action="store_true",
+        help="poll Rust handlers on the reactor thread when the reactor wakes them (RuntimeConfig.reactor_polls)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="log warnings and errors only (no access log)")
     return parser.parse_args(argv)
 
 
-def setup_logging() -> None:
+def setup_logging(quiet: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(lc.LoggingContextFilter(request="-"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s {%(request)s} %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    setup_logging()
+    setup_logging(args.quiet)
     if args.reactor == "asyncio":
         from pyo3_twisted.testing import install_reactor
 
@@ -306,6 +335,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         worker_threads=args.workers,
         shutdown_timeout=args.shutdown_timeout,
         logcontext="pyo3_twisted.logcontext",
+        reactor_polls=args.reactor_polls,
     )
     pool = DatabasePool(reactor, args.database, logcontext=lc)
     app = DemoApp(reactor, pool, args.rust_work_ms, args.shutdown_timeout)
@@ -324,7 +354,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             reactor.stop()
             return
         host = app.port.getHost()
-        logger.info("database: %s; reactor: %s", redact(args.database), type(reactor).__name__)
+        logger.info(
+            "database: %s; reactor: %s; reactor_polls: %s",
+            redact(args.database),
+            type(reactor).__name__,
+            args.reactor_polls,
+        )
         print(f"listening on http://{host.host}:{host.port}", flush=True)
 
     reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.ensureDeferred(app.drain()))

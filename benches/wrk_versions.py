@@ -1,0 +1,161 @@
+"""`make bench-http`: the demo's Rust `GET /versions` handler against the same handler
+written in Python (`GET /versions_py`), end to end over HTTP, with wrk.
+
+Both read the user's feature flags through the same Python pool and the same data,
+and answer the same JSON. Each variant runs in a fresh demo process (the released
+wheels, `--quiet`):
+
+- `python`: the Python handler (runInteraction);
+- `rust`: the Rust handler, default runtime (futures polled on Tokio);
+- `rust_polls`: the Rust handler with `reactor_polls=True` (polled on the reactor
+  thread when the reactor wakes it).
+
+For each, at 1, 16 and 64 connections: requests per second, p50/p99 latency, and the
+demo process's CPU time (user + system, /proc) per request. SQLite always;
+PostgreSQL through the Python pool when PYO3_TWISTED_TEST_PG_DSN is set (`make
+bench-http` starts the server).
+
+    python benches/wrk_versions.py [--seconds 3] [--rounds 3] [--connections 1,16,64] [--out FILE]
+
+This VM's figures move by ±20% between runs of the same process, so each variant
+runs --rounds times, the order of the variants rotating each round, and every
+figure printed is the median over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+USER = "%40alice%3Aexample.org"
+VARIANTS = [
+    ("python", "/versions_py", []),
+    ("rust", "/versions", []),
+    ("rust_polls", "/versions", ["--reactor-polls"]),
+]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime and stime: fields 14 and 15 of stat(5), 12 and 13 after the name.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def start_demo(database: str, extra: list[str]) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyo3_twisted_demo", "--port", "0", "--database", database, "--quiet", *extra],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.match(r"listening on http://[\d.]+:(\d+)", line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"the demo did not start: {line!r}")
+    return proc, int(match.group(1))
+
+
+def to_ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, connections: int, seconds: int) -> dict:
+    threads = 1 if connections < 16 else 2
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"errors under load:\n{out}")
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50_ms": to_ms(latency["50"]),
+        "p99_ms": to_ms(latency["99"]),
+        "requests": requests,
+    }
+
+
+def run_variant(database: str, path: str, extra: list[str], connections: list[int], seconds: int) -> dict:
+    proc, port = start_demo(database, extra)
+    url = f"http://127.0.0.1:{port}{path}?user_id={USER}"
+    try:
+        wrk(url, 4, 1)  # warm-up: connections, pool, caches
+        rows = {}
+        for c in connections:
+            before = cpu_seconds(proc.pid)
+            row = wrk(url, c, seconds)
+            row["cpu_us_per_request"] = (cpu_seconds(proc.pid) - before) / row["requests"] * 1e6
+            rows[c] = row
+        return rows
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", default="1,16,64")
+    parser.add_argument("--out", default=str(Path(__file__).parent.parent / "target" / "bench-http.json"))
+    args = parser.parse_args()
+    connections = [int(c) for c in args.connections.split(",")]
+    databases = {"sqlite": str(Path(tempfile.mkdtemp(prefix="pyo3-twisted-http-")) / "demo.sqlite3")}
+    if os.environ.get("PYO3_TWISTED_TEST_PG_DSN"):
+        databases["postgresql"] = os.environ["PYO3_TWISTED_TEST_PG_DSN"]
+    report: dict = {"when": time.strftime("%Y-%m-%d %H:%M"), "seconds": args.seconds, "results": {}}
+    for db, database in databases.items():
+        runs: dict[str, list[dict]] = {name: [] for name, _, _ in VARIANTS}
+        for round_ in range(args.rounds):
+            order = VARIANTS[round_ % len(VARIANTS) :] + VARIANTS[: round_ % len(VARIANTS)]
+            for name, path, extra in order:
+                runs[name].append(run_variant(database, path, extra, connections, args.seconds))
+        results = report["results"][db] = {
+            name: {
+                c: {key: statistics.median(run[c][key] for run in runs[name]) for key in runs[name][0][c]}
+                for c in connections
+            }
+            for name in runs
+        }
+        report.setdefault("runs", {})[db] = runs
+        print(f"\n{db}: requests/s, p50/p99 ms, CPU µs per request (medians of {args.rounds}; ratios against python)")
+        print(f"{'variant':<12}{'conns':>6}{'req/s':>10}{'p50':>8}{'p99':>8}{'cpu µs':>9}{'÷rps':>7}{'÷cpu':>7}")
+        for name, _, _ in VARIANTS:
+            for c in connections:
+                row, base = results[name][c], results["python"][c]
+                print(
+                    f"{name:<12}{c:>6}{row['rps']:>10.0f}{row['p50_ms']:>8.2f}{row['p99_ms']:>8.2f}"
+                    f"{row['cpu_us_per_request']:>9.0f}{row['rps'] / base['rps']:>7.2f}"
+                    f"{row['cpu_us_per_request'] / base['cpu_us_per_request']:>7.2f}"
+                )
+    print("\ngoal (issue 17): rust_polls >= 0.95x python's requests/s at no more CPU per request")
+    for db, results in report["results"].items():
+        for c in connections:
+            rps = results["rust_polls"][c]["rps"] / results["python"][c]["rps"]
+            cpu = results["rust_polls"][c]["cpu_us_per_request"] / results["python"][c]["cpu_us_per_request"]
+            met = "met    " if rps >= 0.95 and cpu <= 1.0 else "NOT MET"
+            print(f"  [{met}] {db}, {c} connections: req/s {rps:.2f}x, CPU/request {cpu:.2f}x")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
