@@ -59,6 +59,22 @@ pub(crate) fn thread_usage() -> Option<(u64, u64)> {
     None
 }
 
+thread_local! {
+    /// The poll running now is already charged by the logging context itself: it
+    /// runs on the reactor thread with the task's own context current (the first
+    /// poll, inside `create_deferred`, with `reactor_polls`).
+    static CHARGED_BY_CONTEXT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (a poll) with metering off (`charged_by_context`) or on, restoring the
+/// caller's setting after: a poll nested in it sets its own.
+pub(crate) fn with_context_charging<R>(charged_by_context: bool, f: impl FnOnce() -> R) -> R {
+    let outer = CHARGED_BY_CONTEXT.with(|flag| flag.replace(charged_by_context));
+    let result = f();
+    CHARGED_BY_CONTEXT.with(|flag| flag.set(outer));
+    result
+}
+
 /// `fut`, adding the CPU time of each poll to `meter` (none: not metered).
 pub(crate) async fn metered<F: Future>(fut: F, meter: Option<Arc<CpuMeter>>) -> F::Output {
     let mut fut = pin!(fut);
@@ -66,6 +82,9 @@ pub(crate) async fn metered<F: Future>(fut: F, meter: Option<Arc<CpuMeter>>) -> 
         let Some(meter) = &meter else {
             return fut.as_mut().poll(cx);
         };
+        if CHARGED_BY_CONTEXT.with(std::cell::Cell::get) {
+            return fut.as_mut().poll(cx);
+        }
         let before = thread_usage();
         let poll: Poll<F::Output> = fut.as_mut().poll(cx);
         if let (Some(before), Some(after)) = (before, thread_usage()) {

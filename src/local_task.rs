@@ -110,7 +110,43 @@ impl LocalTask {
             tokio,
             counters,
         });
-        local.run();
+        local.run_first();
+    }
+
+    /// The first poll, inside `create_deferred`: the caller's logging context (the
+    /// task's) is current, and it charges this thread's CPU time itself, so the
+    /// task's meter must not count it again.
+    fn run_first(self: Arc<Self>) {
+        self.state.store(RUNNING, Ordering::Release);
+        let waker = Waker::from(Arc::clone(&self));
+        let mut cx = Context::from_waker(&waker);
+        let first = {
+            let mut slot = self.future.lock();
+            match slot.as_mut() {
+                Some(future) => {
+                    let poll = crate::cputime::with_context_charging(true, || {
+                        self.poll_on_reactor(future, &mut cx)
+                    });
+                    if poll.is_ready() {
+                        *slot = None;
+                    }
+                    poll
+                }
+                None => Poll::Ready(()),
+            }
+        };
+        if first.is_ready() {
+            self.state.store(DONE, Ordering::Release);
+            return;
+        }
+        if self
+            .state
+            .compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // Woken during the first poll: go on as any wake-up would.
+            self.run();
+        }
     }
 
     fn schedule(self: &Arc<Self>) {
@@ -152,7 +188,11 @@ impl LocalTask {
                 return;
             };
             let poll = if on_reactor {
-                self.poll_on_reactor(future, &mut cx)
+                // Woken on the reactor thread, in whatever context the waker ran
+                // (the sentinel, for an awaitable's answer): metered as on Tokio.
+                crate::cputime::with_context_charging(false, || {
+                    self.poll_on_reactor(future, &mut cx)
+                })
             } else {
                 future.as_mut().poll(&mut cx)
             };

@@ -163,3 +163,26 @@ def test_a_cpu_heavy_poll_on_the_reactor_is_counted_and_logged(caplog):
         assert burned >= 0.03
         assert pyo3_twisted.stats(r)["reactor_polls_slow"] == 1
         assert any("polled on the reactor thread" in rec.getMessage() for rec in caplog.records), caplog.records
+
+
+def test_cpu_time_is_charged_once(polls):
+    """The first poll runs inside create_deferred, in the caller's context, which
+    charges that CPU time itself: the task's meter must not add it again."""
+    from pyo3_twisted import logcontext
+
+    with memory_reactor(logcontext=logcontext) as r:
+        pyo3_twisted.install(
+            r, worker_threads=2, tokio="per_reactor", reactor_polls=polls, logcontext="pyo3_twisted.logcontext"
+        )
+
+        async def handler():
+            with logcontext.LoggingContext("request-cpu") as ctx:
+                burned = await probes.burn_cpu(r, 0.05)
+            return ctx, burned
+
+        ctx, burned = r.get_success(defer.ensureDeferred(handler()))
+        usage = ctx.get_resource_usage()
+        charged = usage.ru_utime + usage.ru_stime
+        assert burned >= 0.05
+        # Once (plus the handler's own few milliseconds), not twice.
+        assert 0.045 <= charged < 0.09, (charged, burned)
