@@ -460,6 +460,61 @@ mod native {
     }
 
     #[test]
+    fn unnamed_statements_round_trip_every_value_and_leave_no_statement_behind() {
+        runtime().block_on(async {
+            let pool = PostgresPool::new(PostgresConfig {
+                statement_cache: false,
+                ..PostgresConfig::new(dsn())
+            })
+            .unwrap();
+            let values = vec![
+                DbValue::Bool(true),
+                DbValue::Int(1 << 62),
+                DbValue::Float(1.5),
+                DbValue::Text("héllo 'quoted' \\ back".into()),
+                DbValue::Bytes(vec![0, 0xff, b'\\']),
+                DbValue::Null,
+                DbValue::Float(f64::INFINITY),
+            ];
+            let sent = values.clone();
+            let (rows, statements) = pool
+                .run_interaction("unnamed", move |txn| {
+                    let sent = sent.clone();
+                    async move {
+                        // The server types each parameter from the SQL, as it does
+                        // psycopg2's literals.
+                        let rows = txn
+                            .query(
+                                "SELECT ?::bool, ?::int8, ?::float8, ?::text, ?::bytea, ?::int4, ?::float8",
+                                &sent,
+                            )
+                            .await?;
+                        txn.execute("CREATE TEMP TABLE unnamed_t (small INT2, f FLOAT8)", &[])
+                            .await?;
+                        // Untyped placeholders take the column's type.
+                        let inserted = txn
+                            .execute(
+                                "INSERT INTO unnamed_t VALUES (?, ?), (?, ?)",
+                                &[7.into(), 2.into(), DbValue::Null, 0.25.into()],
+                            )
+                            .await?;
+                        anyhow::ensure!(inserted == 2, "inserted {inserted}");
+                        let statements = txn
+                            .query("SELECT count(*) FROM pg_prepared_statements", &[])
+                            .await?[0]
+                            .try_get::<i64>(0)?;
+                        Ok((rows, statements))
+                    }
+                    .boxed()
+                })
+                .await
+                .unwrap();
+            assert_eq!(rows, vec![values]);
+            assert_eq!(statements, 0, "nothing prepared by name on the server");
+        });
+    }
+
+    #[test]
     fn unreachable_server_names_the_dsn_without_the_password() {
         runtime().block_on(async {
             let pool = PostgresPool::new(PostgresConfig {

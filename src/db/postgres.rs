@@ -705,31 +705,60 @@ static UNSPECIFIED: once_cell::sync::Lazy<Type> = once_cell::sync::Lazy::new(|| 
 });
 
 impl PgTransaction<'_> {
-    async fn rows(&mut self, sql: &str, params: &[DbValue]) -> anyhow::Result<Vec<Row>> {
+    /// `sql` with `$n` placeholders, checked against the parameters.
+    fn numbered(sql: &str, params: &[DbValue]) -> anyhow::Result<String> {
         let placeholders = Placeholders::scan(sql);
         placeholders.check(params.len())?;
-        let sql = placeholders.numbered(sql);
-        if self.unnamed {
-            let typed = params.iter().map(|p| (p, UNSPECIFIED.clone()));
-            let stream = self
-                .connection
-                .client
-                .query_typed_raw(&sql, typed)
-                .await
-                .map_err(explain_statement_error)?;
-            return Ok(stream.try_collect().await?);
-        }
-        let statement = self
-            .connection
-            .prepare_cached(&sql)
+        Ok(placeholders.numbered(sql))
+    }
+
+    /// An unnamed statement (`statement_cache` off): parsed, bound and run in one
+    /// round trip, the parameters typed by the server.
+    async fn unnamed(
+        &self,
+        sql: &str,
+        params: &[DbValue],
+    ) -> anyhow::Result<tokio_postgres::RowStream> {
+        let typed = params.iter().map(|p| (p, UNSPECIFIED.clone()));
+        self.connection
+            .client
+            .query_typed_raw(sql, typed)
             .await
-            .map_err(explain_statement_error)?;
+            .map_err(explain_statement_error)
+    }
+
+    /// This connection's named statement for `sql`, prepared once.
+    async fn prepared(&mut self, sql: &str) -> anyhow::Result<tokio_postgres::Statement> {
+        self.connection
+            .prepare_cached(sql)
+            .await
+            .map_err(explain_statement_error)
+    }
+
+    async fn rows(&mut self, sql: &str, params: &[DbValue]) -> anyhow::Result<Vec<Row>> {
+        let sql = Self::numbered(sql, params)?;
+        if self.unnamed {
+            return Ok(self.unnamed(&sql, params).await?.try_collect().await?);
+        }
+        let statement = self.prepared(&sql).await?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
         self.connection
             .client
             .query(&statement, &refs)
             .await
             .map_err(explain_statement_error)
+    }
+
+    async fn affected(&mut self, sql: &str, params: &[DbValue]) -> anyhow::Result<u64> {
+        let sql = Self::numbered(sql, params)?;
+        if self.unnamed {
+            let mut stream = std::pin::pin!(self.unnamed(&sql, params).await?);
+            while stream.try_next().await?.is_some() {}
+            return Ok(stream.rows_affected().unwrap_or(0));
+        }
+        let statement = self.prepared(&sql).await?;
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        Ok(self.connection.client.execute(&statement, &refs).await?)
     }
 }
 
@@ -764,34 +793,7 @@ impl Transaction for PgTransaction<'_> {
 
     async fn execute(&mut self, sql: &str, params: &[DbValue]) -> anyhow::Result<u64> {
         let calls = self.calls;
-        calls
-            .around(async {
-                if self.unnamed {
-                    let placeholders = Placeholders::scan(sql);
-                    placeholders.check(params.len())?;
-                    let sql = placeholders.numbered(sql);
-                    let typed = params.iter().map(|p| (p, UNSPECIFIED.clone()));
-                    let stream = self
-                        .connection
-                        .client
-                        .query_typed_raw(&sql, typed)
-                        .await
-                        .map_err(explain_statement_error)?;
-                    let mut stream = std::pin::pin!(stream);
-                    while stream.try_next().await?.is_some() {}
-                    return Ok(stream.rows_affected().unwrap_or(0));
-                }
-                let placeholders = Placeholders::scan(sql);
-                placeholders.check(params.len())?;
-                let statement = self
-                    .connection
-                    .prepare_cached(&placeholders.numbered(sql))
-                    .await
-                    .map_err(explain_statement_error)?;
-                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-                Ok(self.connection.client.execute(&statement, &refs).await?)
-            })
-            .await
+        calls.around(self.affected(sql, params)).await
     }
 }
 
