@@ -113,40 +113,9 @@ impl LocalTask {
         local.run_first();
     }
 
-    /// The first poll, inside `create_deferred`: the caller's logging context (the
-    /// task's) is current, and it charges this thread's CPU time itself, so the
-    /// task's meter must not count it again.
+    /// The first poll, inside `create_deferred`, then as [`LocalTask::run`].
     fn run_first(self: Arc<Self>) {
-        self.state.store(RUNNING, Ordering::Release);
-        let waker = Waker::from(Arc::clone(&self));
-        let mut cx = Context::from_waker(&waker);
-        let first = {
-            let mut slot = self.future.lock();
-            match slot.as_mut() {
-                Some(future) => {
-                    let poll = crate::cputime::with_context_charging(true, || {
-                        self.poll_on_reactor(future, &mut cx)
-                    });
-                    if poll.is_ready() {
-                        *slot = None;
-                    }
-                    poll
-                }
-                None => Poll::Ready(()),
-            }
-        };
-        if first.is_ready() {
-            self.state.store(DONE, Ordering::Release);
-            return;
-        }
-        if self
-            .state
-            .compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            // Woken during the first poll: go on as any wake-up would.
-            self.run();
-        }
+        self.run_polls(true);
     }
 
     fn schedule(self: &Arc<Self>) {
@@ -177,6 +146,15 @@ impl LocalTask {
 
     /// Polls until the future is pending and nobody woke it meanwhile, or done.
     fn run(self: Arc<Self>) {
+        self.run_polls(false);
+    }
+
+    /// `first`: this is the first poll, inside `create_deferred`. The caller's
+    /// logging context (the task's) is current then, and charges this thread's CPU
+    /// time itself, so the task's meter must not count it again. A poll woken on the
+    /// reactor thread later runs in whatever context the waker ran (the sentinel, for
+    /// an awaitable's answer) and is metered as on Tokio.
+    fn run_polls(self: Arc<Self>, mut first: bool) {
         let on_reactor = threads::current_id() == self.reactor_thread;
         self.state.store(RUNNING, Ordering::Release);
         let waker = Waker::from(Arc::clone(&self));
@@ -188,14 +166,13 @@ impl LocalTask {
                 return;
             };
             let poll = if on_reactor {
-                // Woken on the reactor thread, in whatever context the waker ran
-                // (the sentinel, for an awaitable's answer): metered as on Tokio.
-                crate::cputime::with_context_charging(false, || {
+                crate::cputime::with_context_charging(first, || {
                     self.poll_on_reactor(future, &mut cx)
                 })
             } else {
                 future.as_mut().poll(&mut cx)
             };
+            first = false;
             if poll.is_ready() {
                 *slot = None;
                 drop(slot);
