@@ -242,13 +242,7 @@ mod tests {
 
     use super::*;
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    }
+    use crate::submit::tests::runtime;
 
     #[test]
     fn polled_where_woken_and_done_once() {

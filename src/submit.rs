@@ -83,13 +83,14 @@ impl Submitter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
     use super::*;
 
-    fn runtime() -> tokio::runtime::Runtime {
+    /// A two-worker runtime for the crate's unit tests.
+    pub(crate) fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -169,13 +169,7 @@ mod native {
         .unwrap();
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    }
+    use crate::common::tokio_runtime as runtime;
 
     #[test]
     fn native_pool_round_trip_bad_input_and_no_leak() {

@@ -6,6 +6,10 @@
 //! environment variable to be a worker.
 #![cfg(feature = "postgres")]
 
+mod common;
+
+use common::tokio_runtime as runtime;
+
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -35,21 +39,26 @@ fn bouncer_dsn() -> String {
     )
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn direct_pool() -> PostgresPool {
     PostgresPool::new(PostgresConfig::new(var("PYO3_TWISTED_TEST_PG_DSN"))).unwrap()
 }
 
-async fn exec(pool: &PostgresPool, sql: &'static str) {
+/// An empty table of the load's rows, made on the server directly.
+async fn fresh_table(pool: &PostgresPool, table: &'static str) {
     pool.run_interaction("setup", move |txn| {
-        async move { txn.execute(sql, &[]).await }.boxed()
+        async move {
+            txn.execute(&format!("DROP TABLE IF EXISTS {table}"), &[])
+                .await?;
+            txn.execute(
+                &format!(
+                    "CREATE TABLE {table} (process INT, task INT, n INT, note TEXT, \
+                     PRIMARY KEY (process, task, n))"
+                ),
+                &[],
+            )
+            .await
+        }
+        .boxed()
     })
     .await
     .unwrap();
@@ -131,13 +140,7 @@ fn transaction_mode_load_from_four_processes_without_the_statement_cache() {
     let rt = runtime();
     let direct = direct_pool();
     rt.block_on(async {
-        exec(&direct, "DROP TABLE IF EXISTS bouncer_load").await;
-        exec(
-            &direct,
-            "CREATE TABLE bouncer_load (process INT, task INT, n INT, note TEXT, \
-             PRIMARY KEY (process, task, n))",
-        )
-        .await;
+        fresh_table(&direct, "bouncer_load").await;
     });
 
     // Sample the server's connections from PgBouncer while the workers run.
@@ -218,13 +221,7 @@ fn transaction_mode_load_from_four_processes_without_the_statement_cache() {
 fn the_statement_cache_behind_a_transaction_pooler_is_refused_not_corrupting() {
     runtime().block_on(async {
         let direct = direct_pool();
-        exec(&direct, "DROP TABLE IF EXISTS bouncer_cached").await;
-        exec(
-            &direct,
-            "CREATE TABLE bouncer_cached (process INT, task INT, n INT, note TEXT, \
-             PRIMARY KEY (process, task, n))",
-        )
-        .await;
+        fresh_table(&direct, "bouncer_cached").await;
         let pool = Arc::new(
             PostgresPool::new(PostgresConfig {
                 max_size: TASKS as usize,

@@ -5,6 +5,10 @@
 //! `postgres` trusted, for the checks.
 #![cfg(feature = "postgres")]
 
+mod common;
+
+use common::tokio_runtime as runtime;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,14 +39,6 @@ fn dsn(user: &str, params: &str) -> String {
         "postgresql://{user}{password}@127.0.0.1:{}/pyo3_twisted_test?{params}",
         port()
     )
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn pool(dsn: String) -> PostgresPool {

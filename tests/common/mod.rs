@@ -156,3 +156,13 @@ pub fn logcontext(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     })?;
     Ok(module.bind(py).clone())
 }
+
+/// A two-worker Tokio runtime with timers and I/O, for tests that drive futures
+/// themselves (the native pool's).
+pub fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
