@@ -1,8 +1,9 @@
 """`make bench`: pyo3-twisted against its peers, in one run, on this machine.
 
 Every row runs in fresh interpreters (a Twisted reactor runs once per process):
---procs processes (3) of --reps repetitions (2) each, since on a small VM the
-figures move between processes as much as within one (thread placement). Prints µs
+--procs rounds (3), each running every row once in a process of --reps repetitions
+(2), since on a small VM the figures move between processes as much as within one
+(thread placement), and rows compared with each other should share that drift. Prints µs
 per operation (median over all runs, min-max) with each row's ratio to its
 baselines and the goals of issue 6, writes the same as JSON, and draws throughput
 against concurrency for each strategy (one process of 3 repetitions per point).
@@ -152,20 +153,27 @@ def main() -> int:
     results: dict = {}
     # A partial run keeps the two baselines every ratio is printed against.
     only = set(args.rows.split(",")) | {"floor", "pingpong"} if args.rows else None
+    selected = []
     for name, case, params, description in ROWS:
         if only is not None and name not in only:
             continue
         if name.startswith("pg_") and not os.environ.get("PYO3_TWISTED_TEST_PG_DSN"):
             print(f"  {name}: no PostgreSQL (set PYO3_TWISTED_TEST_PG_DSN; make bench does)", flush=True)
             continue
-        runs: list[float] = []
-        extra: dict = {}
-        for _ in range(args.procs):
+        selected.append((name, case, params, description))
+    # Rounds: each round runs every row once, so a row and the baseline it is
+    # compared with see the same drift of this VM (thread placement, neighbours)
+    # instead of running minutes apart.
+    runs: dict = {name: [] for name, *_ in selected}
+    extra: dict = {name: {} for name, *_ in selected}
+    for round_no in range(args.procs):
+        for name, case, params, description in selected:
             raw = run_case(case, {**scaled(params, args.quick), "reps": args.reps})
-            runs += raw["us"]
-            extra.update({k: v for k, v in raw.items() if k != "us"})
-        results[name] = {"description": description, **summary(runs), **extra}
-        print(f"  {name:15} {results[name]['median']:9.2f} µs  {description}", flush=True)
+            runs[name] += raw["us"]
+            extra[name].update({k: v for k, v in raw.items() if k != "us"})
+            if round_no == args.procs - 1:
+                results[name] = {"description": description, **summary(runs[name]), **extra[name]}
+                print(f"  {name:15} {results[name]['median']:9.2f} µs  {description}", flush=True)
     memory = run_case("memory", {"n": 10_000 if args.quick else 100_000})
     results["memory"] = memory
     print(f"  memory          {memory['bytes_per_inflight']:.0f} B per in-flight future", flush=True)

@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
 use crate::logcontext::Provider;
-use crate::twisted::deferred_class;
+use crate::twisted::{coroutine_type, deferred_class};
 
 /// The asyncio event loop behind a reactor, with what the relay needs.
 pub(crate) struct AsyncioLoop {
@@ -103,14 +103,6 @@ fn driver(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
             )
         })
         .map(|m| m.bind(py))
-}
-
-fn coroutine_type(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    CELL.get_or_try_init(py, || {
-        Ok::<_, PyErr>(py.import("types")?.getattr("CoroutineType")?.unbind())
-    })
-    .map(|t| t.bind(py))
 }
 
 fn is_future(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {

@@ -1,13 +1,15 @@
 //! Python awaitable → Rust future.
 //!
 //! ```text
-//!  Tokio task (no GIL)                       reactor thread (mailbox job)
-//!  run_python_awaitable(f) ──start job────▶  with the task's logcontext active:
-//!                                              d = run_in_background(f)  (provider)
-//!                                              d = f() as a Deferred     (no provider)
-//!                                            d.addBoth(Resolver)
-//!  .await ◀─────────── oneshot ───────────── Resolver: value or Failure, converted here
-//!  future dropped early ──cancel job──────▶  d.cancel()  (the Python side sees CancelledError)
+//!  Tokio task (no GIL)                       reactor thread (mailbox job, or inline
+//!                                            in a reactor-thread poll)
+//!  run_python_awaitable(f) ──start job────▶  with the task's logcontext active: v = f()
+//!                                              a coroutine: driven here (`coroutine`)
+//!                                              anything else: as a Deferred, + Resolver
+//!                                            still pending: the provider's rules (`launch`)
+//!  .await ◀─────────── oneshot ───────────── Resolver: value or exception, converted here
+//!  future dropped early ──cancel job──────▶  cancel() what it waits on (the Python side
+//!                                            sees CancelledError)
 //! ```
 //!
 //! The calling Tokio thread never takes the GIL: it pushes a job and waits on a
@@ -18,13 +20,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::bridge::Bridge;
+use crate::coroutine::{Driver, Started};
 use crate::errors::RuntimeShutdown;
+use crate::logcontext::Provider;
 use crate::scope::TaskScope;
 use crate::stats::Counters;
 use crate::twisted::{failure_class, failure_to_pyerr, to_deferred};
@@ -126,61 +129,99 @@ fn start(
         return Ok(());
     }
     Counters::bump(&bridge.counters().awaitables_started);
-    let started = match bridge.provider() {
-        // The provider's run_in_background runs the factory in the task's context
-        // and keeps the rules for whatever it returns.
-        Some(provider) => {
-            let begin = || {
-                let factory = Bound::new(
-                    py,
-                    Factory {
-                        f: Mutex::new(Some(factory)),
-                        bridge: Arc::downgrade(bridge),
-                    },
-                )?;
-                provider.run_in_background(py, factory.into_any())
-            };
-            match scope {
-                Some(scope) => scope.with_context(py, begin),
-                None => begin(),
-            }
-        }
-        None => match factory(py) {
-            // A plain value needs no Deferred: answer at once.
-            Ok(value) if is_plain_value(&value) => {
-                Counters::bump(&bridge.counters().awaitables_completed);
-                let polls = crate::local_task::polls_run();
-                complete(py, Ok(value));
-                // Started inside the waiter's own reactor-thread poll, or the waiter
-                // ran here: nobody to linger for.
-                if !crate::local_task::polling_on_reactor()
-                    && crate::local_task::polls_run() == polls
-                {
-                    bridge.note_handoff(py);
-                }
-                return Ok(());
-            }
-            Ok(value) => crate::asyncio::prepare(bridge.asyncio(), value).and_then(to_deferred),
-            Err(err) => Err(err),
-        },
-    };
     let resolver = Bound::new(
         py,
         Resolver {
             complete: Mutex::new(Some(complete)),
             shared: Arc::clone(&shared),
             bridge: Arc::downgrade(bridge),
+            restore: Mutex::new(None),
         },
     )?;
-    match started {
-        Ok(deferred) => {
-            deferred.call_method1(intern!(py, "addBoth"), (&resolver,))?;
-            if resolver.get().complete.lock().is_some() {
-                *shared.deferred.lock() = Some(deferred.unbind());
+    match bridge.provider() {
+        // The factory runs in the task's context; what it starts follows the
+        // provider's rules (see `launch`).
+        Some(provider) => {
+            let begin = || {
+                let current = provider.current(py)?;
+                launch(
+                    py,
+                    bridge,
+                    factory(py),
+                    &resolver,
+                    &shared,
+                    Some((provider, current)),
+                )
+            };
+            let started = match scope {
+                Some(scope) => scope.with_context(py, begin),
+                None => begin(),
+            };
+            if let Err(err) = started {
+                resolver.get().resolve(py, Err(err));
             }
+            Ok(())
         }
-        Err(err) => resolver.get().resolve(py, Err(err)),
+        None => launch(py, bridge, factory(py), &resolver, &shared, None),
     }
+}
+
+/// Starts what the factory made and sees its outcome to `resolver`: a plain value
+/// or an exception at once, a coroutine driven here (no `ensureDeferred`), anything
+/// else as a Deferred. Reactor thread.
+///
+/// With a logcontext provider, `rules` holds it and the context the factory ran in.
+/// An awaitable still pending once started gets that context back now, and the
+/// context it left (the sentinel, for one that keeps the rules) is restored when it
+/// completes, before the Rust side hears of it: what the provider's
+/// `run_in_background` does, without its Python frame and extra Deferred.
+fn launch(
+    py: Python<'_>,
+    bridge: &Bridge,
+    made: PyResult<Bound<'_, PyAny>>,
+    resolver: &Bound<'_, Resolver>,
+    shared: &Shared,
+    rules: Option<(&Provider, Bound<'_, PyAny>)>,
+) -> PyResult<()> {
+    let value = match made.and_then(|made| crate::asyncio::prepare(bridge.asyncio(), made)) {
+        Ok(value) => value,
+        Err(err) => {
+            resolver.get().resolve(py, Err(err));
+            return Ok(());
+        }
+    };
+    // A plain value needs no Deferred: answer at once.
+    if is_plain_value(&value) {
+        resolver.get().resolve(py, Ok(value));
+        return Ok(());
+    }
+    let pending = if crate::coroutine::is_coroutine(&value)? {
+        let done = resolver.clone().unbind();
+        let done: crate::coroutine::Done =
+            Box::new(move |py, outcome| done.get().resolve(py, outcome));
+        match Driver::start(py, value, done)? {
+            Started::Finished => return Ok(()),
+            Started::Waiting(driver) => driver.into_any(),
+        }
+    } else {
+        let deferred = match to_deferred(value) {
+            Ok(deferred) => deferred,
+            Err(err) => {
+                resolver.get().resolve(py, Err(err));
+                return Ok(());
+            }
+        };
+        deferred.call_method1(intern!(py, "addBoth"), (resolver,))?;
+        if resolver.get().is_resolved() {
+            return Ok(());
+        }
+        deferred.unbind()
+    };
+    if let Some((provider, current)) = rules {
+        let left = provider.set(py, &current)?;
+        *resolver.get().restore.lock() = Some(left.unbind());
+    }
+    *shared.deferred.lock() = Some(pending);
     Ok(())
 }
 
@@ -199,35 +240,6 @@ fn is_plain_value(value: &Bound<'_, PyAny>) -> bool {
         || value.is_exact_instance_of::<PyTuple>()
 }
 
-/// Calls the Rust factory once, from `run_in_background` (so it runs in the
-/// provider's idea of the current context).
-#[pyclass(frozen, module = "pyo3_twisted")]
-struct Factory {
-    f: Mutex<Option<BoxedFactory>>,
-    /// For the asyncio reactor: what the factory returns is adapted before the
-    /// provider sees it (the provider knows Deferreds and coroutines, not futures).
-    bridge: std::sync::Weak<Bridge>,
-}
-
-#[pymethods]
-impl Factory {
-    fn __call__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let f = self.f.lock().take();
-        match f {
-            Some(f) => {
-                let made = f(py)?;
-                match self.bridge.upgrade() {
-                    Some(bridge) => crate::asyncio::prepare(bridge.asyncio(), made),
-                    None => Ok(made),
-                }
-            }
-            None => Err(PyRuntimeError::new_err(
-                "pyo3-twisted: an awaitable factory was called twice",
-            )),
-        }
-    }
-}
-
 /// Added with `addBoth`: hands the outcome to the waiting Rust future and swallows
 /// it, so a failure never reaches "Unhandled error in Deferred".
 #[pyclass(frozen, module = "pyo3_twisted")]
@@ -235,26 +247,41 @@ struct Resolver {
     complete: Mutex<Option<Completer>>,
     shared: Arc<Shared>,
     bridge: std::sync::Weak<Bridge>,
+    /// With a provider: the context to set when the awaitable completes.
+    restore: Mutex<Option<Py<PyAny>>>,
 }
 
 impl Resolver {
+    fn is_resolved(&self) -> bool {
+        self.complete.lock().is_none()
+    }
+
     fn resolve(&self, py: Python<'_>, outcome: PyResult<Bound<'_, PyAny>>) {
         let complete = self.complete.lock().take();
         let deferred = self.shared.deferred.lock().take();
         drop(deferred);
-        if let Some(complete) = complete {
-            let bridge = self.bridge.upgrade();
-            if let Some(bridge) = &bridge {
-                Counters::bump(&bridge.counters().awaitables_completed);
-            }
-            let polls = crate::local_task::polls_run();
-            complete(py, outcome);
-            // The waiting task will answer soon: linger for it, unless it already
-            // ran here (reactor_polls).
-            if let Some(bridge) = bridge {
-                if crate::local_task::polls_run() == polls {
-                    bridge.note_handoff(py);
+        let Some(complete) = complete else {
+            return;
+        };
+        let bridge = self.bridge.upgrade();
+        let restore = self.restore.lock().take();
+        if let (Some(bridge), Some(context)) = (&bridge, restore) {
+            if let Some(provider) = bridge.provider() {
+                if let Err(err) = provider.set(py, context.bind(py)) {
+                    crate::errors::report(py, err, "pyo3-twisted: restoring the logcontext");
                 }
+            }
+        }
+        if let Some(bridge) = &bridge {
+            Counters::bump(&bridge.counters().awaitables_completed);
+        }
+        let polls = crate::local_task::polls_run();
+        complete(py, outcome);
+        // The waiting task will answer soon: linger for it, unless it already ran
+        // here, or is being polled here now (reactor_polls).
+        if let Some(bridge) = bridge {
+            if !crate::local_task::polling_on_reactor() && crate::local_task::polls_run() == polls {
+                bridge.note_handoff(py);
             }
         }
     }

@@ -195,8 +195,8 @@ pub enum LogContextProvider {
     /// Plain Twisted: no logging contexts; `create_deferred` returns a bare Deferred.
     #[default]
     None,
-    /// A Python module with `current_context`, `set_current_context`,
-    /// `make_deferred_yieldable` and `run_in_background`, such as
+    /// A Python module with `current_context`, `set_current_context` and
+    /// `make_deferred_yieldable`, such as
     /// `"synapse.logging.context"` or `"pyo3_twisted.logcontext"`.
     Module(String),
 }

@@ -110,6 +110,7 @@ mod awaitable;
 mod bridge;
 mod close_flag;
 mod config;
+mod coroutine;
 mod cputime;
 pub mod db;
 mod deferred;

@@ -19,7 +19,6 @@ pub(crate) struct Provider {
     current_context: Py<PyAny>,
     set_current_context: Py<PyAny>,
     make_deferred_yieldable: Py<PyAny>,
-    run_in_background: Py<PyAny>,
     /// `SENTINEL_CONTEXT`, if the module names it (Synapse's and ours do).
     sentinel: Option<Py<PyAny>>,
 }
@@ -38,8 +37,8 @@ impl Provider {
             m.getattr(name).map(Bound::unbind).map_err(|_| {
                 PyRuntimeError::new_err(format!(
                     "{module:?} is not a logcontext provider: it has no {name}() \
-                     (a provider needs current_context, set_current_context, \
-                     make_deferred_yieldable and run_in_background)"
+                     (a provider needs current_context, set_current_context and \
+                     make_deferred_yieldable)"
                 ))
             })
         };
@@ -47,7 +46,6 @@ impl Provider {
             current_context: get("current_context")?,
             set_current_context: get("set_current_context")?,
             make_deferred_yieldable: get("make_deferred_yieldable")?,
-            run_in_background: get("run_in_background")?,
             sentinel: m.getattr("SENTINEL_CONTEXT").ok().map(Bound::unbind),
         })
     }
@@ -76,12 +74,18 @@ impl Provider {
         self.make_deferred_yieldable.clone_ref(py)
     }
 
-    pub(crate) fn run_in_background<'py>(
+    /// The current context, the sentinel included. Reactor thread.
+    pub(crate) fn current<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.current_context.bind(py).call0()
+    }
+
+    /// Makes `context` current; returns the one it replaced. Reactor thread.
+    pub(crate) fn set<'py>(
         &self,
         py: Python<'py>,
-        f: Bound<'py, PyAny>,
+        context: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.run_in_background.bind(py).call1((f,))
+        self.set_current_context.bind(py).call1((context,))
     }
 
     /// Runs `f` with `context` active on this (the reactor) thread, restoring the

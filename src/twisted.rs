@@ -40,6 +40,14 @@ cached!(
     log_err = "twisted.python.log"."err"
 );
 cached!(
+    /// `types.CoroutineType`
+    coroutine_type = "types"."CoroutineType"
+);
+cached!(
+    /// `contextvars.copy_context`
+    copy_context = "contextvars"."copy_context"
+);
+cached!(
     /// `inspect.iscoroutine`
     is_coroutine = "inspect"."iscoroutine"
 );

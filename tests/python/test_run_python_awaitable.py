@@ -6,6 +6,7 @@ import traceback
 import pytest
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError
+from twisted.python.failure import Failure
 
 import pyo3_twisted
 from pyo3_twisted import RuntimeShutdown, probes
@@ -167,3 +168,142 @@ def test_10000_round_trips_on_a_real_reactor_without_the_gil_on_tokio_threads():
     assert stats["awaitables_started"] == stats["awaitables_completed"] == 10000
     assert stats["gil_acquisitions_on_tokio_threads"] == 0
     assert stats["mailbox_wakeups"] < 10000 // 10, stats
+
+
+# A coroutine is driven by the crate itself, not by ensureDeferred: each case runs the
+# same coroutine both ways and expects what Twisted does.
+
+
+def both_ways(reactor, make):
+    """make() -> a coroutine: its outcome through ensureDeferred, and through
+    run_python_awaitable, each as ('ok', value) or ('error', exception)."""
+
+    def outcome(d):
+        result = reactor.wait_for(d)
+        return ("error", result.value) if isinstance(result, Failure) else ("ok", result)
+
+    return outcome(defer.ensureDeferred(make())), outcome(probes.call_python(reactor, make))
+
+
+def test_coroutine_runs_in_its_own_copy_of_the_contextvars_context(reactor):
+    import contextvars
+
+    var = contextvars.ContextVar("pyo3_twisted_test_var", default="unset")
+    var.set("caller")
+    seen = []
+
+    async def coro():
+        seen.append(var.get())
+        var.set("inside")
+        d = defer.Deferred()
+        reactor.callLater(0, d.callback, None)
+        await d
+        seen.append(var.get())  # its own change survives the await
+        return var.get()
+
+    ours, twisted = both_ways(reactor, coro)[1], ("ok", "inside")
+    assert ours == twisted
+    assert seen == ["caller", "inside", "caller", "inside"]
+    assert var.get() == "caller"  # nothing leaked into the reactor's context
+
+
+def test_failure_is_thrown_in_at_the_await_and_may_be_caught(reactor):
+    async def coro():
+        d = defer.Deferred()
+        reactor.callLater(0, d.errback, KeyError("late"))
+        try:
+            await d
+        except KeyError as e:
+            return f"caught {e.args[0]}"
+        return "not thrown"
+
+    ensured, ours = both_ways(reactor, coro)
+    assert ensured == ours == ("ok", "caught late")
+
+
+def test_awaited_deferred_failure_keeps_its_traceback(reactor):
+    def deep():
+        raise ValueError("deep down")
+
+    async def coro():
+        d = defer.maybeDeferred(deep)
+        d2 = defer.Deferred()
+        reactor.callLater(0, d2.callback, None)
+        await d2
+        await d
+
+    failure = reactor.get_failure(probes.call_python(reactor, coro), ValueError)
+    assert "in deep" in "".join(traceback.format_tb(failure.value.__traceback__))
+
+
+def test_a_yielded_value_that_is_not_a_deferred_is_sent_back(reactor):
+    class YieldsSeven:
+        def __await__(self):
+            got = yield 7
+            return got * 6
+
+    async def coro():
+        return await YieldsSeven()
+
+    ensured, ours = both_ways(reactor, coro)
+    assert ensured == ours == ("ok", 42)
+
+
+def test_a_deferred_firing_while_awaited_does_not_recurse(reactor):
+    import sys
+
+    class FiresWhenAwaited(defer.Deferred):
+        def addBoth(self, *args, **kwargs):
+            result = super().addBoth(*args, **kwargs)
+            if not self.called:
+                self.callback(1)
+            return result
+
+    async def coro():
+        total = 0
+        for _ in range(sys.getrecursionlimit() * 3):
+            await FiresWhenAwaited()
+            total += 1
+        return total
+
+    ensured, ours = both_ways(reactor, coro)
+    assert ensured == ours == ("ok", sys.getrecursionlimit() * 3)
+
+
+def test_the_awaited_deferred_gets_none_once_the_coroutine_has_its_result(reactor):
+    later = []
+
+    async def coro():
+        d = defer.Deferred()
+        reactor.callLater(0, d.callback, "value")
+        d2 = d  # the coroutine awaits d; a callback added after sees what is left
+        v = await d2
+        d.addCallback(later.append)
+        return v
+
+    ensured, ours = both_ways(reactor, coro)
+    assert ensured == ours == ("ok", "value")
+    assert later == [None, None]
+
+
+def test_cancel_reaches_the_deferred_awaited_after_several_steps(reactor):
+    steps = []
+
+    async def coro():
+        for i in range(3):
+            d = defer.Deferred()
+            reactor.callLater(0, d.callback, i)
+            steps.append(await d)
+        try:
+            await defer.Deferred()
+        except CancelledError:
+            steps.append("cancelled")
+            raise
+
+    d = probes.call_python(reactor, coro)
+    reactor.pump_until(lambda: len(steps) == 3)
+    assert steps == [0, 1, 2]
+    d.cancel()
+    reactor.get_failure(d, CancelledError)
+    reactor.pump_until(lambda: len(steps) == 4)
+    assert steps == [0, 1, 2, "cancelled"]

@@ -1,0 +1,202 @@
+//! A Python coroutine driven from Rust: what `ensureDeferred` does for
+//! `run_python_awaitable`, without its Deferred and its Python frames.
+//!
+//! ```text
+//!  reactor thread only
+//!  Driver::start(coro) ─ context.run(coro.send, None) ─▶ yields Deferred d ─ d.addBoth(driver)
+//!  driver(result)      ─ context.run(coro.send, result)      (a Failure: coro.throw(exception))
+//!                        ─▶ yields again … ─▶ StopIteration(v) / exception ─▶ done(outcome)
+//!  Driver::cancel      ─ d.cancel() on the Deferred it waits for (the coroutine sees CancelledError)
+//! ```
+//!
+//! It keeps the rules of Twisted's `ensureDeferred` (inlineCallbacks) that a coroutine
+//! can observe: every step runs in one copy of the `contextvars` context taken at the
+//! start, a failure is thrown into the coroutine where it awaits (with its
+//! traceback), a yielded value that is not a Deferred is sent straight back, the
+//! Deferred it waited on gets `None` as its result once the coroutine has it, and a
+//! Deferred that fires while it is being waited on does not recurse.
+
+use parking_lot::Mutex;
+use pyo3::exceptions::PyStopIteration;
+use pyo3::intern;
+use pyo3::prelude::*;
+
+use crate::twisted::{
+    copy_context, coroutine_type, deferred_class, failure_class, failure_to_pyerr,
+};
+
+/// Called once with the coroutine's outcome: its return value or its exception.
+pub(crate) type Done = Box<dyn for<'py> FnOnce(Python<'py>, PyResult<Bound<'py, PyAny>>) + Send>;
+
+/// Whether the coroutine finished during [`Driver::start`] or waits on a Deferred.
+pub(crate) enum Started {
+    Finished,
+    Waiting(Py<Driver>),
+}
+
+/// What goes into the coroutine next.
+enum Input {
+    Send(Py<PyAny>),
+    Throw(PyErr),
+}
+
+/// The coroutine between steps. Also the callback added to each Deferred it awaits.
+#[pyclass(frozen, module = "pyo3_twisted")]
+pub(crate) struct Driver {
+    state: Mutex<State>,
+}
+
+struct State {
+    coro: Option<Py<PyAny>>,
+    /// `contextvars.Context`, copied at the start.
+    context: Py<PyAny>,
+    done: Option<Done>,
+    /// The Deferred the coroutine awaits, for `cancel`.
+    waiting: Option<Py<PyAny>>,
+    /// Inside `addBoth`: a result that arrives now is left here for the loop.
+    adding: bool,
+    arrived: Option<Input>,
+}
+
+/// Whether `value` is a coroutine object (exactly: an `async def`'s), which
+/// [`Driver::start`] takes.
+pub(crate) fn is_coroutine(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    Ok(value.get_type().is(coroutine_type(value.py())?))
+}
+
+impl Driver {
+    /// Runs `coro` (an exact coroutine object) to its first wait. Reactor thread.
+    pub(crate) fn start(py: Python<'_>, coro: Bound<'_, PyAny>, done: Done) -> PyResult<Started> {
+        let context = copy_context(py)?.call0()?;
+        let driver = Bound::new(
+            py,
+            Driver {
+                state: Mutex::new(State {
+                    coro: Some(coro.unbind()),
+                    context: context.unbind(),
+                    done: Some(done),
+                    waiting: None,
+                    adding: false,
+                    arrived: None,
+                }),
+            },
+        )?;
+        if run(&driver, Input::Send(py.None())) {
+            Ok(Started::Finished)
+        } else {
+            Ok(Started::Waiting(driver.unbind()))
+        }
+    }
+}
+
+#[pymethods]
+impl Driver {
+    /// The awaited Deferred's outcome: the next step.
+    fn __call__(slf: &Bound<'_, Self>, result: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let input = if result.is_instance(failure_class(py)?)? {
+            Input::Throw(failure_to_pyerr(&result))
+        } else {
+            Input::Send(result.unbind())
+        };
+        let run_now = {
+            let mut state = slf.get().state.lock();
+            state.waiting = None;
+            if state.adding {
+                state.arrived = Some(input);
+                None
+            } else {
+                Some(input)
+            }
+        };
+        if let Some(input) = run_now {
+            run(slf, input);
+        }
+        Ok(py.None())
+    }
+
+    /// Cancels the Deferred the coroutine awaits, if any.
+    fn cancel(&self, py: Python<'_>) -> PyResult<()> {
+        let waiting = self.state.lock().waiting.as_ref().map(|d| d.clone_ref(py));
+        if let Some(deferred) = waiting {
+            deferred.bind(py).call_method0(intern!(py, "cancel"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Steps the coroutine until it waits on a pending Deferred (false) or finishes
+/// (true, `done` called).
+fn run(driver: &Bound<'_, Driver>, mut input: Input) -> bool {
+    let py = driver.py();
+    loop {
+        let (coro, context) = {
+            let state = driver.get().state.lock();
+            match &state.coro {
+                Some(coro) => (coro.clone_ref(py), state.context.clone_ref(py)),
+                None => return true,
+            }
+        };
+        let coro = coro.bind(py);
+        let stepped = match input {
+            Input::Send(value) => coro
+                .getattr(intern!(py, "send"))
+                .and_then(|send| context.call_method1(py, intern!(py, "run"), (send, value))),
+            Input::Throw(err) => coro.getattr(intern!(py, "throw")).and_then(|throw| {
+                context.call_method1(py, intern!(py, "run"), (throw, err.into_value(py)))
+            }),
+        };
+        let yielded = match stepped {
+            Ok(yielded) => yielded.into_bound(py),
+            Err(err) if err.is_instance_of::<PyStopIteration>(py) => {
+                let value = err.value(py).getattr(intern!(py, "value"));
+                finish(driver, value);
+                return true;
+            }
+            Err(err) => {
+                finish(driver, Err(err));
+                return true;
+            }
+        };
+        match deferred_class(py).and_then(|class| yielded.is_instance(class)) {
+            Ok(true) => {}
+            // Not a Deferred: sent straight back, as inlineCallbacks does.
+            Ok(false) => {
+                input = Input::Send(yielded.unbind());
+                continue;
+            }
+            Err(err) => {
+                input = Input::Throw(err);
+                continue;
+            }
+        }
+        {
+            let mut state = driver.get().state.lock();
+            state.waiting = Some(yielded.clone().unbind());
+            state.adding = true;
+        }
+        let added = yielded.call_method1(intern!(py, "addBoth"), (driver,));
+        let arrived = {
+            let mut state = driver.get().state.lock();
+            state.adding = false;
+            state.arrived.take()
+        };
+        match (added, arrived) {
+            (_, Some(next)) => input = next,
+            (Ok(_), None) => return false,
+            (Err(err), None) => input = Input::Throw(err),
+        }
+    }
+}
+
+fn finish(driver: &Bound<'_, Driver>, outcome: PyResult<Bound<'_, PyAny>>) {
+    let done = {
+        let mut state = driver.get().state.lock();
+        state.coro = None;
+        state.waiting = None;
+        state.done.take()
+    };
+    if let Some(done) = done {
+        done(driver.py(), outcome);
+    }
+}
