@@ -136,26 +136,24 @@ fn start(
             shared: Arc::clone(&shared),
             bridge: Arc::downgrade(bridge),
             restore: Mutex::new(None),
+            task_context: scope.and_then(TaskScope::context).map(|c| c.clone_ref(py)),
         },
     )?;
     match bridge.provider() {
         // The factory runs in the task's context; what it starts follows the
         // provider's rules (see `launch`).
         Some(provider) => {
-            let begin = || {
-                let current = provider.current(py)?;
-                launch(
-                    py,
-                    bridge,
-                    factory(py),
-                    &resolver,
-                    &shared,
-                    Some((provider, current)),
-                )
+            let begin = |restored_after: bool| {
+                let rules = Rules {
+                    provider,
+                    current: provider.current(py)?,
+                    restored_after,
+                };
+                launch(py, bridge, factory(py), &resolver, &shared, Some(rules))
             };
             let started = match scope {
                 Some(scope) => scope.with_context(py, begin),
-                None => begin(),
+                None => begin(false),
             };
             if let Err(err) = started {
                 resolver.get().resolve(py, Err(err));
@@ -164,6 +162,16 @@ fn start(
         }
         None => launch(py, bridge, factory(py), &resolver, &shared, None),
     }
+}
+
+/// The logcontext rules `launch` applies, with a provider.
+struct Rules<'a, 'py> {
+    provider: &'a Provider,
+    /// The context the factory ran in.
+    current: Bound<'py, PyAny>,
+    /// The caller restores its own context once `launch` returns (`with_context`):
+    /// no need to set `current` back first.
+    restored_after: bool,
 }
 
 /// Starts what the factory made and sees its outcome to `resolver`: a plain value
@@ -181,7 +189,7 @@ fn launch(
     made: PyResult<Bound<'_, PyAny>>,
     resolver: &Bound<'_, Resolver>,
     shared: &Shared,
-    rules: Option<(&Provider, Bound<'_, PyAny>)>,
+    rules: Option<Rules<'_, '_>>,
 ) -> PyResult<()> {
     let value = match made.and_then(|made| crate::asyncio::prepare(bridge.asyncio(), made)) {
         Ok(value) => value,
@@ -217,8 +225,14 @@ fn launch(
         }
         deferred.unbind()
     };
-    if let Some((provider, current)) = rules {
-        let left = provider.set(py, &current)?;
+    if let Some(rules) = rules {
+        // Inside `with_context` the caller's context is set back right after this,
+        // so reading what the awaitable left is enough: one switch fewer.
+        let left = if rules.restored_after {
+            rules.provider.current(py)?
+        } else {
+            rules.provider.set(py, &rules.current)?
+        };
         *resolver.get().restore.lock() = Some(left.unbind());
     }
     *shared.deferred.lock() = Some(pending);
@@ -247,8 +261,11 @@ struct Resolver {
     complete: Mutex<Option<Completer>>,
     shared: Arc<Shared>,
     bridge: std::sync::Weak<Bridge>,
-    /// With a provider: the context to set when the awaitable completes.
+    /// With a provider: the context to set once the awaitable's answer is handed
+    /// over.
     restore: Mutex<Option<Py<PyAny>>>,
+    /// The context of the task that waits, if any.
+    task_context: Option<Py<PyAny>>,
 }
 
 impl Resolver {
@@ -265,18 +282,29 @@ impl Resolver {
         };
         let bridge = self.bridge.upgrade();
         let restore = self.restore.lock().take();
-        if let (Some(bridge), Some(context)) = (&bridge, restore) {
-            if let Some(provider) = bridge.provider() {
-                if let Err(err) = provider.set(py, context.bind(py)) {
-                    crate::errors::report(py, err, "pyo3-twisted: restoring the logcontext");
-                }
-            }
-        }
+        let provider = bridge.as_ref().and_then(|bridge| bridge.provider());
         if let Some(bridge) = &bridge {
             Counters::bump(&bridge.counters().awaitables_completed);
         }
+        // The answer is handed over in the context the awaitable left current and
+        // only then is the rule's context set: a task polled here at once
+        // (reactor_polls) that finds its own context current runs in it, charged by
+        // it, and its Deferred's callbacks need no switch back to it.
+        let polls_here = bridge.as_ref().is_some_and(|b| b.config().reactor_polls);
+        let charged = match (provider, &restore, &self.task_context) {
+            (Some(provider), Some(_), Some(task)) if polls_here => provider
+                .current(py)
+                .map(|current| current.is(task.bind(py)))
+                .unwrap_or(false),
+            _ => false,
+        };
         let polls = crate::local_task::polls_run();
-        complete(py, outcome);
+        crate::cputime::with_context_charging(charged, || complete(py, outcome));
+        if let (Some(provider), Some(context)) = (provider, restore) {
+            if let Err(err) = provider.set(py, context.bind(py)) {
+                crate::errors::report(py, err, "pyo3-twisted: restoring the logcontext");
+            }
+        }
         // The waiting task will answer soon: linger for it, unless it already ran
         // here, or is being polled here now (reactor_polls).
         if let Some(bridge) = bridge {

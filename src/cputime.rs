@@ -61,9 +61,16 @@ pub(crate) fn thread_usage() -> Option<(u64, u64)> {
 
 thread_local! {
     /// The poll running now is already charged by the logging context itself: it
-    /// runs on the reactor thread with the task's own context current (the first
-    /// poll, inside `create_deferred`, with `reactor_polls`).
+    /// runs on the reactor thread with the task's own context current (with
+    /// `reactor_polls`: the first poll, inside `create_deferred`, and a poll run by
+    /// the answer of an awaitable that left the task's context current).
     static CHARGED_BY_CONTEXT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the code running now is charged by the logging context current on this
+/// thread (set by [`with_context_charging`]).
+pub(crate) fn charged_by_context() -> bool {
+    CHARGED_BY_CONTEXT.with(std::cell::Cell::get)
 }
 
 /// Runs `f` (a poll) with metering off (`charged_by_context`) or on, restoring the

@@ -166,7 +166,10 @@ impl LocalTask {
                 return;
             };
             let poll = if on_reactor {
-                crate::cputime::with_context_charging(first, || {
+                // Charged by the context: the first poll, or a poll run inside an
+                // awaitable's answer with the task's context current (`awaitable`).
+                let charged = first || crate::cputime::charged_by_context();
+                crate::cputime::with_context_charging(charged, || {
                     self.poll_on_reactor(future, &mut cx)
                 })
             } else {
@@ -209,9 +212,13 @@ impl LocalTask {
             .saturating_sub(IN_PYTHON.with(|total| total.replace(outer_python)));
         ON_REACTOR_POLL.with(|flag| flag.set(outer));
         let jobs = AFTER_POLL.with(|jobs| std::mem::replace(&mut *jobs.borrow_mut(), outer_jobs));
-        for job in jobs {
-            job();
-        }
+        // The jobs fire Deferreds: what their callbacks poll is charged by its own
+        // rules, not by this poll's.
+        crate::cputime::with_context_charging(false, || {
+            for job in jobs {
+                job();
+            }
+        });
         Counters::bump(&self.counters.reactor_polls);
         if took > SLOW_POLL {
             Counters::bump(&self.counters.reactor_polls_slow);

@@ -90,16 +90,17 @@ impl Provider {
 
     /// Runs `f` with `context` active on this (the reactor) thread, restoring the
     /// previous context on every path. A finished context, or none, is not entered:
-    /// `f` runs in the current (sentinel) context.
+    /// `f` runs in the current (sentinel) context. `f` is told whether the previous
+    /// context will be restored after it.
     pub(crate) fn with_context<R>(
         &self,
         py: Python<'_>,
         context: Option<&Py<PyAny>>,
-        f: impl FnOnce() -> PyResult<R>,
+        f: impl FnOnce(bool) -> PyResult<R>,
     ) -> PyResult<R> {
         match context.filter(|c| !is_finished(c.bind(py))) {
-            Some(context) => self.switched(py, context.bind(py), f),
-            None => f(),
+            Some(context) => self.switched(py, context.bind(py), || f(true)),
+            None => f(false),
         }
     }
 

@@ -112,13 +112,13 @@ pub(crate) fn forward_from_tokio(python: &Arc<pyo3_log::Logger>, record: OwnedRe
     };
     let python = Arc::clone(python);
     bridge.mailbox().push(Box::new(move |py| {
-        let emit = || {
+        let emit = |_restored: bool| {
             record.emit(&*python);
             Ok(())
         };
         match &scope {
             Some(scope) => scope.with_context(py, emit),
-            None => emit(),
+            None => emit(false),
         }
     }));
 }

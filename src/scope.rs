@@ -89,15 +89,16 @@ impl TaskScope {
         self.context.as_ref()
     }
 
-    /// Runs `f` on the reactor thread with this scope's context active.
+    /// Runs `f` on the reactor thread with this scope's context active. `f` is told
+    /// whether the previous context is restored after it.
     pub(crate) fn with_context<R>(
         &self,
         py: Python<'_>,
-        f: impl FnOnce() -> PyResult<R>,
+        f: impl FnOnce(bool) -> PyResult<R>,
     ) -> PyResult<R> {
         match self.bridge.provider() {
             Some(provider) => provider.with_context(py, self.context.as_ref(), f),
-            None => f(),
+            None => f(false),
         }
     }
 

@@ -186,3 +186,32 @@ def test_cpu_time_is_charged_once(polls):
         assert burned >= 0.05
         # Once (plus the handler's own few milliseconds), not twice.
         assert 0.045 <= charged < 0.09, (charged, burned)
+
+
+def test_cpu_time_after_an_awaitable_is_charged_once(polls):
+    """With reactor_polls the poll that an awaitable's answer runs happens inside
+    that answer, with the task's context current (the awaitable kept the rules),
+    which charges it: the task's meter must not add it again."""
+    from pyo3_twisted import logcontext
+
+    with memory_reactor(logcontext=logcontext) as r:
+        pyo3_twisted.install(
+            r, worker_threads=2, tokio="per_reactor", reactor_polls=polls, logcontext="pyo3_twisted.logcontext"
+        )
+
+        async def answer_later():
+            d = defer.Deferred()
+            r.callLater(0, d.callback, None)
+            await logcontext.make_deferred_yieldable(d)
+
+        async def handler():
+            with logcontext.LoggingContext("request-cpu-after") as ctx:
+                burned = await probes.burn_cpu_after(r, answer_later, 0.05)
+            return ctx, burned
+
+        ctx, burned = r.get_success(defer.ensureDeferred(handler()))
+        usage = ctx.get_resource_usage()
+        charged = usage.ru_utime + usage.ru_stime
+        assert burned >= 0.05
+        assert 0.045 <= charged < 0.09, (charged, burned)
+        assert logcontext.current_context() is logcontext.SENTINEL_CONTEXT

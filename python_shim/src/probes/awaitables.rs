@@ -114,6 +114,30 @@ fn burn_cpu<'py>(
     })
 }
 
+/// Awaits `factory()` (a Python awaitable), then burns `seconds` of CPU time in the
+/// poll its answer runs (on the reactor thread with `reactor_polls`); fires with the
+/// CPU seconds it measured.
+#[pyfunction]
+fn burn_cpu_after<'py>(
+    py: Python<'py>,
+    reactor: &Bound<'py, PyAny>,
+    factory: Py<PyAny>,
+    seconds: f64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let handle = reactor.clone().unbind();
+    create_deferred(py, reactor, async move {
+        run_python_awaitable(handle, move |py| factory.bind(py).call0()).await?;
+        let start = thread_cpu_seconds();
+        let mut spins = 0_u64;
+        while thread_cpu_seconds() - start < seconds {
+            for _ in 0..100_000 {
+                spins = std::hint::black_box(spins.wrapping_add(1));
+            }
+        }
+        Ok(thread_cpu_seconds() - start)
+    })
+}
+
 fn thread_cpu_seconds() -> f64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -317,6 +341,7 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(where_polled, m)?)?;
     m.add_function(wrap_pyfunction!(three_calls, m)?)?;
     m.add_function(wrap_pyfunction!(burn_cpu, m)?)?;
+    m.add_function(wrap_pyfunction!(burn_cpu_after, m)?)?;
     m.add_function(wrap_pyfunction!(log_messages, m)?)?;
     m.add_function(wrap_pyfunction!(call_python_many, m)?)?;
     m.add_function(wrap_pyfunction!(call_python_in_thread, m)?)?;
