@@ -135,11 +135,11 @@ bench: test-ext postgres
 	cargo bench --bench rust_parts -- --warm-up-time 1 --measurement-time 3
 	$(WITH_PG) $(VENV)/bin/python benches/bench.py $(BENCH_ARGS)
 
-# The demo's Rust /versions handler against its Python twin over HTTP (wrk, from
-# Debian's packages); figures in benches/README.md.
+# The demo's Rust /versions handler against its Python twin over HTTP (wrk and
+# valgrind, from Debian's packages); figures in benches/README.md.
 bench-http: release-install postgres
-	command -v wrk >/dev/null || { sudo_=""; [ "$$(id -u)" = 0 ] || sudo_="sudo -n"; \
-	  $$sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	command -v wrk >/dev/null && command -v valgrind >/dev/null || { sudo_=""; [ "$$(id -u)" = 0 ] || sudo_="sudo -n"; \
+	  $$sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk valgrind; }
 	$(WITH_PG) $(VENV)/bin/python benches/wrk_versions.py $(BENCH_HTTP_ARGS)
 
 postgres:

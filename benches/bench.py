@@ -54,6 +54,8 @@ ROWS = [
     ("pg_txn_rust", "interaction_sqlite", {"side": "rust", "m": 1_000, "database": "postgresql"}, "PostgreSQL SELECT via run_interaction (Rust) on the Python pool, sequential"),
     ("pg_txn_rust_polls", "interaction_sqlite", {"side": "rust", "m": 1_000, "database": "postgresql", "reactor_polls": True}, "PostgreSQL SELECT via run_interaction (Rust) on the Python pool, sequential, reactor_polls"),
     ("pg_txn_python", "interaction_sqlite", {"side": "python", "m": 1_000, "database": "postgresql"}, "PostgreSQL SELECT via runInteraction (Python), sequential"),
+    ("txn_polls_paired", "interaction_sqlite", {"side": "paired", "m": 500, "reactor_polls": True}, "SQLite SELECT via run_interaction (Rust), reactor_polls, alternating with runInteraction (Python) in one process"),
+    ("pg_txn_polls_paired", "interaction_sqlite", {"side": "paired", "m": 500, "database": "postgresql", "reactor_polls": True}, "the same on PostgreSQL through the Python pool"),
     ("ours_conc_polls", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 10_000, "reactor_polls": True}, "create_deferred, 10k concurrent, reactor_polls (ready futures finish inside create_deferred)"),
     ("ours_seq_polls", "twisted", {"strategy": "ours", "mode": "sequential", "m": 2_000, "reactor_polls": True}, "create_deferred, sequential, reactor_polls"),
     ("pg_native", "pg_throughput", {"pool": "native", "total": 1_000}, "PostgreSQL, native pool, concurrency 8"),
@@ -82,6 +84,13 @@ CURVE_STRATEGIES = {
     "deferToThread": ("twisted", {"strategy": "defer_to_thread"}),
 }
 CURVE_CONCURRENCY = [1, 10, 100, 1_000, 10_000, 100_000]
+
+# (description, row, bound): the median of the row's per-pair ratios against its
+# baseline measured in the same process (`paired_ratio`), "<=".
+PAIRED_GOALS = [
+    ("17. Rust run_interaction with reactor_polls vs Python runInteraction, paired in one process (SQLite)", "txn_polls_paired", 1.1),
+    ("17. ... the same on PostgreSQL through the Python pool, paired", "pg_txn_polls_paired", 1.1),
+]
 
 # (description, numerator row, denominator row, bound, "<=" or ">=")
 GOALS = [
@@ -170,7 +179,11 @@ def main() -> int:
         for name, case, params, description in selected:
             raw = run_case(case, {**scaled(params, args.quick), "reps": args.reps})
             runs[name] += raw["us"]
-            extra[name].update({k: v for k, v in raw.items() if k != "us"})
+            for key, value in raw.items():
+                if key.startswith("paired_"):
+                    extra[name][key] = extra[name].get(key, []) + value
+                elif key != "us":
+                    extra[name][key] = value
             if round_no == args.procs - 1:
                 results[name] = {"description": description, **summary(runs[name]), **extra[name]}
                 print(f"  {name:15} {results[name]['median']:9.2f} µs  {description}", flush=True)
@@ -225,6 +238,10 @@ def evaluate(results: dict) -> list[dict]:
         ratio = results[num]["median"] / results[den]["median"]
         met = ratio <= bound if op == "<=" else ratio >= bound
         goals.append({"goal": description, "ratio": ratio, "bound": f"{op} {bound}", "met": met})
+    for description, name, bound in PAIRED_GOALS:
+        if name in results:
+            ratio = statistics.median(results[name]["paired_ratio"])
+            goals.append({"goal": description, "ratio": ratio, "bound": f"<= {bound}", "met": ratio <= bound})
     if "cpu_on" in results and "cpu_off" in results:
         cost = results["cpu_on"]["median"] - results["cpu_off"]["median"]
         goals.append({"goal": "6. CPU accounting cost per poll (µs)", "ratio": cost, "bound": "<= 1.0", "met": cost <= 1.0})

@@ -103,14 +103,15 @@ async def run_concurrent(reactor: Any, make: Callable, n: int, after: Callable |
     return (time.perf_counter() - start) / n * 1e6
 
 
-async def measure_sequential(reactor: Any, make: Callable, m: int, reps: int) -> list[float]:
+async def measure_sequential(reactor: Any, make: Callable, m: int, reps: int, warm: bool = True) -> list[float]:
     async def once(count: int) -> float:
         start = time.perf_counter()
         for i in range(count):
             await make(i)
         return (time.perf_counter() - start) / count * 1e6
 
-    await once(min(m, 200))
+    if warm:
+        await once(min(m, 200))
     out = []
     for _ in range(reps):
         gc.collect()
@@ -384,12 +385,27 @@ def case_interaction_sqlite(p: dict) -> None:
             txn.execute("SELECT 1")
             return txn.fetchall()
 
-        if p["side"] == "rust":
-            make = lambda i: store.query(reactor, "SELECT 1", [])  # noqa: E731
-        else:
-            from twisted.internet import defer
+        from twisted.internet import defer
 
-            make = lambda i: defer.ensureDeferred(pool.runInteraction("select", select))  # noqa: E731
+        rust = lambda i: store.query(reactor, "SELECT 1", [])  # noqa: E731
+        python = lambda i: defer.ensureDeferred(pool.runInteraction("select", select))  # noqa: E731
+        if p["side"] == "paired":
+            # Both in this process, batch by batch in alternating order: the ratio
+            # of each pair is free of what moves between processes and over time.
+            rust_us, python_us = [], []
+            await measure_sequential(reactor, rust, min(p["m"], 200), 0)
+            await measure_sequential(reactor, python, min(p["m"], 200), 0)
+            for rep in range(p["reps"] * p.get("pairs", 5)):
+                order = [(rust, rust_us), (python, python_us)]
+                for make, into in order if rep % 2 == 0 else order[::-1]:
+                    into += await measure_sequential(reactor, make, p["m"], 1, warm=False)
+            pool.close()
+            return {
+                "us": rust_us,
+                "paired_python_us": python_us,
+                "paired_ratio": [r / q for r, q in zip(rust_us, python_us)],
+            }
+        make = rust if p["side"] == "rust" else python
         us = await measure_sequential(reactor, make, p["m"], p["reps"])
         pool.close()
         return {"us": us}

@@ -15,11 +15,15 @@ demo process's CPU time (user + system, /proc) per request. SQLite always;
 PostgreSQL through the Python pool when PYO3_TWISTED_TEST_PG_DSN is set (`make
 bench-http` starts the server).
 
-    python benches/wrk_versions.py [--seconds 3] [--rounds 3] [--connections 1,16,64] [--out FILE]
+    python benches/wrk_versions.py [--seconds 3] [--rounds 3] [--connections 1,16,64]
+        [--instructions-seconds 15] [--out FILE]
 
 This VM's figures move by ±20% between runs of the same process, so each variant
 runs --rounds times, the order of the variants rotating each round, and every
-figure printed is the median over the rounds.
+figure printed is the median over the rounds. CPU time per request moves as much,
+so each variant also runs once under callgrind (valgrind, Debian's package) at one
+connection: user-space instructions per request, a figure the noise cannot move
+(kernel time is not in it).
 """
 
 from __future__ import annotations
@@ -51,9 +55,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def start_demo(database: str, extra: list[str]) -> tuple[subprocess.Popen[str], int]:
+def start_demo(database: str, extra: list[str], wrapper: list[str] = []) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pyo3_twisted_demo", "--port", "0", "--database", database, "--quiet", *extra],
+        [*wrapper, sys.executable, "-m", "pyo3_twisted_demo", "--port", "0", "--database", database, "--quiet", *extra],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -108,11 +112,47 @@ def run_variant(database: str, path: str, extra: list[str], connections: list[in
         proc.wait(timeout=30)
 
 
+def instructions_per_request(database: str, path: str, extra: list[str], seconds: int) -> float:
+    """User-space instructions the demo process executes per request (callgrind),
+    over `seconds` of wrk at one connection after a warm-up: the CPU figure this VM's
+    noise cannot move."""
+    out = Path(tempfile.mkdtemp(prefix="pyo3-twisted-callgrind-")) / "callgrind.out"
+    wrapper = [
+        "valgrind",
+        "--tool=callgrind",
+        "--dump-instr=no",
+        f"--callgrind-out-file={out}",
+        f"--log-file={out.parent / 'valgrind.log'}",
+    ]
+    proc, port = start_demo(database, extra, wrapper)
+    url = f"http://127.0.0.1:{port}{path}?user_id={USER}"
+    try:
+        subprocess.run(["wrk", "-t1", "-c1", "-d3s", "--timeout", "10s", url], capture_output=True, check=True)
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True)
+        load = subprocess.run(
+            ["wrk", "-t1", "-c1", f"-d{seconds}s", "--timeout", "10s", url], capture_output=True, text=True, check=True
+        ).stdout
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
+        requests = int(re.search(r"(\d+) requests in", load).group(1))  # type: ignore[union-attr]
+        dumps = sorted(out.parent.glob(out.name + ".*"))
+        summary = int(re.search(r"^summary: (\d+)$", dumps[-1].read_text(), re.M).group(1))  # type: ignore[union-attr]
+        return summary / requests
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", default="1,16,64")
+    parser.add_argument(
+        "--instructions-seconds",
+        type=int,
+        default=15,
+        help="seconds of load under callgrind per variant for instructions per request (0: skip)",
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent.parent / "target" / "bench-http.json"))
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
@@ -134,6 +174,10 @@ def main() -> int:
             for name in runs
         }
         report.setdefault("runs", {})[db] = runs
+        if args.instructions_seconds:
+            for name, path, extra in VARIANTS:
+                ipr = instructions_per_request(database, path, extra, args.instructions_seconds)
+                results[name]["instructions_per_request"] = ipr  # type: ignore[index]
         print(f"\n{db}: requests/s, p50/p99 ms, CPU µs per request (medians of {args.rounds}; ratios against python)")
         print(f"{'variant':<12}{'conns':>6}{'req/s':>10}{'p50':>8}{'p99':>8}{'cpu µs':>9}{'÷rps':>7}{'÷cpu':>7}")
         for name, _, _ in VARIANTS:
@@ -144,6 +188,12 @@ def main() -> int:
                     f"{row['cpu_us_per_request']:>9.0f}{row['rps'] / base['rps']:>7.2f}"
                     f"{row['cpu_us_per_request'] / base['cpu_us_per_request']:>7.2f}"
                 )
+        if args.instructions_seconds:
+            base_ipr = results["python"]["instructions_per_request"]  # type: ignore[index]
+            print(f"instructions per request (callgrind, 1 connection, {args.instructions_seconds} s):")
+            for name, _, _ in VARIANTS:
+                ipr = results[name]["instructions_per_request"]  # type: ignore[index]
+                print(f"  {name:<12}{ipr:>12,.0f}{ipr / base_ipr:>7.2f}")
     print("\ngoal (issue 17): rust_polls >= 0.95x python's requests/s at no more CPU per request")
     for db, results in report["results"].items():
         for c in connections:
@@ -151,6 +201,10 @@ def main() -> int:
             cpu = results["rust_polls"][c]["cpu_us_per_request"] / results["python"][c]["cpu_us_per_request"]
             met = "met    " if rps >= 0.95 and cpu <= 1.0 else "NOT MET"
             print(f"  [{met}] {db}, {c} connections: req/s {rps:.2f}x, CPU/request {cpu:.2f}x")
+        if "instructions_per_request" in results["python"]:
+            ratio = results["rust_polls"]["instructions_per_request"] / results["python"]["instructions_per_request"]
+            met = "met    " if ratio <= 1.0 else "NOT MET"
+            print(f"  [{met}] {db}: instructions per request {ratio:.2f}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"\nwritten to {args.out}")

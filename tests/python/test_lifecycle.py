@@ -190,6 +190,47 @@ def test_module_that_is_not_a_provider_is_a_clear_error(reactor):
         pyo3_twisted.install(reactor, logcontext="json")
 
 
+def test_a_provider_needs_no_run_in_background(reactor):
+    """The crate applies run_in_background's rules itself: a provider with
+    current_context, set_current_context, make_deferred_yieldable and the sentinel
+    is enough, and the rules still hold around run_python_awaitable."""
+    import sys
+    import types
+
+    from twisted.internet import defer
+
+    from pyo3_twisted import logcontext as lc
+
+    module = types.ModuleType("pyo3_twisted_test_minimal_provider")
+    for name in ("current_context", "set_current_context", "make_deferred_yieldable", "SENTINEL_CONTEXT"):
+        setattr(module, name, getattr(lc, name))
+    sys.modules[module.__name__] = module
+    try:
+        pyo3_twisted.install(reactor, worker_threads=1, tokio="per_reactor", logcontext=module.__name__)
+        seen = []
+
+        async def answer():
+            seen.append(lc.current_context())
+            d = defer.Deferred()
+            reactor.callLater(0, d.callback, "answered")
+            value = await lc.make_deferred_yieldable(d)
+            seen.append(lc.current_context())
+            return value
+
+        async def handler():
+            with lc.LoggingContext("minimal-provider") as ctx:
+                value = await probes.call_python(reactor, answer)
+                assert lc.current_context() is ctx
+            return ctx, value
+
+        ctx, value = reactor.get_success(defer.ensureDeferred(handler()))
+        assert value == "answered"
+        assert seen == [ctx, ctx]
+        assert lc.current_context() is lc.SENTINEL_CONTEXT
+    finally:
+        del sys.modules[module.__name__]
+
+
 def test_fork_before_the_reactor_runs_works_in_the_child():
     result = run_script("fork.py", "before_run")
     # Work started before the fork belongs to the parent: it fails in the child,

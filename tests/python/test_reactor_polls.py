@@ -165,9 +165,9 @@ def test_a_cpu_heavy_poll_on_the_reactor_is_counted_and_logged(caplog):
         assert any("polled on the reactor thread" in rec.getMessage() for rec in caplog.records), caplog.records
 
 
-def test_cpu_time_is_charged_once(polls):
-    """The first poll runs inside create_deferred, in the caller's context, which
-    charges that CPU time itself: the task's meter must not add it again."""
+def charged_for(polls, burn):
+    """Runs `burn(reactor)` (a Deferred of the CPU seconds it burned) from a handler
+    inside a request's logcontext; returns (CPU charged to the context, burned)."""
     from pyo3_twisted import logcontext
 
     with memory_reactor(logcontext=logcontext) as r:
@@ -177,15 +177,22 @@ def test_cpu_time_is_charged_once(polls):
 
         async def handler():
             with logcontext.LoggingContext("request-cpu") as ctx:
-                burned = await probes.burn_cpu(r, 0.05)
+                burned = await burn(r)
             return ctx, burned
 
         ctx, burned = r.get_success(defer.ensureDeferred(handler()))
         usage = ctx.get_resource_usage()
-        charged = usage.ru_utime + usage.ru_stime
-        assert burned >= 0.05
-        # Once (plus the handler's own few milliseconds), not twice.
-        assert 0.045 <= charged < 0.09, (charged, burned)
+        assert logcontext.current_context() is logcontext.SENTINEL_CONTEXT
+        return usage.ru_utime + usage.ru_stime, burned
+
+
+def test_cpu_time_is_charged_once(polls):
+    """The first poll runs inside create_deferred, in the caller's context, which
+    charges that CPU time itself: the task's meter must not add it again."""
+    charged, burned = charged_for(polls, lambda r: probes.burn_cpu(r, 0.05))
+    assert burned >= 0.05
+    # Once (plus the handler's own few milliseconds), not twice.
+    assert 0.045 <= charged < 0.09, (charged, burned)
 
 
 def test_cpu_time_after_an_awaitable_is_charged_once(polls):
@@ -194,24 +201,14 @@ def test_cpu_time_after_an_awaitable_is_charged_once(polls):
     which charges it: the task's meter must not add it again."""
     from pyo3_twisted import logcontext
 
-    with memory_reactor(logcontext=logcontext) as r:
-        pyo3_twisted.install(
-            r, worker_threads=2, tokio="per_reactor", reactor_polls=polls, logcontext="pyo3_twisted.logcontext"
-        )
-
+    def burn_after_an_answer(r):
         async def answer_later():
             d = defer.Deferred()
             r.callLater(0, d.callback, None)
             await logcontext.make_deferred_yieldable(d)
 
-        async def handler():
-            with logcontext.LoggingContext("request-cpu-after") as ctx:
-                burned = await probes.burn_cpu_after(r, answer_later, 0.05)
-            return ctx, burned
+        return probes.burn_cpu_after(r, answer_later, 0.05)
 
-        ctx, burned = r.get_success(defer.ensureDeferred(handler()))
-        usage = ctx.get_resource_usage()
-        charged = usage.ru_utime + usage.ru_stime
-        assert burned >= 0.05
-        assert 0.045 <= charged < 0.09, (charged, burned)
-        assert logcontext.current_context() is logcontext.SENTINEL_CONTEXT
+    charged, burned = charged_for(polls, burn_after_an_answer)
+    assert burned >= 0.05
+    assert 0.045 <= charged < 0.09, (charged, burned)

@@ -101,17 +101,7 @@ fn burn_cpu<'py>(
     reactor: &Bound<'py, PyAny>,
     seconds: f64,
 ) -> PyResult<Bound<'py, PyAny>> {
-    create_deferred(py, reactor, async move {
-        let start = thread_cpu_seconds();
-        let mut spins = 0_u64;
-        // Reading the clock is a system call: spin in user code between readings.
-        while thread_cpu_seconds() - start < seconds {
-            for _ in 0..100_000 {
-                spins = std::hint::black_box(spins.wrapping_add(1));
-            }
-        }
-        Ok(thread_cpu_seconds() - start)
-    })
+    create_deferred(py, reactor, async move { Ok(burn(seconds)) })
 }
 
 /// Awaits `factory()` (a Python awaitable), then burns `seconds` of CPU time in the
@@ -127,15 +117,21 @@ fn burn_cpu_after<'py>(
     let handle = reactor.clone().unbind();
     create_deferred(py, reactor, async move {
         run_python_awaitable(handle, move |py| factory.bind(py).call0()).await?;
-        let start = thread_cpu_seconds();
-        let mut spins = 0_u64;
-        while thread_cpu_seconds() - start < seconds {
-            for _ in 0..100_000 {
-                spins = std::hint::black_box(spins.wrapping_add(1));
-            }
-        }
-        Ok(thread_cpu_seconds() - start)
+        Ok(burn(seconds))
     })
+}
+
+/// Spends `seconds` of this thread's CPU time; returns the CPU seconds measured.
+fn burn(seconds: f64) -> f64 {
+    let start = thread_cpu_seconds();
+    let mut spins = 0_u64;
+    // Reading the clock is a system call: spin in user code between readings.
+    while thread_cpu_seconds() - start < seconds {
+        for _ in 0..100_000 {
+            spins = std::hint::black_box(spins.wrapping_add(1));
+        }
+    }
+    thread_cpu_seconds() - start
 }
 
 fn thread_cpu_seconds() -> f64 {
