@@ -63,17 +63,21 @@ class Demo:
         return code
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request, tmp_path):
-    if request.param == "sqlite":
-        return str(tmp_path / "demo.sqlite3")
-    dsn = request.getfixturevalue("pg_dsn")
+def fresh_pg_database(dsn):
+    """The test database without the demo's table: the demo creates and seeds it."""
     import psycopg2
 
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("DROP TABLE IF EXISTS feature_flags")
     conn.close()
     return dsn
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    if request.param == "sqlite":
+        return str(tmp_path / "demo.sqlite3")
+    return fresh_pg_database(request.getfixturevalue("pg_dsn"))
 
 
 def test_versions_put_and_the_access_log(database):
@@ -122,6 +126,36 @@ def test_the_python_twin_of_versions_answers_the_same(database, polls):
     finally:
         assert demo.stop() == 0
     assert any(f"reactor_polls: {polls}" in line for line in demo.stderr_lines), demo.stderr_lines
+
+
+@pytest.mark.parametrize("polls", [False, True], ids=["tokio_polls", "reactor_polls"])
+def test_the_rust_handler_on_the_native_pool_reads_what_python_wrote(pg_dsn, polls):
+    database = fresh_pg_database(pg_dsn)
+    demo = Demo(database, "--native-pool", *(["--reactor-polls"] if polls else []))
+    try:
+        for user in ["@alice:example.org", "@bob:example.org", "@nobody:example.org"]:
+            rust = demo.request("GET", f"/versions?user_id={user}")
+            assert rust[0] == 200
+            assert rust == demo.request("GET", f"/versions_py?user_id={user}")
+        # Written through the Python pool, read through the native one.
+        before = demo.request("GET", "/versions?user_id=@bob:example.org")[1]["unstable_features"]["dark_mode"]
+        body = json.dumps({"enabled": not before}).encode()
+        assert demo.request("PUT", "/features/@bob:example.org/dark_mode", body) == (200, {})
+        after = demo.request("GET", "/versions?user_id=@bob:example.org")[1]["unstable_features"]["dark_mode"]
+        assert after is (not before)
+    finally:
+        assert demo.stop() == 0
+    assert any("Rust handler's pool: native" in line for line in demo.stderr_lines), demo.stderr_lines
+
+
+def test_the_native_pool_needs_postgresql(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyo3_twisted_demo", "--port", "0", "--native-pool",
+         "--database", str(tmp_path / "demo.sqlite3")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "--native-pool needs --database postgresql://" in proc.stderr
 
 
 def test_metrics_show_the_figures_of_one_request(tmp_path):

@@ -1,15 +1,18 @@
 //! The demo service's Rust handler: `GET /versions`, the shape of Synapse's.
 //!
-//! It reads the user's feature flags through `run_interaction` on the same Python
-//! pool the Python handlers use, and builds the answer on a Tokio worker.
+//! It reads the user's feature flags through `run_interaction`: on the same Python
+//! pool the Python handlers use, or (`--native-pool`) on a native PostgreSQL pool
+//! of the same database, the shape of a Rust-only app. The answer is built where the
+//! future is polled (a Tokio worker, or the reactor thread under `reactor_polls`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3_twisted::create_deferred;
-use pyo3_twisted::db::PythonDatabasePool;
+use pyo3_twisted::db::{DatabasePool, PostgresConfig, PostgresPool, PythonDatabasePool};
 
 use crate::store::get_flags;
 
@@ -19,7 +22,7 @@ const VERSIONS: [&str; 4] = ["v1.1", "v1.2", "v1.3", "v1.11"];
 /// `GET /versions?user_id=…`, answered in Rust.
 #[pyclass(frozen, module = "pyo3_twisted_demo")]
 struct VersionsHandler {
-    pool: Arc<PythonDatabasePool>,
+    pool: Arc<dyn DatabasePool>,
     known_features: Arc<Vec<String>>,
     work: Duration,
 }
@@ -28,20 +31,36 @@ struct VersionsHandler {
 impl VersionsHandler {
     /// `pool`: the Python `DatabasePool`; `known_features`: every feature the server
     /// knows (off unless the user turned it on); `rust_work_ms`: CPU time to spend
-    /// per request, standing in for real handler work (0 by default).
+    /// per request, standing in for real handler work (0 by default);
+    /// `native_dsn`: read through a native PostgreSQL pool of
+    /// `native_connections` connections on this DSN instead of through `pool`
+    /// (a `ValueError` if the DSN cannot be used).
     #[new]
-    #[pyo3(signature = (pool, reactor, known_features, rust_work_ms=0))]
+    #[pyo3(signature = (pool, reactor, known_features, rust_work_ms=0, native_dsn=None, native_connections=5))]
     fn new(
         pool: Py<PyAny>,
         reactor: Py<PyAny>,
         known_features: Vec<String>,
         rust_work_ms: u64,
-    ) -> Self {
-        Self {
-            pool: Arc::new(PythonDatabasePool::new(pool, reactor)),
+        native_dsn: Option<String>,
+        native_connections: usize,
+    ) -> PyResult<Self> {
+        let pool: Arc<dyn DatabasePool> = match native_dsn {
+            None => Arc::new(PythonDatabasePool::new(pool, reactor)),
+            Some(dsn) => {
+                let mut config = PostgresConfig::new(dsn);
+                config.max_size = native_connections;
+                Arc::new(
+                    PostgresPool::new(config)
+                        .map_err(|e| PyValueError::new_err(format!("{e:#}")))?,
+                )
+            }
+        };
+        Ok(Self {
+            pool,
             known_features: Arc::new(known_features),
             work: Duration::from_millis(rust_work_ms),
-        }
+        })
     }
 
     /// A Deferred of `{"versions": [...], "unstable_features": {feature: bool}}`.

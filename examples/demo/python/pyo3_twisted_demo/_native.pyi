@@ -23,7 +23,13 @@ class RuntimeShutdown(RuntimeError):
 
 class VersionsHandler:
     def __init__(
-        self, pool: Any, reactor: IReactorCore, known_features: Sequence[str], rust_work_ms: int = ...
+        self,
+        pool: Any,
+        reactor: IReactorCore,
+        known_features: Sequence[str],
+        rust_work_ms: int = ...,
+        native_dsn: str | None = ...,
+        native_connections: int = ...,
     ) -> None: ...
     def handle(self, reactor: IReactorCore, user_id: str) -> Deferred[dict[str, Any]]: ...
 

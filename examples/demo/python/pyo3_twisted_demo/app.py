@@ -5,6 +5,8 @@
 - ``GET /versions?user_id=@alice:example.org``: answered by a Rust handler
   (``create_deferred``) that reads the user's feature flags with ``run_interaction``
   through the same pool as the Python code: the shape of Synapse's ``/versions``.
+  With ``--native-pool`` (PostgreSQL only) it reads through the crate's native
+  PostgreSQL pool on the same database instead, the shape of a Rust-only app.
 - ``GET /versions_py?user_id=…``: the same handler written in Python, on the same
   pool and data (what ``benches/wrk_versions.py`` compares the Rust one against).
 - ``PUT /features/{user_id}/{feature}`` with ``{"enabled": true}``: written by a
@@ -114,10 +116,20 @@ def set_feature(txn: Any, user_id: str, feature: str, enabled: bool) -> None:
 class DemoApp:
     """Routes, handlers, the access log and graceful shutdown."""
 
-    def __init__(self, reactor: Any, pool: DatabasePool, rust_work_ms: int, shutdown_timeout: float) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        pool: DatabasePool,
+        rust_work_ms: int,
+        shutdown_timeout: float,
+        native_dsn: Optional[str] = None,
+    ) -> None:
         self.reactor = reactor
         self.pool = pool
-        self.versions = VersionsHandler(pool, reactor, KNOWN_FEATURES, rust_work_ms)
+        # The native pool gets as many connections as the Python pool has threads.
+        self.versions = VersionsHandler(
+            pool, reactor, KNOWN_FEATURES, rust_work_ms, native_dsn=native_dsn, native_connections=pool.max_connections
+        )
         # GET /metrics: this module's runtime (its own copy of the crate's).
         self.metrics = CollectorRegistry()
         collector = RuntimeCollector(source=_native)
@@ -307,8 +319,16 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         action="store_true",
         help="poll Rust handlers on the reactor thread when the reactor wakes them (RuntimeConfig.reactor_polls)",
     )
+    parser.add_argument(
+        "--native-pool",
+        action="store_true",
+        help="the Rust handler reads through the native PostgreSQL pool (same database; needs a postgresql:// DSN)",
+    )
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only (no access log)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.native_pool and not args.database.startswith(("postgresql://", "postgres://")):
+        parser.error("--native-pool needs --database postgresql://...")
+    return args
 
 
 def setup_logging(quiet: bool = False) -> None:
@@ -338,7 +358,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         reactor_polls=args.reactor_polls,
     )
     pool = DatabasePool(reactor, args.database, logcontext=lc)
-    app = DemoApp(reactor, pool, args.rust_work_ms, args.shutdown_timeout)
+    app = DemoApp(
+        reactor, pool, args.rust_work_ms, args.shutdown_timeout, native_dsn=args.database if args.native_pool else None
+    )
     site = Site(DemoResource(app))  # type: ignore[no-untyped-call]
     # Twisted declares Site.protocol as a method; it is the channel class.
     site.protocol = type("DemoChannel", (TrackedChannel,), {"app": app})  # type: ignore[method-assign]
@@ -355,10 +377,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             return
         host = app.port.getHost()
         logger.info(
-            "database: %s; reactor: %s; reactor_polls: %s",
+            "database: %s; reactor: %s; reactor_polls: %s; Rust handler's pool: %s",
             redact(args.database),
             type(reactor).__name__,
             args.reactor_polls,
+            "native" if args.native_pool else "python",
         )
         print(f"listening on http://{host.host}:{host.port}", flush=True)
 
