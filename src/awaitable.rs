@@ -299,10 +299,20 @@ impl Resolver {
             _ => false,
         };
         let polls = crate::local_task::polls_run();
-        crate::cputime::with_context_charging(charged, || complete(py, outcome));
-        if let (Some(provider), Some(context)) = (provider, restore) {
-            if let Err(err) = provider.set(py, context.bind(py)) {
-                crate::errors::report(py, err, "pyo3-twisted: restoring the logcontext");
+        let ((), owed) = crate::lazy_restore::collecting(|| {
+            crate::cputime::with_context_charging(charged, || complete(py, outcome))
+        });
+        match (provider, restore) {
+            // What the task's poll left owed is overwritten by this: both skipped.
+            (Some(provider), Some(context)) => {
+                if let Err(err) = provider.set(py, context.bind(py)) {
+                    crate::errors::report(py, err, "pyo3-twisted: restoring the logcontext");
+                }
+            }
+            _ => {
+                if let Some(owed) = owed {
+                    owed.pay(py);
+                }
             }
         }
         // The waiting task will answer soon: linger for it, unless it already ran

@@ -67,6 +67,31 @@ thread_local! {
     static CHARGED_BY_CONTEXT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+thread_local! {
+    /// Inside a poll charged by the context: the thread's usage when the context
+    /// stopped being current (a restore left owed, `lazy_restore`). The poll's task
+    /// meters the rest of the poll from there.
+    static METER_FROM: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// The context charging the poll running now stops being current: meter the rest
+/// of the poll. No-op in a poll that is metered anyway, or if already noted.
+pub(crate) fn meter_from_now() {
+    if charged_by_context() && METER_FROM.with(std::cell::Cell::get).is_none() {
+        METER_FROM.with(|from| from.set(thread_usage()));
+    }
+}
+
+/// Runs `poll` (a task's poll) with its own [`meter_from_now`] mark: an enclosing
+/// poll's mark is kept for it, and whatever `poll` left unmetered (a task without a
+/// meter) is dropped.
+pub(crate) fn with_own_meter_mark<R>(poll: impl FnOnce() -> R) -> R {
+    let outer = METER_FROM.with(|from| from.take());
+    let result = poll();
+    METER_FROM.with(|from| from.set(outer));
+    result
+}
+
 /// Whether the code running now is charged by the logging context current on this
 /// thread (set by [`with_context_charging`]).
 pub(crate) fn charged_by_context() -> bool {
@@ -90,7 +115,12 @@ pub(crate) async fn metered<F: Future>(fut: F, meter: Option<Arc<CpuMeter>>) -> 
             return fut.as_mut().poll(cx);
         };
         if CHARGED_BY_CONTEXT.with(std::cell::Cell::get) {
-            return fut.as_mut().poll(cx);
+            let poll = fut.as_mut().poll(cx);
+            // The context stopped charging partway (`meter_from_now`): the rest is ours.
+            if let (Some(from), Some(now)) = (METER_FROM.with(|from| from.take()), thread_usage()) {
+                meter.add(now.0.saturating_sub(from.0), now.1.saturating_sub(from.1));
+            }
+            return poll;
         }
         let before = thread_usage();
         let poll: Poll<F::Output> = fut.as_mut().poll(cx);

@@ -145,12 +145,27 @@ where
     if bridge.config().reactor_polls {
         // Its first poll, here and now: a future that starts by calling Python
         // makes that call with no trip through Tokio.
-        crate::local_task::LocalTask::start(
-            task,
-            bridge.reactor_thread_id(),
-            engine.handle().clone(),
-            bridge.counters_arc(),
-        );
+        let ((), owed) = crate::lazy_restore::collecting(|| {
+            crate::local_task::LocalTask::start(
+                task,
+                bridge.reactor_thread_id(),
+                engine.handle().clone(),
+                bridge.counters_arc(),
+            )
+        });
+        // The poll parked an awaitable and left the caller's context owed: the
+        // Deferred's own wait sets the sentinel next, so the two switches cancel.
+        if let Some(owed) = owed {
+            return match bridge.provider() {
+                Some(provider) if yieldable => {
+                    provider.make_deferred_yieldable_owing(deferred, owed)
+                }
+                _ => {
+                    owed.pay(py);
+                    Ok(deferred)
+                }
+            };
+        }
     } else if engine.submit(task).is_err() {
         // The engine is gone (shutdown raced us): fail now rather than never.
         if bridge.take_entry(key).is_some() {

@@ -117,6 +117,7 @@ mod deferred;
 mod errors;
 mod fork;
 mod histogram;
+mod lazy_restore;
 mod live_tasks;
 mod local_task;
 mod logcontext;

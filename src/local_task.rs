@@ -206,14 +206,20 @@ impl LocalTask {
         let outer_python = IN_PYTHON.with(|total| total.replace(Duration::ZERO));
         POLLS_RUN.with(|n| n.set(n.get() + 1));
         let started = Instant::now();
-        let poll = future.as_mut().poll(cx);
+        let poll = crate::lazy_restore::armed(|| {
+            crate::cputime::with_own_meter_mark(|| future.as_mut().poll(cx))
+        });
         let took = started
             .elapsed()
             .saturating_sub(IN_PYTHON.with(|total| total.replace(outer_python)));
         ON_REACTOR_POLL.with(|flag| flag.set(outer));
         let jobs = AFTER_POLL.with(|jobs| std::mem::replace(&mut *jobs.borrow_mut(), outer_jobs));
-        // The jobs fire Deferreds: what their callbacks poll is charged by its own
-        // rules, not by this poll's.
+        // The jobs fire Deferreds: their callbacks run in the caller's context, so a
+        // restore this poll left owed is made first.
+        if !jobs.is_empty() && crate::lazy_restore::owing() {
+            threads::attach(crate::lazy_restore::pay);
+        }
+        // What their callbacks poll is charged by its own rules, not by this poll's.
         crate::cputime::with_context_charging(false, || {
             for job in jobs {
                 job();

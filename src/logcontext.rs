@@ -69,6 +69,32 @@ impl Provider {
             .call1((deferred,))
     }
 
+    /// [`Provider::make_deferred_yieldable`] for a caller whose context `owed` is owed
+    /// (not current): if `deferred` waits and the sentinel is current, that is
+    /// already what `make_deferred_yieldable` would set now, so only the restore
+    /// when it fires is added, with no switch now; otherwise the debt is paid first.
+    pub(crate) fn make_deferred_yieldable_owing<'py>(
+        &self,
+        deferred: Bound<'py, PyAny>,
+        owed: crate::lazy_restore::Owed,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = deferred.py();
+        if let Some(sentinel) = &self.sentinel {
+            let fired = deferred.getattr(intern!(py, "called"))?.is_truthy()?
+                && !deferred.getattr(intern!(py, "paused"))?.is_truthy()?;
+            if !fired && self.current(py)?.is(sentinel.bind(py)) {
+                let restore = SetContext {
+                    set_current_context: self.set_current_context.clone_ref(py),
+                    context: owed.context().clone_ref(py),
+                };
+                deferred.call_method1(intern!(py, "addBoth"), (restore,))?;
+                return Ok(deferred);
+            }
+        }
+        owed.pay(py);
+        self.make_deferred_yieldable(deferred)
+    }
+
     /// `make_deferred_yieldable` itself, for Python code that needs it.
     pub(crate) fn make_deferred_yieldable_fn(&self, py: Python<'_>) -> Py<PyAny> {
         self.make_deferred_yieldable.clone_ref(py)
@@ -99,7 +125,7 @@ impl Provider {
         f: impl FnOnce(bool) -> PyResult<R>,
     ) -> PyResult<R> {
         match context.filter(|c| !is_finished(c.bind(py))) {
-            Some(context) => self.switched(py, context.bind(py), || f(true)),
+            Some(context) => self.switched(py, context.bind(py), true, || f(true)),
             None => f(false),
         }
     }
@@ -117,24 +143,47 @@ impl Provider {
             .filter(|c| !is_finished(c.bind(py)))
             .or(self.sentinel.as_ref())
         {
-            Some(target) => self.switched(py, target.bind(py), f),
+            Some(target) => self.switched(py, target.bind(py), false, f),
             None => f(),
         }
     }
 
+    /// `lazy`: the restore may be left to a collector (`lazy_restore`).
     fn switched<R>(
         &self,
         py: Python<'_>,
         target: &Bound<'_, PyAny>,
+        lazy: bool,
         f: impl FnOnce() -> PyResult<R>,
     ) -> PyResult<R> {
         let set = self.set_current_context.bind(py);
         let previous = set.call1((target,))?;
         let result = f();
+        if lazy && crate::lazy_restore::skip(py, &self.set_current_context, &previous) {
+            return result;
+        }
         if let Err(err) = set.call1((previous,)) {
             report(py, err, "pyo3-twisted: restoring the logcontext");
         }
         result
+    }
+}
+
+/// A Deferred's callback that sets `context` and passes the result on: the restore
+/// `make_deferred_yieldable` adds.
+#[pyclass(frozen, module = "pyo3_twisted")]
+struct SetContext {
+    set_current_context: Py<PyAny>,
+    context: Py<PyAny>,
+}
+
+#[pymethods]
+impl SetContext {
+    fn __call__<'py>(&self, result: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        self.set_current_context
+            .bind(result.py())
+            .call1((&self.context,))?;
+        Ok(result)
     }
 }
 

@@ -195,20 +195,80 @@ def test_cpu_time_is_charged_once(polls):
     assert 0.045 <= charged < 0.09, (charged, burned)
 
 
+def answered_later(r):
+    """A coroutine function that keeps the logcontext rules and waits for the reactor,
+    as `runInteraction` does."""
+    from pyo3_twisted import logcontext
+
+    async def answer_later():
+        d = defer.Deferred()
+        r.callLater(0, d.callback, None)
+        await logcontext.make_deferred_yieldable(d)
+
+    return answer_later
+
+
 def test_cpu_time_after_an_awaitable_is_charged_once(polls):
     """With reactor_polls the poll that an awaitable's answer runs happens inside
     that answer, with the task's context current (the awaitable kept the rules),
     which charges it: the task's meter must not add it again."""
-    from pyo3_twisted import logcontext
-
-    def burn_after_an_answer(r):
-        async def answer_later():
-            d = defer.Deferred()
-            r.callLater(0, d.callback, None)
-            await logcontext.make_deferred_yieldable(d)
-
-        return probes.burn_cpu_after(r, answer_later, 0.05)
-
-    charged, burned = charged_for(polls, burn_after_an_answer)
+    charged, burned = charged_for(polls, lambda r: probes.burn_cpu_after(r, answered_later(r), 0.05))
     assert burned >= 0.05
     assert 0.045 <= charged < 0.09, (charged, burned)
+
+
+def test_cpu_time_beside_a_waiting_awaitable_is_charged_once(polls):
+    """CPU burned in the poll that parks an awaitable, after it parked (the first poll,
+    inside create_deferred, then the poll the first answer runs): the context the
+    awaitable left is not the task's, and the bridge does not set the task's back
+    just to leave it again (reactor_polls); the task's meter charges the rest of the
+    poll instead. Charged once, not lost."""
+    charged, burned = charged_for(polls, lambda r: probes.burn_cpu_beside(r, answered_later(r), 0.03, 2))
+    assert burned >= 0.06
+    assert 0.055 <= charged < 0.11, (charged, burned)
+
+
+def test_a_rust_handler_pays_the_logcontext_switches_a_python_handler_pays(monkeypatch):
+    """Two awaits of a Python coroutine that waits for the reactor, from a Rust
+    handler (create_deferred, reactor_polls) and from its Python twin: the same
+    switches, in the same order. Each switch is a getrusage and the provider's
+    bookkeeping; the Rust handler used to set the request's context back after each
+    parked awaitable only to leave it again for its own Deferred's wait."""
+    from pyo3_twisted import logcontext
+
+    switches = []
+    real = logcontext.set_current_context
+
+    def counting(context):
+        if logcontext.current_context() is not context:
+            switches.append(str(context))
+        return real(context)
+
+    # Before install: the runtime looks the provider's functions up once.
+    monkeypatch.setattr(logcontext, "set_current_context", counting)
+    with memory_reactor(logcontext=logcontext) as r:
+        pyo3_twisted.install(
+            r, worker_threads=2, tokio="per_reactor", reactor_polls=True, logcontext="pyo3_twisted.logcontext"
+        )
+        waits = answered_later(r)
+
+        async def python_twin():
+            await waits()
+            await waits()
+
+        def switches_of(handler):
+            del switches[:]
+
+            async def request():
+                with logcontext.LoggingContext("request"):
+                    await handler()
+                    assert str(logcontext.current_context()) == "request"
+
+            r.get_success(defer.ensureDeferred(request()))
+            assert logcontext.current_context() is logcontext.SENTINEL_CONTEXT
+            return list(switches)
+
+        python = switches_of(python_twin)
+        rust = switches_of(lambda: probes.burn_cpu_beside(r, waits, 0.0, 2))
+        assert python == ["request", "sentinel", "request", "sentinel", "request", "sentinel"]
+        assert rust == python

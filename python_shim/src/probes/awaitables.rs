@@ -121,6 +121,33 @@ fn burn_cpu_after<'py>(
     })
 }
 
+/// `times` rounds of: await `factory()` and, in the same polls, burn `seconds` of CPU
+/// time once it waits (the first round inside `create_deferred`'s first poll, the
+/// next ones in the poll the previous answer runs, with `reactor_polls`); fires with
+/// the CPU seconds measured in all.
+#[pyfunction]
+fn burn_cpu_beside<'py>(
+    py: Python<'py>,
+    reactor: &Bound<'py, PyAny>,
+    factory: Py<PyAny>,
+    seconds: f64,
+    times: u32,
+) -> PyResult<Bound<'py, PyAny>> {
+    let factory = Arc::new(factory);
+    create_deferred(py, reactor, async move {
+        let handle = ReactorHandle::current().expect("inside a bridged task");
+        let mut burned = 0.0;
+        for _ in 0..times {
+            let factory = Arc::clone(&factory);
+            let call = handle.run_python_awaitable(move |py| factory.bind(py).call0());
+            let (answer, spent) = futures_util::future::join(call, async { burn(seconds) }).await;
+            answer?;
+            burned += spent;
+        }
+        Ok(burned)
+    })
+}
+
 /// Spends `seconds` of this thread's CPU time; returns the CPU seconds measured.
 fn burn(seconds: f64) -> f64 {
     let start = thread_cpu_seconds();
@@ -338,6 +365,7 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(three_calls, m)?)?;
     m.add_function(wrap_pyfunction!(burn_cpu, m)?)?;
     m.add_function(wrap_pyfunction!(burn_cpu_after, m)?)?;
+    m.add_function(wrap_pyfunction!(burn_cpu_beside, m)?)?;
     m.add_function(wrap_pyfunction!(log_messages, m)?)?;
     m.add_function(wrap_pyfunction!(call_python_many, m)?)?;
     m.add_function(wrap_pyfunction!(call_python_in_thread, m)?)?;
