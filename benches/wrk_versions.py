@@ -19,14 +19,17 @@ demo process's CPU time (user + system, /proc) per request. SQLite always;
 PostgreSQL through the Python pool when PYO3_TWISTED_TEST_PG_DSN is set (`make
 bench-http` starts the server).
 
-    python benches/wrk_versions.py [--seconds 3] [--rounds 3] [--connections 1,16,64]
-        [--instructions-seconds 15] [--out FILE]
+    python benches/wrk_versions.py [--seconds 3] [--procs 2] [--rounds 3]
+        [--connections 1,16,64] [--instructions-seconds 15] [--out FILE]
 
-This VM's figures move by ±20% between runs of the same process, so each variant
-runs --rounds times, the order of the variants rotating each round, and every
-figure printed is the median over the rounds. CPU time per request moves as much,
-so each variant also runs once under callgrind (valgrind, Debian's package) at one
-connection: user-space instructions per request, a figure the noise cannot move
+This VM's figures drift by ±30% over minutes, more than the variants differ, so
+the variants are measured side by side: all their demo processes run at once, and
+each round loads each in turn for --seconds at each connection count (the order
+rotating), so window i of one variant ran next to window i of the others. Ratios
+are medians of the per-window ratios; absolute figures are medians of the windows.
+--procs fresh sets of processes, --rounds rounds each. CPU time per request is also
+reported as user-space instructions per request, each variant once under callgrind
+(valgrind, Debian's package) at one connection: a figure the noise cannot move
 (kernel time is not in it).
 """
 
@@ -108,21 +111,46 @@ def wrk(url: str, connections: int, seconds: int) -> dict:
     }
 
 
-def run_variant(database: str, path: str, extra: list[str], connections: list[int], seconds: int) -> dict:
-    proc, port = start_demo(database, extra)
-    url = f"http://127.0.0.1:{port}{path}?user_id={USER}"
-    try:
-        wrk(url, 4, 1)  # warm-up: connections, pool, caches
-        rows = {}
-        for c in connections:
-            before = cpu_seconds(proc.pid)
-            row = wrk(url, c, seconds)
-            row["cpu_us_per_request"] = (cpu_seconds(proc.pid) - before) / row["requests"] * 1e6
-            rows[c] = row
-        return rows
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+def window(proc: subprocess.Popen[str], url: str, connections: int, seconds: int) -> dict:
+    """One wrk window against a running demo: its figures and the process's CPU time
+    per request over it."""
+    before = cpu_seconds(proc.pid)
+    row = wrk(url, connections, seconds)
+    row["cpu_us_per_request"] = (cpu_seconds(proc.pid) - before) / row["requests"] * 1e6
+    return row
+
+
+def measure_paired(
+    database: str, variants: list[tuple[str, str, list[str]]], connections: list[int], seconds: int, procs: int, rounds: int
+) -> dict[str, dict[int, list[dict]]]:
+    """Every variant's windows, paired: all variants' demo processes run side by
+    side (idle but for the one under load), and each round loads each of them in
+    turn for `seconds` at each connection count, the order rotating. Window i of a
+    variant ran next to window i of every other, so their ratio is free of this VM's
+    drift, which moves every figure by ±30% over minutes. `procs` fresh sets of
+    processes, `rounds` rounds each."""
+    runs: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in connections} for name, _, _ in variants}
+    for set_ in range(procs):
+        running: dict[str, tuple[subprocess.Popen[str], str]] = {}
+        try:
+            # One after the other: each sets up the database before it listens.
+            for name, path, extra in variants:
+                proc, port = start_demo(database, extra)
+                running[name] = (proc, f"http://127.0.0.1:{port}{path}?user_id={USER}")
+                wrk(running[name][1], 4, 1)  # warm-up: connections, pool, caches
+            for round_ in range(rounds):
+                k = set_ * rounds + round_
+                order = variants[k % len(variants) :] + variants[: k % len(variants)]
+                for c in connections:
+                    for name, _, _ in order:
+                        proc, url = running[name]
+                        runs[name][c].append(window(proc, url, c, seconds))
+        finally:
+            for proc, _ in running.values():
+                proc.terminate()
+            for proc, _ in running.values():
+                proc.wait(timeout=30)
+    return runs
 
 
 def instructions_per_request(database: str, path: str, extra: list[str], seconds: int) -> float:
@@ -158,7 +186,8 @@ def instructions_per_request(database: str, path: str, extra: list[str], seconds
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds per set of processes")
+    parser.add_argument("--procs", type=int, default=2, help="fresh sets of demo processes")
     parser.add_argument("--connections", default="1,16,64")
     parser.add_argument(
         "--instructions-seconds",
@@ -175,32 +204,34 @@ def main() -> int:
     report: dict = {"when": time.strftime("%Y-%m-%d %H:%M"), "seconds": args.seconds, "results": {}}
     for db, database in databases.items():
         variants = VARIANTS + (NATIVE_VARIANTS if db == "postgresql" else [])
-        runs: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
-        for round_ in range(args.rounds):
-            order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
-            for name, path, extra in order:
-                runs[name].append(run_variant(database, path, extra, connections, args.seconds))
-        results = report["results"][db] = {
-            name: {
-                c: {key: statistics.median(run[c][key] for run in runs[name]) for key in runs[name][0][c]}
-                for c in connections
-            }
-            for name in runs
-        }
+        runs = measure_paired(database, variants, connections, args.seconds, args.procs, args.rounds)
+        results = report["results"][db] = {}
+        for name in runs:
+            results[name] = {}
+            for c in connections:
+                windows, base = runs[name][c], runs["python"][c]
+                row = {key: statistics.median(w[key] for w in windows) for key in windows[0]}
+                # Medians of the per-window ratios: the paired figures.
+                row["rps_ratio"] = statistics.median(w["rps"] / b["rps"] for w, b in zip(windows, base))
+                row["cpu_ratio"] = statistics.median(
+                    w["cpu_us_per_request"] / b["cpu_us_per_request"] for w, b in zip(windows, base)
+                )
+                results[name][c] = row
         report.setdefault("runs", {})[db] = runs
         if args.instructions_seconds:
             for name, path, extra in variants:
                 ipr = instructions_per_request(database, path, extra, args.instructions_seconds)
                 results[name]["instructions_per_request"] = ipr  # type: ignore[index]
-        print(f"\n{db}: requests/s, p50/p99 ms, CPU µs per request (medians of {args.rounds}; ratios against python)")
+        print(f"\n{db}: requests/s, p50/p99 ms, CPU µs per request (medians of {args.procs * args.rounds} "
+              "paired windows; ratios: medians of the per-window ratios against python)")
         print(f"{'variant':<12}{'conns':>6}{'req/s':>10}{'p50':>8}{'p99':>8}{'cpu µs':>9}{'÷rps':>7}{'÷cpu':>7}")
         for name, _, _ in variants:
             for c in connections:
-                row, base = results[name][c], results["python"][c]
+                row = results[name][c]
                 print(
                     f"{name:<12}{c:>6}{row['rps']:>10.0f}{row['p50_ms']:>8.2f}{row['p99_ms']:>8.2f}"
-                    f"{row['cpu_us_per_request']:>9.0f}{row['rps'] / base['rps']:>7.2f}"
-                    f"{row['cpu_us_per_request'] / base['cpu_us_per_request']:>7.2f}"
+                    f"{row['cpu_us_per_request']:>9.0f}{row['rps_ratio']:>7.2f}"
+                    f"{row['cpu_ratio']:>7.2f}"
                 )
         if args.instructions_seconds:
             base_ipr = results["python"]["instructions_per_request"]  # type: ignore[index]
@@ -212,8 +243,7 @@ def main() -> int:
     for db, results in report["results"].items():
         for name in (n for n in GOAL_VARIANTS if n in results):
             for c in connections:
-                rps = results[name][c]["rps"] / results["python"][c]["rps"]
-                cpu = results[name][c]["cpu_us_per_request"] / results["python"][c]["cpu_us_per_request"]
+                rps, cpu = results[name][c]["rps_ratio"], results[name][c]["cpu_ratio"]
                 met = "met    " if rps >= 0.95 and cpu <= 1.0 else "NOT MET"
                 print(f"  [{met}] {db}, {name}, {c} connections: req/s {rps:.2f}x, CPU/request {cpu:.2f}x")
             if "instructions_per_request" in results["python"]:
