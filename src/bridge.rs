@@ -192,6 +192,8 @@ struct ReactorLocal {
     /// whether one is scheduled or running.
     linger: OnceLock<Py<PyAny>>,
     linger_scheduled: AtomicBool,
+    /// Whether the reactor's lingers have been catching their answers.
+    linger_gate: crate::linger_gate::LingerGate,
     /// What the timers' `callLater` runs (reactor clock only).
     timers_due: OnceLock<Py<PyAny>>,
     side: Mutex<ReactorSide>,
@@ -373,11 +375,19 @@ impl Bridge {
 
     /// Work was just handed to Tokio from the reactor thread: make sure the reactor
     /// lingers for the results once the current reactor turn is done (one
-    /// `callLater(0)` per burst of hand-offs).
+    /// `callLater(0)` per burst of hand-offs), unless lately lingers have not been
+    /// catching their answers (`linger_gate`).
     pub(crate) fn note_handoff(&self, py: Python<'_>) {
         let Some(linger) = self.local.linger.get() else {
             return;
         };
+        if self.local.linger_scheduled.load(Ordering::Acquire) {
+            return;
+        }
+        if !self.local.linger_gate.should_linger() {
+            Counters::bump(&self.cross.counters.mailbox_lingers_skipped);
+            return;
+        }
         if self.local.linger_scheduled.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -391,16 +401,17 @@ impl Bridge {
 
     fn linger(&self, py: Python<'_>) {
         if self.cross.phase.load() <= Phase::Draining {
-            if let Err(err) =
-                self.cross
-                    .mailbox
-                    .linger(py, self.config.linger, lifecycle::LINGER_BUDGET)
+            match self
+                .cross
+                .mailbox
+                .linger(py, self.config.linger, lifecycle::LINGER_BUDGET)
             {
-                report(
+                Ok(ran) => self.local.linger_gate.record(ran > 0),
+                Err(err) => report(
                     py,
                     err,
                     "pyo3-twisted: interrupted while lingering for results",
-                );
+                ),
             }
         }
         self.local.linger_scheduled.store(false, Ordering::Release);

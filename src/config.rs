@@ -58,8 +58,11 @@ pub struct RuntimeConfig {
     /// before going to sleep: the reactor thread for results (GIL released; real
     /// reactors only) and one Tokio worker for new tasks. A sleeping thread takes
     /// tens of microseconds to wake, which dominates a sequential round trip;
-    /// lingering trades a little CPU right after activity for that latency. Zero
-    /// disables it. Default: 50 µs.
+    /// lingering trades a little CPU right after activity for that latency. Each
+    /// side lingers only while lately at least a third of its lingers caught
+    /// something (otherwise one hand-off in 16, to notice when they would again):
+    /// answers that take longer than `linger` (a database round trip) cost no
+    /// spinning. Zero disables it. Default: 50 µs.
     pub linger: Duration,
     /// Which Tokio runtime runs the work. Default: [`TokioRuntime::Process`], one pool
     /// shared by every reactor in the process.

@@ -118,6 +118,7 @@ mod errors;
 mod fork;
 mod histogram;
 mod lazy_restore;
+mod linger_gate;
 mod live_tasks;
 mod local_task;
 mod logcontext;

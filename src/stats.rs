@@ -120,6 +120,10 @@ stats! {
         mailbox_max_batch,
         /// Times the reactor lingered for results after handing work to Tokio.
         mailbox_lingers,
+        /// Hand-offs after which the reactor did not linger, because lately its
+        /// lingers had not been catching their answers (all but every 16th, while
+        /// under a third of them do).
+        mailbox_lingers_skipped,
         /// Polls of bridged futures run on the reactor thread (`reactor_polls`).
         reactor_polls,
         /// Of those, polls that held the reactor thread longer than 10 ms.

@@ -16,6 +16,8 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
+use crate::linger_gate::LingerGate;
+
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
@@ -35,25 +37,45 @@ impl Submitter {
     ///
     /// After a batch the pump keeps polling for `linger` (yielding to the tasks it
     /// spawned in between) before it parks: a task submitted meanwhile starts
-    /// without waking a sleeping worker.
+    /// without waking a sleeping worker. Unless lately those lingers have not been
+    /// catching a task (`linger_gate`): then it parks at once.
     pub(crate) fn start(handle: &Handle, linger: Duration) -> Self {
         let (tx, mut rx) = unbounded_channel::<Task>();
         let pump = handle.spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
-            let mut last_work = Instant::now();
+            let gate = LingerGate::default();
+            // Work was just done: linger next time the channel is empty, if the gate
+            // says so.
+            let mut worked = false;
+            // When the current linger ends.
+            let mut linger_until: Option<Instant> = None;
             loop {
                 match rx.try_recv() {
                     Ok(task) => {
                         tokio::spawn(task);
-                        last_work = Instant::now();
+                        if linger_until.take().is_some() {
+                            gate.record(true);
+                        }
+                        worked = true;
                         continue;
                     }
                     Err(TryRecvError::Disconnected) => break,
-                    Err(TryRecvError::Empty) if last_work.elapsed() < linger => {
-                        tokio::task::yield_now().await;
-                        continue;
+                    Err(TryRecvError::Empty) => {
+                        if let Some(until) = linger_until {
+                            if Instant::now() < until {
+                                tokio::task::yield_now().await;
+                                continue;
+                            }
+                            linger_until = None;
+                            gate.record(false);
+                        } else if std::mem::take(&mut worked)
+                            && !linger.is_zero()
+                            && gate.should_linger()
+                        {
+                            linger_until = Some(Instant::now() + linger);
+                            continue;
+                        }
                     }
-                    Err(TryRecvError::Empty) => {}
                 }
                 if rx.recv_many(&mut batch, BATCH).await == 0 {
                     break;
@@ -61,7 +83,7 @@ impl Submitter {
                 for task in batch.drain(..) {
                     tokio::spawn(task);
                 }
-                last_work = Instant::now();
+                worked = true;
             }
         });
         Self {

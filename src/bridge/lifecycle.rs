@@ -198,6 +198,7 @@ impl Bridge {
                 canceller: std::sync::OnceLock::new(),
                 linger: std::sync::OnceLock::new(),
                 linger_scheduled: std::sync::atomic::AtomicBool::new(false),
+                linger_gate: crate::linger_gate::LingerGate::default(),
                 timers_due: std::sync::OnceLock::new(),
                 side: parking_lot::Mutex::new(ReactorSide {
                     reactor: Some(PyWeakrefReference::new(reactor)?.unbind()),
