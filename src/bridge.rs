@@ -401,11 +401,11 @@ impl Bridge {
 
     fn linger(&self, py: Python<'_>) {
         if self.cross.phase.load() <= Phase::Draining {
-            match self
-                .cross
-                .mailbox
-                .linger(py, self.config.linger, lifecycle::LINGER_BUDGET)
-            {
+            match self.cross.mailbox.linger(
+                py,
+                self.local.linger_gate.idle(self.config.linger),
+                lifecycle::LINGER_BUDGET,
+            ) {
                 Ok(ran) => self.local.linger_gate.record(ran > 0),
                 Err(err) => report(
                     py,

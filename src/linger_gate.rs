@@ -15,12 +15,15 @@
 //! (weight 1/8 per linger) and lingers while that share is at least a third; below it,
 //! only every 16th chance lingers, a probe, and a probe that catches something opens
 //! the gate again, so a workload whose answers turn quick gets lingering back within
-//! 16 hand-offs.
+//! 16 hand-offs. A probe lingers four times as long: with both gates closed, the
+//! other side is asleep when the probe's work reaches it, and its wake-up (30–90 µs
+//! here) must not make a quick answer look slow.
 //!
 //! Each gate is used by one thread at a time (the reactor thread, or the pump's task);
 //! its atomics are relaxed, there only so the gate can live in shared structs.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
 
 /// The share of lingers that caught something, in 1/1024ths.
 const SCALE: u32 = 1024;
@@ -28,6 +31,8 @@ const SCALE: u32 = 1024;
 const OPEN_AT: u32 = SCALE / 3;
 /// When closed, every this many chances, linger anyway.
 const PROBE_EVERY: u32 = 16;
+/// A probe lingers this many times the linger.
+const PROBE_STRETCH: u32 = 4;
 
 #[derive(Debug)]
 pub(crate) struct LingerGate {
@@ -35,6 +40,8 @@ pub(crate) struct LingerGate {
     caught: AtomicU32,
     /// Chances skipped since the last probe.
     skipped: AtomicU32,
+    /// The linger [`LingerGate::should_linger`] allowed last is a probe.
+    probing: AtomicBool,
 }
 
 impl Default for LingerGate {
@@ -42,6 +49,7 @@ impl Default for LingerGate {
         Self {
             caught: AtomicU32::new(SCALE),
             skipped: AtomicU32::new(0),
+            probing: AtomicBool::new(false),
         }
     }
 }
@@ -50,15 +58,27 @@ impl LingerGate {
     /// Whether to linger at this chance.
     pub(crate) fn should_linger(&self) -> bool {
         if self.caught.load(Ordering::Relaxed) >= OPEN_AT {
+            self.probing.store(false, Ordering::Relaxed);
             return true;
         }
         let skipped = self.skipped.load(Ordering::Relaxed) + 1;
         if skipped >= PROBE_EVERY {
             self.skipped.store(0, Ordering::Relaxed);
+            self.probing.store(true, Ordering::Relaxed);
             true
         } else {
             self.skipped.store(skipped, Ordering::Relaxed);
             false
+        }
+    }
+
+    /// How long the linger just allowed waits for work: `linger`, or four times it
+    /// for a probe.
+    pub(crate) fn idle(&self, linger: Duration) -> Duration {
+        if self.probing.load(Ordering::Relaxed) {
+            linger * PROBE_STRETCH
+        } else {
+            linger
         }
     }
 
@@ -72,6 +92,7 @@ impl LingerGate {
             share = share.max(OPEN_AT);
         }
         self.caught.store(share, Ordering::Relaxed);
+        self.probing.store(false, Ordering::Relaxed);
     }
 }
 
@@ -96,6 +117,10 @@ mod tests {
     fn lingers_that_pay_off_go_on() {
         let gate = LingerGate::default();
         assert_eq!(lingers(&gate, 1000, |_| true), 1000);
+        assert_eq!(
+            gate.idle(Duration::from_micros(50)),
+            Duration::from_micros(50)
+        );
         // Half of them paying off is still worth it.
         assert_eq!(lingers(&gate, 1000, |i| i % 2 == 0), 1000);
     }
@@ -110,6 +135,21 @@ mod tests {
         let taken = lingers(&gate, 100, |_| true);
         assert!(taken >= 100 - PROBE_EVERY as usize, "{taken}");
         assert!(gate.should_linger());
+    }
+
+    #[test]
+    fn a_probe_lingers_longer() {
+        let linger = Duration::from_micros(50);
+        let gate = LingerGate::default();
+        lingers(&gate, 50, |_| false);
+        let skipped = (0..PROBE_EVERY)
+            .take_while(|_| !gate.should_linger())
+            .count();
+        assert!(skipped < PROBE_EVERY as usize);
+        assert_eq!(gate.idle(linger), linger * PROBE_STRETCH);
+        gate.record(true);
+        assert!(gate.should_linger());
+        assert_eq!(gate.idle(linger), linger);
     }
 
     #[test]

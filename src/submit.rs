@@ -72,7 +72,7 @@ impl Submitter {
                             && !linger.is_zero()
                             && gate.should_linger()
                         {
-                            linger_until = Some(Instant::now() + linger);
+                            linger_until = Some(Instant::now() + gate.idle(linger));
                             continue;
                         }
                     }

@@ -60,3 +60,26 @@ def test_soak_memory_and_objects_return_to_their_level():
     assert stats["tasks_completed"] == deferreds * 11 // 10 + awaitables * 11 // 10 // 10_000
     assert stats["awaitables_completed"] == stats["awaitables_started"] == awaitables * 11 // 10
     assert stats["gil_acquisitions_on_tokio_threads"] == 0
+
+
+def test_the_reactor_stops_lingering_for_answers_that_come_later_and_takes_it_up_again():
+    result = run_script("lingers.py")
+    assert result["logged_errors"] == []
+    slow, quick = result["slow"], result["quick"]
+    assert slow["tasks_completed"] == quick["tasks_completed"] == 64
+    if result["wake_mode"] != "fd":
+        # No reactor-side linger without an fd to wake the reactor.
+        assert slow["mailbox_lingers"] == quick["mailbox_lingers"] == 0
+        return
+    # Every hand-off is a chance to linger. A 2 ms answer never comes within the
+    # 50 µs linger: after the first few misses only one chance in 16 lingers.
+    assert slow["mailbox_lingers"] + slow["mailbox_lingers_skipped"] == 64, slow
+    assert slow["mailbox_lingers"] <= 9 + 64 // 16 + 1, slow
+    # Answers at once: the first probe catches its answer and lingering resumes; a
+    # linger that catches answers goes on catching the next ones (one linger may
+    # serve them all, its count bumped only when it ends), so the sign is that
+    # answers stop needing a wake-up of the reactor: only the skipped chances do.
+    assert quick["mailbox_lingers_skipped"] <= 16, quick
+    assert quick["mailbox_wakeups"] <= quick["mailbox_lingers_skipped"] + 4, quick
+    # Whereas a 2 ms answer woke the reactor every time.
+    assert slow["mailbox_wakeups"] >= 64 - 4, slow
