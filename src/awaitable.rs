@@ -146,8 +146,13 @@ fn start(
             let begin = |restored_after: bool| {
                 let rules = Rules {
                     provider,
-                    current: provider.current(py)?,
-                    restored_after,
+                    // Read only where it is set back: inside `with_context` the
+                    // caller restores its own context (one provider call fewer).
+                    current: if restored_after {
+                        None
+                    } else {
+                        Some(provider.current(py)?)
+                    },
                 };
                 launch(py, bridge, factory(py), &resolver, &shared, Some(rules))
             };
@@ -167,11 +172,10 @@ fn start(
 /// The logcontext rules `launch` applies, with a provider.
 struct Rules<'a, 'py> {
     provider: &'a Provider,
-    /// The context the factory ran in.
-    current: Bound<'py, PyAny>,
-    /// The caller restores its own context once `launch` returns (`with_context`):
-    /// no need to set `current` back first.
-    restored_after: bool,
+    /// The context the factory ran in, to set back once the awaitable is started;
+    /// `None` where the caller restores its own context after `launch` returns
+    /// (`with_context`), so nothing needs setting back first.
+    current: Option<Bound<'py, PyAny>>,
 }
 
 /// Starts what the factory made and sees its outcome to `resolver`: a plain value
@@ -228,10 +232,9 @@ fn launch(
     if let Some(rules) = rules {
         // Inside `with_context` the caller's context is set back right after this,
         // so reading what the awaitable left is enough: one switch fewer.
-        let left = if rules.restored_after {
-            rules.provider.current(py)?
-        } else {
-            rules.provider.set(py, &rules.current)?
+        let left = match &rules.current {
+            None => rules.provider.current(py)?,
+            Some(current) => rules.provider.set(py, current)?,
         };
         *resolver.get().restore.lock() = Some(left.unbind());
     }
