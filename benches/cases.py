@@ -413,6 +413,70 @@ def case_interaction_sqlite(p: dict) -> None:
     twisted_main(body, {"reactor_polls": True} if p.get("reactor_polls") else {})
 
 
+def case_handler_paired(p: dict) -> None:
+    """The demo's /versions handler without HTTP, each request in a logging context of
+    its own (the pyo3_twisted.logcontext provider), on SQLite, three ways in one
+    process, batch by batch in rotating order: the Rust handler (a Deferred, polled
+    on the reactor with reactor_polls), its Python twin awaited as a coroutine, and
+    the same Python twin behind the boundary every Rust handler has: a Deferred
+    returned under the logcontext rules (run_in_background, then
+    make_deferred_yieldable), which is what the caller of any Deferred-returning
+    function pays."""
+
+    async def body(reactor: Any) -> dict:
+        import tempfile
+
+        from pyo3_twisted import logcontext as lc
+        from pyo3_twisted.database import DatabasePool
+        from pyo3_twisted_demo import _native
+        from pyo3_twisted_demo._native import VersionsHandler
+        from pyo3_twisted_demo.app import KNOWN_FEATURES, create_schema, python_versions
+
+        _native.install(reactor, logcontext="pyo3_twisted.logcontext", reactor_polls=p.get("reactor_polls", True))
+        path = os.path.join(tempfile.mkdtemp(prefix="pyo3-twisted-bench-"), "demo.sqlite3")
+        pool = DatabasePool(reactor, path, logcontext=lc)
+        await pool.runInteraction("create_schema", create_schema)
+        handler = VersionsHandler(pool, reactor, KNOWN_FEATURES, 0)
+        user = "@alice:example.org"
+
+        async def rust() -> Any:
+            return await handler.handle(reactor, user)
+
+        async def python() -> Any:
+            return await python_versions(pool, user)
+
+        async def python_deferred() -> Any:
+            return await lc.make_deferred_yieldable(lc.run_in_background(python_versions, pool, user))
+
+        def request(handle: Callable) -> Callable[[int], Any]:
+            def make(i: int) -> Any:
+                context = lc.LoggingContext(name=f"GET-{i}")
+                with lc.PreserveLoggingContext(context):
+                    return lc.run_in_background(handle)
+
+            return make
+
+        sides = [(request(rust), []), (request(python), []), (request(python_deferred), [])]
+        for make, _ in sides:
+            await measure_sequential(reactor, make, min(p["m"], 200), 0)
+        answers = [await make(0) for make, _ in sides]
+        assert answers[0] == answers[1] == answers[2], answers
+        for rep in range(p["reps"] * p.get("pairs", 5)):
+            for make, into in sides[rep % 3 :] + sides[: rep % 3]:
+                into += await measure_sequential(reactor, make, p["m"], 1, warm=False)
+        pool.close()
+        (rust_us, python_us, deferred_us) = (into for _, into in sides)
+        return {
+            "us": rust_us,
+            "paired_python_us": python_us,
+            "paired_python_deferred_us": deferred_us,
+            "paired_ratio": [r / q for r, q in zip(rust_us, python_us)],
+            "paired_ratio_deferred": [r / q for r, q in zip(rust_us, deferred_us)],
+        }
+
+    twisted_main(body)
+
+
 def pg_bench_dsn(server: str) -> str:
     """The servers `make postgres` starts: the plain one, the one with ssl=on (TLS
     required for tls_user, certificate unchecked: sslmode=require), and PgBouncer in
