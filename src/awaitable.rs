@@ -22,6 +22,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::{PyTraverseError, PyVisit};
 use tokio::sync::oneshot;
 
 use crate::bridge::Bridge;
@@ -208,10 +209,8 @@ fn launch(
         return Ok(());
     }
     let pending = if crate::coroutine::is_coroutine(&value)? {
-        let done = resolver.clone().unbind();
-        let done: crate::coroutine::Done =
-            Box::new(move |py, outcome| done.get().resolve(py, outcome));
-        match Driver::start(py, value, done)? {
+        let target = resolver.clone().into_any().unbind();
+        match Driver::start(py, value, target, resolve_done)? {
             Started::Finished => return Ok(()),
             Started::Waiting(driver) => driver.into_any(),
         }
@@ -240,6 +239,13 @@ fn launch(
     }
     *shared.deferred.lock() = Some(pending);
     Ok(())
+}
+
+/// The coroutine driver's report: `target` is the call's [`Resolver`].
+fn resolve_done<'py>(target: &Bound<'py, PyAny>, outcome: PyResult<Bound<'py, PyAny>>) {
+    if let Ok(resolver) = target.cast::<Resolver>() {
+        resolver.get().resolve(target.py(), outcome);
+    }
 }
 
 /// Values of the common built-in types, which cannot be awaited: checked by exact
@@ -330,6 +336,38 @@ impl Resolver {
 
 #[pymethods]
 impl Resolver {
+    /// The Python objects the call holds, for the garbage collector: the context
+    /// to restore, the task's context, and what it waits on (whose callbacks hold
+    /// this resolver: a cycle) once the Rust side is gone. While the Rust future
+    /// lives it holds the call too, to cancel it, so what it waits on stays alive
+    /// for it, as the Deferred a coroutine awaits stays alive for whoever holds
+    /// `ensureDeferred`'s Deferred. When the future was dropped without that
+    /// cancel running (its reactor was collected), the cycle is Python's alone and
+    /// the collector frees it. A lock held now is skipped (the cycle is kept this
+    /// time).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // Read with the GIL held: once it is 1 nobody can clone another.
+        if Arc::strong_count(&self.shared) == 1 {
+            if let Some(deferred) = self.shared.deferred.try_lock() {
+                visit.call(&*deferred)?;
+            }
+        }
+        if let Some(restore) = self.restore.try_lock() {
+            visit.call(&*restore)?;
+        }
+        visit.call(&self.task_context)?;
+        Ok(())
+    }
+
+    /// Breaks an unreachable cycle: the awaitable, the contexts and the (unheard)
+    /// answer's channel are let go, after the locks are released.
+    fn __clear__(&self) {
+        let deferred = self.shared.deferred.lock().take();
+        let restore = self.restore.lock().take();
+        let complete = self.complete.lock().take();
+        drop((deferred, restore, complete));
+    }
+
     fn __call__(&self, py: Python<'_>, result: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let outcome = if result.is_instance(failure_class(py)?)? {
             Err(failure_to_pyerr(&result))

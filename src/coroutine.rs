@@ -15,18 +15,27 @@
 //! traceback), a yielded value that is not a Deferred is sent straight back, the
 //! Deferred it waited on gets `None` as its result once the coroutine has it, and a
 //! Deferred that fires while it is being waited on does not recurse.
+//!
+//! A driver waiting on a Deferred is part of a cycle (the Deferred's callbacks hold
+//! the driver, the driver the coroutine, whose frame holds the Deferred) that
+//! nothing outside may reference once its reactor is gone: the driver shows its
+//! references to Python's garbage collector, which can then free the lot, as it
+//! frees a coroutine `ensureDeferred` waits for.
 
 use parking_lot::Mutex;
 use pyo3::exceptions::PyStopIteration;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::twisted::{
     copy_context, coroutine_type, deferred_class, failure_class, failure_to_pyerr,
 };
 
-/// Called once with the coroutine's outcome: its return value or its exception.
-pub(crate) type Done = Box<dyn for<'py> FnOnce(Python<'py>, PyResult<Bound<'py, PyAny>>) + Send>;
+/// Called once with the object given to [`Driver::start`] and the coroutine's
+/// outcome: its return value or its exception. A function and an object rather
+/// than a closure, so the garbage collector sees the driver's reference to it.
+pub(crate) type Done = for<'py> fn(&Bound<'py, PyAny>, PyResult<Bound<'py, PyAny>>);
 
 /// Whether the coroutine finished during [`Driver::start`] or waits on a Deferred.
 pub(crate) enum Started {
@@ -50,7 +59,8 @@ struct State {
     coro: Option<Py<PyAny>>,
     /// `contextvars.Context`, copied at the start.
     context: Py<PyAny>,
-    done: Option<Done>,
+    /// What to tell of the outcome, and the function to tell it with.
+    done: Option<(Py<PyAny>, Done)>,
     /// The Deferred the coroutine awaits, for `cancel`.
     waiting: Option<Py<PyAny>>,
     /// Inside `addBoth`: a result that arrives now is left here for the loop.
@@ -65,8 +75,14 @@ pub(crate) fn is_coroutine(value: &Bound<'_, PyAny>) -> PyResult<bool> {
 }
 
 impl Driver {
-    /// Runs `coro` (an exact coroutine object) to its first wait. Reactor thread.
-    pub(crate) fn start(py: Python<'_>, coro: Bound<'_, PyAny>, done: Done) -> PyResult<Started> {
+    /// Runs `coro` (an exact coroutine object) to its first wait; its outcome goes
+    /// to `done(target, outcome)`. Reactor thread.
+    pub(crate) fn start(
+        py: Python<'_>,
+        coro: Bound<'_, PyAny>,
+        target: Py<PyAny>,
+        done: Done,
+    ) -> PyResult<Started> {
         let context = copy_context(py)?.call0()?;
         let driver = Bound::new(
             py,
@@ -74,7 +90,7 @@ impl Driver {
                 state: Mutex::new(State {
                     coro: Some(coro.unbind()),
                     context: context.unbind(),
-                    done: Some(done),
+                    done: Some((target, done)),
                     waiting: None,
                     adding: false,
                     arrived: None,
@@ -113,6 +129,39 @@ impl Driver {
             run(slf, input);
         }
         Ok(py.None())
+    }
+
+    /// The Python objects the driver holds, for the garbage collector. A state
+    /// locked now (never across a call into Python) is skipped: the collector then
+    /// keeps the cycle this time.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(state) = self.state.try_lock() else {
+            return Ok(());
+        };
+        visit.call(&state.coro)?;
+        visit.call(&state.context)?;
+        visit.call(&state.waiting)?;
+        if let Some(Input::Send(value)) = &state.arrived {
+            visit.call(value)?;
+        }
+        visit.call(state.done.as_ref().map(|(target, _)| target))?;
+        Ok(())
+    }
+
+    /// Breaks a cycle the collector found unreachable: the coroutine, what it waits
+    /// on and whom it would tell are let go (dropped after the lock is released,
+    /// since dropping them may run Python).
+    fn __clear__(&self) {
+        let taken = {
+            let mut state = self.state.lock();
+            (
+                state.coro.take(),
+                state.waiting.take(),
+                state.arrived.take(),
+                state.done.take(),
+            )
+        };
+        drop(taken);
     }
 
     /// Cancels the Deferred the coroutine awaits, if any.
@@ -196,7 +245,7 @@ fn finish(driver: &Bound<'_, Driver>, outcome: PyResult<Bound<'_, PyAny>>) {
         state.waiting = None;
         state.done.take()
     };
-    if let Some(done) = done {
-        done(driver.py(), outcome);
+    if let Some((target, done)) = done {
+        done(target.bind(driver.py()), outcome);
     }
 }

@@ -11,6 +11,7 @@
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::report;
 
@@ -179,6 +180,15 @@ struct SetContext {
 
 #[pymethods]
 impl SetContext {
+    /// Its two references, for the garbage collector: a context that (through its
+    /// request, say) reaches the Deferred this restore is a callback of makes a cycle
+    /// the collector must see whole. Both are immutable, so nothing to clear: the
+    /// collector breaks such a cycle at the Deferred.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.set_current_context)?;
+        visit.call(&self.context)
+    }
+
     fn __call__<'py>(&self, result: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         self.set_current_context
             .bind(result.py())

@@ -2,6 +2,7 @@
 what a harness that never runs (nor stops) its reactor needs."""
 
 import gc
+import time
 import weakref
 
 import pytest
@@ -167,6 +168,74 @@ def test_a_cycle_through_a_pending_deferred_is_collected():
     gc.collect()
     assert ref() is None
     assert flag.wait(5.0)
+
+
+class Held:
+    """Something only a pending awaitable's frame refers to."""
+
+
+def collected(refs, within=10.0):
+    """Whether every weakref in `refs` dies. A collected reactor's tasks are dropped on
+    a Tokio worker, after the reactor is gone: collect until then, within a bound."""
+    deadline = time.monotonic() + within
+    while True:
+        gc.collect()
+        if all(ref() is None for ref in refs) or time.monotonic() > deadline:
+            return [ref() for ref in refs] == [None] * len(refs)
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("kind", ["deferred", "coroutine"])
+def test_a_collected_reactor_frees_what_its_tasks_awaited(kind):
+    """A Rust task awaits Python when its reactor is collected, never stopped (as
+    Synapse's test reactors are): the task is dropped, and what it awaited is a cycle
+    of Python's alone (the Deferred's callbacks hold the bridge's resolver or
+    coroutine driver, which hold the Deferred) that the collector must see to free:
+    the Deferred, the coroutine, and what its frame holds."""
+    reactor = never_run_reactor()
+    held = Held()
+    never = defer.Deferred()
+
+    async def waits(held=held):
+        await never
+
+    factory = (lambda: waits()) if kind == "coroutine" else (lambda: never)
+    d = probes.call_python(reactor, factory)
+    # Started: the start job has run (a queued one would hold the reactor).
+    reactor.pump_until(lambda: pyo3_twisted.stats(reactor)["awaitables_started"] == 1)
+    assert not d.called and not never.called
+    refs = [weakref.ref(reactor), weakref.ref(held), weakref.ref(never)]
+    del reactor, held, never, waits, factory, d
+    assert collected(refs), "the awaited Python objects outlived their reactor"
+
+
+@pytest.mark.parametrize("kind", ["deferred", "coroutine"])
+def test_what_a_waiting_task_awaits_stays_alive_for_its_cancel(kind):
+    """While the Rust future waits it can still cancel what it awaits, so that stays
+    alive even when nothing else refers to it (as the Deferred a coroutine awaits
+    stays alive for whoever holds ensureDeferred's Deferred), and the cancel reaches
+    it."""
+    reactor = never_run_reactor()
+    made = []
+
+    def deferred():
+        never = defer.Deferred()
+        made.append(weakref.ref(never))
+        return never
+
+    async def waits():
+        await deferred()
+
+    d = probes.call_python(reactor, waits if kind == "coroutine" else deferred)
+    reactor.pump_until(lambda: bool(made))
+    gc.collect()
+    awaited = made[0]()
+    assert awaited is not None, "collected while its Rust future waited"
+    assert not awaited.called
+    d.cancel()
+    # The future is dropped on its worker; its cancel comes back as a job.
+    reactor.pump_until(lambda: awaited.called)
+    reactor.get_failure(d, defer.CancelledError)
 
 
 def test_a_handle_outliving_its_reactor_refuses_work_clearly():
