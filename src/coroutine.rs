@@ -57,8 +57,10 @@ pub(crate) struct Driver {
 
 struct State {
     coro: Option<Py<PyAny>>,
-    /// `contextvars.Context`, copied at the start.
-    context: Py<PyAny>,
+    /// `contextvars.Context.run` of the context copied at the start, and the
+    /// coroutine's `send`: looked up once, not at every step.
+    run: Py<PyAny>,
+    send: Option<Py<PyAny>>,
     /// What to tell of the outcome, and the function to tell it with.
     done: Option<(Py<PyAny>, Done)>,
     /// The Deferred the coroutine awaits, for `cancel`.
@@ -83,13 +85,15 @@ impl Driver {
         target: Py<PyAny>,
         done: Done,
     ) -> PyResult<Started> {
-        let context = copy_context(py)?.call0()?;
+        let context_run = copy_context(py)?.call0()?.getattr(intern!(py, "run"))?;
+        let send = coro.getattr(intern!(py, "send"))?;
         let driver = Bound::new(
             py,
             Driver {
                 state: Mutex::new(State {
                     coro: Some(coro.unbind()),
-                    context: context.unbind(),
+                    run: context_run.unbind(),
+                    send: Some(send.unbind()),
                     done: Some((target, done)),
                     waiting: None,
                     adding: false,
@@ -139,7 +143,8 @@ impl Driver {
             return Ok(());
         };
         visit.call(&state.coro)?;
-        visit.call(&state.context)?;
+        visit.call(&state.run)?;
+        visit.call(&state.send)?;
         visit.call(&state.waiting)?;
         if let Some(Input::Send(value)) = &state.arrived {
             visit.call(value)?;
@@ -156,6 +161,7 @@ impl Driver {
             let mut state = self.state.lock();
             (
                 state.coro.take(),
+                state.send.take(),
                 state.waiting.take(),
                 state.arrived.take(),
                 state.done.take(),
@@ -179,24 +185,27 @@ impl Driver {
 fn run(driver: &Bound<'_, Driver>, mut input: Input) -> bool {
     let py = driver.py();
     loop {
-        let (coro, context) = {
+        let (coro, run, send) = {
             let state = driver.get().state.lock();
-            match &state.coro {
-                Some(coro) => (coro.clone_ref(py), state.context.clone_ref(py)),
-                None => return true,
+            match (&state.coro, &state.send) {
+                (Some(coro), Some(send)) => (
+                    coro.clone_ref(py),
+                    state.run.clone_ref(py),
+                    send.clone_ref(py),
+                ),
+                _ => return true,
             }
         };
-        let coro = coro.bind(py);
+        let run = run.bind(py);
         let stepped = match input {
-            Input::Send(value) => coro
-                .getattr(intern!(py, "send"))
-                .and_then(|send| context.call_method1(py, intern!(py, "run"), (send, value))),
-            Input::Throw(err) => coro.getattr(intern!(py, "throw")).and_then(|throw| {
-                context.call_method1(py, intern!(py, "run"), (throw, err.into_value(py)))
-            }),
+            Input::Send(value) => run.call1((send, value)),
+            Input::Throw(err) => coro
+                .bind(py)
+                .getattr(intern!(py, "throw"))
+                .and_then(|throw| run.call1((throw, err.into_value(py)))),
         };
         let yielded = match stepped {
-            Ok(yielded) => yielded.into_bound(py),
+            Ok(yielded) => yielded,
             Err(err) if err.is_instance_of::<PyStopIteration>(py) => {
                 let value = err.value(py).getattr(intern!(py, "value"));
                 finish(driver, value);
@@ -239,12 +248,13 @@ fn run(driver: &Bound<'_, Driver>, mut input: Input) -> bool {
 }
 
 fn finish(driver: &Bound<'_, Driver>, outcome: PyResult<Bound<'_, PyAny>>) {
-    let done = {
+    let (done, finished) = {
         let mut state = driver.get().state.lock();
-        state.coro = None;
-        state.waiting = None;
-        state.done.take()
+        let finished = (state.coro.take(), state.send.take(), state.waiting.take());
+        (state.done.take(), finished)
     };
+    // Released outside the lock: dropping them may run Python.
+    drop(finished);
     if let Some((target, done)) = done {
         done(target.bind(driver.py()), outcome);
     }
