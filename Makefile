@@ -136,11 +136,13 @@ bench: test-ext postgres
 	$(WITH_PG) $(VENV)/bin/python benches/bench.py $(BENCH_ARGS)
 
 # The demo's Rust /versions handler against its Python twin over HTTP (wrk and
-# valgrind, from Debian's packages); figures in benches/README.md.
+# valgrind, from Debian's packages), then in process under callgrind without HTTP
+# (benches/handler_instructions.py); figures in benches/README.md.
 bench-http: release-install postgres
 	command -v wrk >/dev/null && command -v valgrind >/dev/null || { sudo_=""; [ "$$(id -u)" = 0 ] || sudo_="sudo -n"; \
 	  $$sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk valgrind; }
 	$(WITH_PG) $(VENV)/bin/python benches/wrk_versions.py $(BENCH_HTTP_ARGS)
+	$(VENV)/bin/python benches/handler_instructions.py
 
 postgres:
 	mkdir -p $(dir $(PG_DSN_FILE))

@@ -456,6 +456,12 @@ def case_handler_paired(p: dict) -> None:
 
             return make
 
+        if "side" in p:
+            # One side alone, for an instruction count (benches/handler_instructions.py).
+            make = request({"rust": rust, "python": python, "python_deferred": python_deferred}[p["side"]])
+            us = await measure_sequential(reactor, make, p["m"], p["reps"])
+            pool.close()
+            return {"us": us}
         sides = [(request(rust), []), (request(python), []), (request(python_deferred), [])]
         for make, _ in sides:
             await measure_sequential(reactor, make, min(p["m"], 200), 0)

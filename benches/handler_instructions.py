@@ -1,0 +1,77 @@
+"""Instructions per request of the demo's /versions handler in process, each side
+alone under callgrind: the Rust handler (reactor_polls), its Python twin awaited as a
+coroutine, and the twin behind a Deferred (the boundary every Rust handler has).
+
+Wall time on this VM moves by more than the sides differ; user-space instructions do
+not (kernel time is not in them). Each side runs twice, with `--small` and `--large`
+requests after the same warm-up, and the difference over the extra requests is the
+cost of one request, per thread (the reactor thread and the database pool's thread;
+the idle Tokio worker is left out).
+
+    python benches/handler_instructions.py [--small 300] [--large 900]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).parent
+SIDES = ["python", "python_deferred", "rust"]
+
+
+def instructions(side: str, m: int) -> dict[int, int]:
+    """Instructions per thread (by callgrind's thread number) of one run."""
+    out = Path(tempfile.mkdtemp(prefix="pyo3-twisted-handler-")) / "callgrind.out"
+    subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--separate-threads=yes",
+            f"--callgrind-out-file={out}",
+            f"--log-file={out.parent / 'valgrind.log'}",
+            sys.executable,
+            str(HERE / "cases.py"),
+            "handler_paired",
+            json.dumps({"side": side, "m": m, "reps": 1}),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    per_thread = {}
+    for dump in out.parent.glob(out.name + "-*"):
+        summary = re.search(r"^summary: (\d+)$", dump.read_text(), re.M)
+        if summary:
+            per_thread[int(dump.name.rsplit("-", 1)[1])] = int(summary.group(1))
+    return per_thread
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--small", type=int, default=300)
+    parser.add_argument("--large", type=int, default=900)
+    args = parser.parse_args()
+    extra = args.large - args.small
+    results = {}
+    for side in SIDES:
+        small, large = instructions(side, args.small), instructions(side, args.large)
+        per = {t: (large[t] - small.get(t, 0)) / extra for t in large}
+        # The busiest two: the reactor thread (1) and the pool's thread.
+        busy = sorted(per.items(), key=lambda kv: -kv[1])[:2]
+        results[side] = {"reactor": per.get(1, 0.0), "total": sum(v for _, v in busy)}
+        print(f"{side:16} reactor thread {per.get(1, 0.0):10,.0f}   reactor + pool thread {results[side]['total']:10,.0f}", flush=True)
+    base = results["python"]
+    print("\nagainst the Python twin awaited as a coroutine:")
+    for side in SIDES[1:]:
+        r = results[side]
+        print(f"  {side:16} reactor {r['reactor'] / base['reactor']:.2f}x   both threads {r['total'] / base['total']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
