@@ -43,6 +43,12 @@ pub(crate) enum Started {
     Waiting(Py<Driver>),
 }
 
+/// A coroutine and its `send`, looked up once.
+struct Coroutine {
+    coro: Py<PyAny>,
+    send: Py<PyAny>,
+}
+
 /// What goes into the coroutine next.
 enum Input {
     Send(Py<PyAny>),
@@ -56,11 +62,11 @@ pub(crate) struct Driver {
 }
 
 struct State {
-    coro: Option<Py<PyAny>>,
-    /// `contextvars.Context.run` of the context copied at the start, and the
-    /// coroutine's `send`: looked up once, not at every step.
+    /// The coroutine until it finishes.
+    coro: Option<Coroutine>,
+    /// `contextvars.Context.run` of the context copied at the start: looked up
+    /// once, not at every step.
     run: Py<PyAny>,
-    send: Option<Py<PyAny>>,
     /// What to tell of the outcome, and the function to tell it with.
     done: Option<(Py<PyAny>, Done)>,
     /// The Deferred the coroutine awaits, for `cancel`.
@@ -91,9 +97,11 @@ impl Driver {
             py,
             Driver {
                 state: Mutex::new(State {
-                    coro: Some(coro.unbind()),
+                    coro: Some(Coroutine {
+                        coro: coro.unbind(),
+                        send: send.unbind(),
+                    }),
                     run: context_run.unbind(),
-                    send: Some(send.unbind()),
                     done: Some((target, done)),
                     waiting: None,
                     adding: false,
@@ -142,9 +150,11 @@ impl Driver {
         let Some(state) = self.state.try_lock() else {
             return Ok(());
         };
-        visit.call(&state.coro)?;
+        if let Some(coroutine) = &state.coro {
+            visit.call(&coroutine.coro)?;
+            visit.call(&coroutine.send)?;
+        }
         visit.call(&state.run)?;
-        visit.call(&state.send)?;
         visit.call(&state.waiting)?;
         if let Some(Input::Send(value)) = &state.arrived {
             visit.call(value)?;
@@ -161,7 +171,6 @@ impl Driver {
             let mut state = self.state.lock();
             (
                 state.coro.take(),
-                state.send.take(),
                 state.waiting.take(),
                 state.arrived.take(),
                 state.done.take(),
@@ -185,21 +194,22 @@ impl Driver {
 fn run(driver: &Bound<'_, Driver>, mut input: Input) -> bool {
     let py = driver.py();
     loop {
-        let (coro, run, send) = {
+        // Only what this step calls: the coroutine itself only to throw into it.
+        let (run, method) = {
             let state = driver.get().state.lock();
-            match (&state.coro, &state.send) {
-                (Some(coro), Some(send)) => (
-                    coro.clone_ref(py),
-                    state.run.clone_ref(py),
-                    send.clone_ref(py),
-                ),
-                _ => return true,
-            }
+            let Some(coroutine) = &state.coro else {
+                return true;
+            };
+            let method = match &input {
+                Input::Send(_) => coroutine.send.clone_ref(py),
+                Input::Throw(_) => coroutine.coro.clone_ref(py),
+            };
+            (state.run.clone_ref(py), method)
         };
         let run = run.bind(py);
         let stepped = match input {
-            Input::Send(value) => run.call1((send, value)),
-            Input::Throw(err) => coro
+            Input::Send(value) => run.call1((method, value)),
+            Input::Throw(err) => method
                 .bind(py)
                 .getattr(intern!(py, "throw"))
                 .and_then(|throw| run.call1((throw, err.into_value(py)))),
@@ -250,7 +260,7 @@ fn run(driver: &Bound<'_, Driver>, mut input: Input) -> bool {
 fn finish(driver: &Bound<'_, Driver>, outcome: PyResult<Bound<'_, PyAny>>) {
     let (done, finished) = {
         let mut state = driver.get().state.lock();
-        let finished = (state.coro.take(), state.send.take(), state.waiting.take());
+        let finished = (state.coro.take(), state.waiting.take());
         (state.done.take(), finished)
     };
     // Released outside the lock: dropping them may run Python.
