@@ -119,6 +119,21 @@ async def measure_sequential(reactor: Any, make: Callable, m: int, reps: int, wa
     return out
 
 
+async def measure_rotating(reactor: Any, makes: list[Callable], m: int, rounds: int) -> list[list[float]]:
+    """Several sides in one process, each warmed up, then `rounds` batches of m
+    sequential operations per side, the order rotating each round: the ratio of
+    batch i of one side to batch i of another is free of what moves between
+    processes and over time. µs per operation, one list per side."""
+    for make in makes:
+        await measure_sequential(reactor, make, min(m, 200), 0)
+    out: list[list[float]] = [[] for _ in makes]
+    for round_ in range(rounds):
+        k = round_ % len(makes)
+        for i in list(range(k, len(makes))) + list(range(k)):
+            out[i] += await measure_sequential(reactor, makes[i], m, 1, warm=False)
+    return out
+
+
 async def measure_batches(reactor: Any, make: Callable, c: int, total: int, reps: int) -> list[float]:
     """µs per completion with c in flight: batches of c until `total` completed."""
     if c == 1:
@@ -392,13 +407,7 @@ def case_interaction_sqlite(p: dict) -> None:
         if p["side"] == "paired":
             # Both in this process, batch by batch in alternating order: the ratio
             # of each pair is free of what moves between processes and over time.
-            rust_us, python_us = [], []
-            await measure_sequential(reactor, rust, min(p["m"], 200), 0)
-            await measure_sequential(reactor, python, min(p["m"], 200), 0)
-            for rep in range(p["reps"] * p.get("pairs", 5)):
-                order = [(rust, rust_us), (python, python_us)]
-                for make, into in order if rep % 2 == 0 else order[::-1]:
-                    into += await measure_sequential(reactor, make, p["m"], 1, warm=False)
+            rust_us, python_us = await measure_rotating(reactor, [rust, python], p["m"], p["reps"] * p.get("pairs", 5))
             pool.close()
             return {
                 "us": rust_us,
@@ -462,16 +471,11 @@ def case_handler_paired(p: dict) -> None:
             us = await measure_sequential(reactor, make, p["m"], p["reps"])
             pool.close()
             return {"us": us}
-        sides = [(request(rust), []), (request(python), []), (request(python_deferred), [])]
-        for make, _ in sides:
-            await measure_sequential(reactor, make, min(p["m"], 200), 0)
-        answers = [await make(0) for make, _ in sides]
+        makes = [request(rust), request(python), request(python_deferred)]
+        answers = [await make(0) for make in makes]
         assert answers[0] == answers[1] == answers[2], answers
-        for rep in range(p["reps"] * p.get("pairs", 5)):
-            for make, into in sides[rep % 3 :] + sides[: rep % 3]:
-                into += await measure_sequential(reactor, make, p["m"], 1, warm=False)
+        rust_us, python_us, deferred_us = await measure_rotating(reactor, makes, p["m"], p["reps"] * p.get("pairs", 5))
         pool.close()
-        (rust_us, python_us, deferred_us) = (into for _, into in sides)
         return {
             "us": rust_us,
             "paired_python_us": python_us,
