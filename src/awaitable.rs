@@ -140,7 +140,19 @@ fn start(
             task_context: scope.and_then(TaskScope::context).map(|c| c.clone_ref(py)),
         },
     )?;
+    let scope_address = scope.map_or(0, |scope| scope as *const TaskScope as usize);
     match bridge.provider() {
+        // A `create_coroutine` poll with the task's own context current: the
+        // factory runs in it as it is, and the coroutine's driver keeps the rules
+        // around what is left waiting (`rust_coroutine`).
+        Some(_) if crate::local_task::own_context_current(scope_address) => {
+            launch(py, bridge, factory(py), &resolver, &shared, None)?;
+            if !resolver.get().is_resolved() {
+                crate::local_task::own_context_unknown();
+                crate::cputime::meter_from_now();
+            }
+            Ok(())
+        }
         // The factory runs in the task's context; what it starts follows the
         // provider's rules (see `launch`).
         Some(provider) => {

@@ -20,6 +20,9 @@
 //! - [`create_deferred`] runs a Rust future on that runtime and hands Python a
 //!   `Deferred` for its result. Errors, panics ([`RustPanicError`]) and `d.cancel()`
 //!   all behave as a Twisted programmer expects.
+//! - [`create_coroutine`] runs a Rust future as a Python coroutine instead: awaited
+//!   from a coroutine on the reactor thread, it is polled there, in the caller's
+//!   steps and logging context, with no Deferred for its result.
 //! - [`run_python_awaitable`] (or a [`Runtime`] handle) goes the other way: from a
 //!   Tokio task, run a coroutine or Deferred on the reactor and await its result.
 //! - [`spawn`] starts a child task that keeps the request's context.
@@ -127,6 +130,7 @@ pub(crate) mod mailbox;
 mod python_api;
 mod registry;
 mod runtime;
+mod rust_coroutine;
 mod scope;
 mod stats;
 mod submit;
@@ -152,6 +156,7 @@ pub use runtime::{
     histograms, install_runtime, run_python_awaitable, stats, HistogramReading, PyRuntime,
     ReactorHandle, Runtime, RuntimeRef,
 };
+pub use rust_coroutine::create_coroutine;
 pub use stats::{Stats, GAUGES};
 pub use task::spawn;
 pub use tokio_pool::process_runtime;

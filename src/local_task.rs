@@ -54,6 +54,31 @@ thread_local! {
     /// Time the current poll spent in Python it called at once (an awaitable's
     /// factory): the caller's Python work, not the future's.
     static IN_PYTHON: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+    /// The scope (its address) whose own logging context is current now, as a poll
+    /// of a `create_coroutine` coroutine found it: an awaitable that task starts
+    /// needs no switch. 0: none, or not known.
+    static CONTEXT_CURRENT_FOR: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Runs `poll` (a reactor-thread poll of the task whose scope is at `scope`)
+/// knowing its own logging context is current as it starts.
+pub(crate) fn with_own_context_current<R>(scope: usize, poll: impl FnOnce() -> R) -> R {
+    let outer = CONTEXT_CURRENT_FOR.with(|s| s.replace(scope));
+    let result = poll();
+    CONTEXT_CURRENT_FOR.with(|s| s.set(outer));
+    result
+}
+
+/// Whether the task of the scope at `scope` is being polled here with its own
+/// logging context current.
+pub(crate) fn own_context_current(scope: usize) -> bool {
+    scope != 0 && CONTEXT_CURRENT_FOR.with(Cell::get) == scope
+}
+
+/// Something the poll started may have switched the logging context (an awaitable
+/// left waiting sets the sentinel, under the rules): no longer known.
+pub(crate) fn own_context_unknown() {
+    CONTEXT_CURRENT_FOR.with(|s| s.set(0));
 }
 
 /// How many reactor-thread polls this thread has run: compared before and after a
@@ -194,49 +219,67 @@ impl LocalTask {
         }
     }
 
-    /// One poll on the reactor thread: inside the Tokio runtime's context (a future
-    /// may spawn, or make Tokio timers and sockets), marked so that a Python
-    /// awaitable it starts runs at once, and timed.
+    /// One poll on the reactor thread ([`poll_here`]), its skipped restores left to
+    /// a collector (`lazy_restore`).
     fn poll_on_reactor(&self, future: &mut Task, cx: &mut Context<'_>) -> Poll<()> {
-        let _runtime = self.tokio.enter();
-        let outer = ON_REACTOR_POLL.with(|flag| flag.replace(true));
-        // A poll nested in another (a Deferred's callback starting a task) keeps its
-        // own after-poll work.
-        let outer_jobs = AFTER_POLL.with(|jobs| std::mem::take(&mut *jobs.borrow_mut()));
-        let outer_python = IN_PYTHON.with(|total| total.replace(Duration::ZERO));
-        POLLS_RUN.with(|n| n.set(n.get() + 1));
-        let started = Instant::now();
-        let poll = crate::lazy_restore::armed(|| {
-            crate::cputime::with_own_meter_mark(|| future.as_mut().poll(cx))
-        });
-        let took = started
-            .elapsed()
-            .saturating_sub(IN_PYTHON.with(|total| total.replace(outer_python)));
-        ON_REACTOR_POLL.with(|flag| flag.set(outer));
-        let jobs = AFTER_POLL.with(|jobs| std::mem::replace(&mut *jobs.borrow_mut(), outer_jobs));
-        // The jobs fire Deferreds: their callbacks run in the caller's context, so a
-        // restore this poll left owed is made first.
-        if !jobs.is_empty() && crate::lazy_restore::owing() {
-            threads::attach(crate::lazy_restore::pay);
-        }
-        // What their callbacks poll is charged by its own rules, not by this poll's.
-        crate::cputime::with_context_charging(false, || {
-            for job in jobs {
-                job();
-            }
-        });
-        Counters::bump(&self.counters.reactor_polls);
-        if took > SLOW_POLL {
-            Counters::bump(&self.counters.reactor_polls_slow);
-            log::warn!(
-                "pyo3-twisted: a future polled on the reactor thread (reactor_polls) ran \
-                 for {took:?} without yielding, and the reactor did nothing else meanwhile; \
-                 run CPU-heavy work on a Tokio worker (tokio::task::spawn_blocking, or \
-                 spawn), or turn reactor_polls off"
-            );
-        }
-        poll
+        poll_here(&self.tokio, &self.counters, || {
+            crate::lazy_restore::armed(|| {
+                crate::cputime::with_own_meter_mark(|| future.as_mut().poll(cx))
+            })
+        })
     }
+}
+
+/// One poll of a task on the reactor thread, GIL held: inside the Tokio runtime's
+/// context (a future may spawn, or make Tokio timers and sockets), marked so that a
+/// Python awaitable it starts runs at once, and timed (a poll longer than
+/// [`SLOW_POLL`] is counted and logged). What the poll left for right after it
+/// ([`after_poll`]) runs once it returns.
+pub(crate) fn poll_here<R>(
+    tokio: &tokio::runtime::Handle,
+    counters: &Counters,
+    poll: impl FnOnce() -> R,
+) -> R {
+    let _runtime = tokio.enter();
+    let outer = ON_REACTOR_POLL.with(|flag| flag.replace(true));
+    // A poll nested in another (a Deferred's callback starting a task) keeps its
+    // own after-poll work.
+    let outer_jobs = AFTER_POLL.with(|jobs| std::mem::take(&mut *jobs.borrow_mut()));
+    let outer_python = IN_PYTHON.with(|total| total.replace(Duration::ZERO));
+    // Known only to the poll that sets it, not to one nested in it.
+    let outer_context = CONTEXT_CURRENT_FOR.with(|s| s.replace(0));
+    POLLS_RUN.with(|n| n.set(n.get() + 1));
+    let started = Instant::now();
+    let result = poll();
+    let took = started
+        .elapsed()
+        .saturating_sub(IN_PYTHON.with(|total| total.replace(outer_python)));
+    ON_REACTOR_POLL.with(|flag| flag.set(outer));
+    CONTEXT_CURRENT_FOR.with(|s| s.set(outer_context));
+    let jobs = AFTER_POLL.with(|jobs| std::mem::replace(&mut *jobs.borrow_mut(), outer_jobs));
+    // The jobs fire Deferreds: their callbacks run in the caller's context, so a
+    // restore this poll left owed is made first.
+    if !jobs.is_empty() && crate::lazy_restore::owing() {
+        threads::attach(crate::lazy_restore::pay);
+    }
+    // What their callbacks poll is charged by its own rules, not by this poll's.
+    crate::cputime::with_context_charging(false, || {
+        for job in jobs {
+            job();
+        }
+    });
+    Counters::bump(&counters.reactor_polls);
+    if took > SLOW_POLL {
+        Counters::bump(&counters.reactor_polls_slow);
+        log::warn!(
+            "pyo3-twisted: a future polled on the reactor thread (reactor_polls, or a \
+             coroutine from create_coroutine) ran for {took:?} without yielding, and the \
+             reactor did nothing else meanwhile; run CPU-heavy work on a Tokio worker \
+             (tokio::task::spawn_blocking, or spawn), or poll it on Tokio \
+             (create_deferred without reactor_polls)"
+        );
+    }
+    result
 }
 
 impl Wake for LocalTask {

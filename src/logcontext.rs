@@ -115,6 +115,15 @@ impl Provider {
         self.set_current_context.bind(py).call1((context,))
     }
 
+    /// Makes the sentinel current, if the provider names one (`false`: it does
+    /// not, nothing was switched). Reactor thread.
+    pub(crate) fn set_sentinel(&self, py: Python<'_>) -> PyResult<bool> {
+        match &self.sentinel {
+            Some(sentinel) => self.set(py, sentinel.bind(py)).map(|_| true),
+            None => Ok(false),
+        }
+    }
+
     /// Runs `f` with `context` active on this (the reactor) thread, restoring the
     /// previous context on every path. A finished context, or none, is not entered:
     /// `f` runs in the current (sentinel) context. `f` is told whether the previous

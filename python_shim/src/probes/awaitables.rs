@@ -149,7 +149,7 @@ fn burn_cpu_beside<'py>(
 }
 
 /// Spends `seconds` of this thread's CPU time; returns the CPU seconds measured.
-fn burn(seconds: f64) -> f64 {
+pub(super) fn burn(seconds: f64) -> f64 {
     let start = thread_cpu_seconds();
     let mut spins = 0_u64;
     // Reading the clock is a system call: spin in user code between readings.

@@ -139,7 +139,7 @@ pub(super) fn seconds_to_duration(seconds: f64) -> PyResult<Duration> {
 
 /// Set when the future that owns its guard is dropped.
 #[pyclass(frozen, module = "pyo3_twisted.probes")]
-struct DropFlag {
+pub(super) struct DropFlag {
     inner: Arc<Flag>,
 }
 
@@ -160,7 +160,18 @@ impl DropFlag {
     }
 }
 
-struct SetOnDrop(Arc<Flag>);
+pub(super) struct SetOnDrop(Arc<Flag>);
+
+/// A flag and the guard that sets it when dropped.
+pub(super) fn drop_flag() -> (DropFlag, SetOnDrop) {
+    let inner = Arc::new(Flag::default());
+    (
+        DropFlag {
+            inner: Arc::clone(&inner),
+        },
+        SetOnDrop(inner),
+    )
+}
 
 impl Drop for SetOnDrop {
     fn drop(&mut self) {

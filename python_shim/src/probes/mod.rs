@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 
 mod awaitables;
 mod clock;
+mod coroutines;
 mod futures;
 mod spans;
 mod store;
@@ -20,6 +21,7 @@ pub(crate) fn register(parent: &Bound<'_, PyModule>) -> PyResult<()> {
     futures::register(&m)?;
     awaitables::register(&m)?;
     clock::register(&m)?;
+    coroutines::register(&m)?;
     store::register(&m)?;
     spans::register(&m)?;
     m.setattr("__name__", "pyo3_twisted.probes")?;

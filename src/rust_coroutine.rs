@@ -1,0 +1,539 @@
+//! Rust future → a Python coroutine, polled on the reactor thread.
+//!
+//! ```text
+//!  reactor thread (GIL held), inside the awaiting coroutine's steps
+//!  create_coroutine(fut) → RustCoroutine          (nothing runs yet)
+//!  send(None): poll fut here, in the caller's logging context
+//!    Ready    → StopIteration(value) / the future's exception / RustPanicError
+//!    Pending  → yield a Deferred `wake` (registered), the sentinel made current
+//!  fut woken  here (a Python awaitable's answer): `wake` fires now (after the
+//!               current poll, if inside one)
+//!             on a Tokio worker (I/O, Tokio's timers): a mailbox job fires it
+//!  `wake` fires: the caller's context set back; the driver sends: poll again
+//!  `wake` cancelled / failed at shutdown, throw(), close(): fut dropped here
+//! ```
+//!
+//! What `create_deferred` under `reactor_polls` does, without the Deferred that
+//! hands the result back: the caller's coroutine driver (Twisted's `ensureDeferred`)
+//! resumes this one as it would a Python coroutine, and the future's Python calls run
+//! in the caller's logging context as it is, so no context is switched to start them.
+//!
+//! Every function here runs on the reactor thread except [`Wakeup`]'s, which run
+//! wherever the future is woken and never take the GIL off the reactor thread.
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures_util::future::AbortHandle;
+use parking_lot::Mutex;
+use pyo3::exceptions::PyBaseException;
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+use pyo3::IntoPyObjectExt;
+
+use crate::bridge::Bridge;
+use crate::errors::{panic_message, report, RuntimeShutdown, RustPanicError};
+use crate::registry::Key;
+use crate::runtime::RuntimeRef;
+use crate::scope::TaskScope;
+use crate::stats::Counters;
+use crate::twisted::{already_called_error, deferred_class};
+
+/// The future's value, made a Python object on the reactor thread.
+trait Deliver: Send {
+    fn into_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>>;
+}
+
+struct Value<O>(O);
+
+impl<O> Deliver for Value<O>
+where
+    for<'a> O: IntoPyObject<'a> + Send,
+{
+    fn into_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.0.into_py_any(py)
+    }
+}
+
+type Erased = Pin<Box<dyn Future<Output = PyResult<Box<dyn Deliver>>> + Send>>;
+
+/// Runs `fut` as a Python coroutine: awaiting the returned object polls `fut` on the
+/// reactor thread, inside the awaiting coroutine's own steps, and evaluates to its
+/// result. No Deferred carries the result back and no thread is crossed, so a
+/// handler whose work waits on Python (a transaction through the Python pool) costs
+/// what the same handler written in Python costs.
+///
+/// `runtime` is a [`Runtime`](crate::Runtime) handle or the reactor (`&reactor`).
+/// Call it on the reactor thread; await the result from a coroutine that Twisted
+/// drives there (an `async def` run by `ensureDeferred`, `run_in_background`, or
+/// awaited by one). It is a coroutine as Python sees it
+/// (`isinstance(c, collections.abc.Coroutine)`), so `defer.ensureDeferred(c)` also
+/// takes it. Nothing runs until it is awaited.
+///
+/// What the caller may rely on:
+/// - `Ok(v)`: the `await` evaluates to `v` converted to Python; `Err(e)`: it raises
+///   the exception `e` carries; a panic: [`RustPanicError`] with the panic message.
+/// - Every poll runs on the reactor thread, in the caller's logging context, inside
+///   the Tokio runtime's context: the future may use Tokio's timers, sockets and
+///   [`spawn`](crate::spawn). A wake from a Tokio worker reaches the reactor through
+///   the mailbox, and Python called with [`run_python_awaitable`] starts at once.
+/// - While the future waits, the awaiting coroutine waits on a Deferred that keeps
+///   the logcontext rules (the sentinel is current meanwhile; the caller's context
+///   is set back before it resumes). Cancelling that (cancelling the Deferred of
+///   `ensureDeferred`) drops the future, as do `throw()` and `close()`, and the
+///   `await` raises `CancelledError`.
+/// - At runtime shutdown a future still waiting after `shutdown_timeout` is dropped
+///   and the `await` raises [`RuntimeShutdown`]; awaiting one after shutdown raises
+///   it at once.
+///
+/// The price: everything the future does between two awaits runs on the reactor
+/// thread, which does nothing else meanwhile. Polls longer than 10 ms are counted
+/// (`reactor_polls_slow`) and logged. Move CPU-heavy stretches to a Tokio worker
+/// (`tokio::task::spawn_blocking`, or [`spawn`](crate::spawn)) or use
+/// [`create_deferred`](crate::create_deferred), which polls on Tokio.
+///
+/// [`run_python_awaitable`]: crate::run_python_awaitable
+///
+/// ```no_run
+/// use pyo3::prelude::*;
+///
+/// /// `flags = await get_flags(reactor, store, "@alice:example.org")`
+/// #[pyfunction]
+/// fn get_flags<'py>(
+///     py: Python<'py>,
+///     reactor: Bound<'py, PyAny>,
+///     store: Py<PyAny>,
+///     user_id: String,
+/// ) -> PyResult<Bound<'py, PyAny>> {
+///     let runtime = pyo3_twisted::Runtime::new(&reactor)?;
+///     let python = runtime.clone();
+///     pyo3_twisted::create_coroutine(py, &runtime, async move {
+///         // Called at once, in the awaiting request's context.
+///         let flags = python
+///             .run_python_awaitable(move |py| store.bind(py).call_method1("get_flags", (user_id,)))
+///             .await?;
+///         Ok(flags)
+///     })
+/// }
+/// ```
+pub fn create_coroutine<'py, R, F, O>(
+    py: Python<'py>,
+    runtime: &R,
+    fut: F,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    R: RuntimeRef + ?Sized,
+    F: Future<Output = PyResult<O>> + Send + 'static,
+    for<'a> O: IntoPyObject<'a> + Send + 'static,
+{
+    let runtime = runtime.runtime_with_gil(py)?;
+    let bridge = Arc::clone(runtime.bridge());
+    bridge.check_reactor_thread("create_coroutine")?;
+    let erased: Erased = Box::pin(async move {
+        fut.await
+            .map(|value| Box::new(Value(value)) as Box<dyn Deliver>)
+    });
+    Ok(Bound::new(
+        py,
+        RustCoroutine {
+            bridge,
+            state: Mutex::new(State::Created(erased)),
+        },
+    )?
+    .into_any())
+}
+
+enum State {
+    /// Not awaited yet.
+    Created(Erased),
+    Running(Running),
+    Done,
+}
+
+struct Running {
+    /// The future, inside its scope.
+    future: Erased,
+    scope: Arc<TaskScope>,
+    tokio: tokio::runtime::Handle,
+    wakeup: Arc<Wakeup>,
+}
+
+/// A Rust future awaited as a coroutine (see [`create_coroutine`]).
+#[pyclass(frozen, module = "pyo3_twisted", name = "RustCoroutine")]
+struct RustCoroutine {
+    bridge: Arc<Bridge>,
+    state: Mutex<State>,
+}
+
+/// What the awaiting coroutine gets back from one step.
+enum Step {
+    /// Wait for this Deferred, then send again.
+    Wait(Py<PyAny>),
+    Finished(Py<PyAny>),
+}
+
+impl RustCoroutine {
+    /// Polls the future (until it waits with nobody having woken it meanwhile).
+    /// Reactor thread.
+    fn step(&self, py: Python<'_>) -> PyResult<Step> {
+        let bridge = &self.bridge;
+        bridge.check_reactor_thread("awaiting a create_coroutine coroutine")?;
+        let Some(mut state) = self.state.try_lock() else {
+            return Err(PyValueError::new_err("coroutine already executing"));
+        };
+        if matches!(&*state, State::Created(_)) {
+            let State::Created(future) = std::mem::replace(&mut *state, State::Done) else {
+                unreachable!("matched above");
+            };
+            *state = State::Running(self.begin(py, future)?);
+        }
+        let State::Running(running) = &mut *state else {
+            return Err(PyRuntimeError::new_err(
+                "cannot reuse already awaited coroutine",
+            ));
+        };
+        let waker = Waker::from(Arc::clone(&running.wakeup));
+        let mut cx = Context::from_waker(&waker);
+        let scope_address = Arc::as_ptr(&running.scope) as usize;
+        // The caller's context is current (it was set back before this step), and
+        // charges this thread's CPU time itself.
+        let charged = running.scope.context().is_some();
+        loop {
+            let poll = crate::local_task::poll_here(&running.tokio, bridge.counters(), || {
+                crate::cputime::with_context_charging(charged, || {
+                    crate::local_task::with_own_context_current(scope_address, || {
+                        crate::cputime::with_own_meter_mark(|| {
+                            catch_unwind(AssertUnwindSafe(|| running.future.as_mut().poll(&mut cx)))
+                        })
+                    })
+                })
+            });
+            let outcome = match poll {
+                Ok(Poll::Pending) => {
+                    if std::mem::take(&mut running.wakeup.inner.lock().woken) {
+                        continue;
+                    }
+                    match self.suspend(py, running) {
+                        Ok(Some(deferred)) => return Ok(Step::Wait(deferred)),
+                        // Woken as it suspended: poll again.
+                        Ok(None) => continue,
+                        Err(err) => {
+                            if let State::Running(running) =
+                                std::mem::replace(&mut *state, State::Done)
+                            {
+                                drop(state);
+                                drop_in_runtime(running);
+                            }
+                            return Err(err);
+                        }
+                    }
+                }
+                Ok(Poll::Ready(outcome)) => outcome.map_err(Failure::Error),
+                Err(payload) => Err(Failure::Panic(panic_message(&*payload))),
+            };
+            let State::Running(running) = std::mem::replace(&mut *state, State::Done) else {
+                unreachable!("matched above");
+            };
+            drop(state);
+            return self.finish(py, running, outcome);
+        }
+    }
+
+    /// The first step: the caller's context becomes the task's.
+    fn begin(&self, py: Python<'_>, future: Erased) -> PyResult<Running> {
+        let bridge = &self.bridge;
+        if !bridge.accepting() {
+            Counters::bump(&bridge.counters().tasks_rejected_after_shutdown);
+            return Err(RuntimeShutdown::new_err(
+                "the pyo3-twisted runtime is shutting down and accepts no new work",
+            ));
+        }
+        // Starts the runtime on first use.
+        let engine = bridge.engine(py)?;
+        bridge.observe_clock(py);
+        let context = match bridge.provider() {
+            Some(provider) => provider.capture(py)?,
+            None => None,
+        };
+        let scope = Arc::new(TaskScope::new(Arc::clone(bridge), context));
+        let span = tracing::Span::current();
+        let future: Erased = Box::pin(TaskScope::enter(
+            Arc::clone(&scope),
+            tracing::Instrument::instrument(future, span),
+        ));
+        Counters::bump(&bridge.counters().tasks_spawned);
+        Ok(Running {
+            future,
+            wakeup: Arc::new(Wakeup {
+                scope: Arc::clone(&scope),
+                inner: Mutex::new(WakeInner::default()),
+            }),
+            scope,
+            tokio: engine.handle().clone(),
+        })
+    }
+
+    /// The future waits: a registered Deferred for the caller to wait on, or `None`
+    /// if it was woken meanwhile.
+    fn suspend(&self, py: Python<'_>, running: &Running) -> PyResult<Option<Py<PyAny>>> {
+        let bridge = &self.bridge;
+        if bridge.is_stopped() {
+            // Nothing would wake it (Tokio is gone) nor fail it (shutdown is over).
+            return Err(RuntimeShutdown::new_err(
+                "the pyo3-twisted runtime has shut down",
+            ));
+        }
+        let deferred = deferred_class(py)?.call1((bridge.canceller(py)?,))?;
+        // Nothing to abort: the Deferred's failure reaches `throw`, which drops the
+        // future.
+        let key = bridge.register(deferred.clone().unbind(), AbortHandle::new_pair().0);
+        {
+            let mut inner = running.wakeup.inner.lock();
+            if std::mem::take(&mut inner.woken) {
+                drop(inner);
+                drop(bridge.take_entry(key));
+                return Ok(None);
+            }
+            inner.waiting = Some(key);
+        }
+        // The rules for a coroutine that waits: the reactor gets the sentinel back.
+        if running.scope.context().is_some() {
+            if let Some(provider) = bridge.provider() {
+                if !provider.set_sentinel(py)? {
+                    return provider
+                        .make_deferred_yieldable(deferred)
+                        .map(|d| Some(d.unbind()));
+                }
+            }
+        }
+        Ok(Some(deferred.unbind()))
+    }
+
+    /// The future is done: its CPU time charged, its value or exception handed over.
+    fn finish(
+        &self,
+        py: Python<'_>,
+        running: Running,
+        outcome: Result<Box<dyn Deliver>, Failure>,
+    ) -> PyResult<Step> {
+        let counters = self.bridge.counters();
+        running.scope.charge_cpu(py);
+        let result = match outcome {
+            Ok(value) => value.into_py(py),
+            Err(Failure::Error(err)) => Err(err),
+            Err(Failure::Panic(message)) => {
+                Counters::bump(&counters.tasks_panicked);
+                drop_in_runtime(running);
+                return Err(RustPanicError::new_err(message));
+            }
+        };
+        Counters::bump(if result.is_ok() {
+            &counters.tasks_completed
+        } else {
+            &counters.tasks_failed
+        });
+        drop_in_runtime(running);
+        result.map(Step::Finished)
+    }
+
+    /// The caller gave up on it (`throw`, `close`, or its wait was cancelled or
+    /// failed): the future is dropped here.
+    fn abandon(&self, py: Python<'_>) {
+        let state = std::mem::replace(&mut *self.state.lock(), State::Done);
+        if let State::Running(running) = state {
+            let waiting = running.wakeup.inner.lock().waiting.take();
+            // Still registered: nobody cancelled or failed its Deferred.
+            if let Some(entry) = waiting.and_then(|key| self.bridge.take_entry(key)) {
+                Counters::bump(&self.bridge.counters().tasks_cancelled);
+                drop(entry);
+                self.bridge.entry_left(py);
+            }
+            drop_in_runtime(running);
+        }
+    }
+}
+
+enum Failure {
+    Error(PyErr),
+    Panic(String),
+}
+
+/// Drops the future inside the Tokio runtime's context (what it holds may need it).
+fn drop_in_runtime(running: Running) {
+    let _runtime = running.tokio.enter();
+    drop(running.future);
+}
+
+#[pymethods]
+impl RustCoroutine {
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match self.step(py)? {
+            Step::Wait(deferred) => Ok(deferred),
+            Step::Finished(value) => Err(PyStopIteration::new_err((value,))),
+        }
+    }
+
+    /// Resumes it; what is sent is ignored (the wait's Deferred fires with `None`).
+    fn send(&self, py: Python<'_>, _value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.__next__(py)
+    }
+
+    /// Drops the future and raises the exception in the awaiting coroutine: how
+    /// Twisted's driver reports the wait's cancellation or failure.
+    #[pyo3(signature = (typ, val=None, tb=None))]
+    fn throw(
+        &self,
+        py: Python<'_>,
+        typ: Bound<'_, PyAny>,
+        val: Option<Bound<'_, PyAny>>,
+        tb: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let err = thrown(py, typ, val, tb)?;
+        self.abandon(py);
+        Err(err)
+    }
+
+    /// Drops the future.
+    fn close(&self, py: Python<'_>) {
+        self.abandon(py);
+    }
+
+    fn __repr__(&self) -> &'static str {
+        "<RustCoroutine>"
+    }
+}
+
+impl Drop for RustCoroutine {
+    /// Collected while waiting (its caller is gone): the Deferred leaves the
+    /// registry, so a shutdown does not wait for it.
+    fn drop(&mut self) {
+        if matches!(&*self.state.lock(), State::Running(_)) {
+            crate::threads::attach(|py| self.abandon(py));
+        }
+    }
+}
+
+/// The exception `throw(typ, val, tb)` raises, as a generator's `throw` makes it.
+fn thrown(
+    py: Python<'_>,
+    typ: Bound<'_, PyAny>,
+    val: Option<Bound<'_, PyAny>>,
+    tb: Option<Bound<'_, PyAny>>,
+) -> PyResult<PyErr> {
+    let val = val.filter(|v| !v.is_none());
+    let exception = if typ.is_instance_of::<PyBaseException>() {
+        typ
+    } else if typ
+        .cast::<PyType>()
+        .is_ok_and(|t| t.is_subclass_of::<PyBaseException>().unwrap_or(false))
+    {
+        match val {
+            Some(val) if val.is_instance(&typ)? => val,
+            Some(val) => typ.call1((val,))?,
+            None => typ.call0()?,
+        }
+    } else {
+        return Err(PyTypeError::new_err(
+            "exceptions must be classes or instances deriving from BaseException",
+        ));
+    };
+    if let Some(tb) = tb.filter(|tb| !tb.is_none()) {
+        exception.call_method1(intern!(py, "with_traceback"), (tb,))?;
+    }
+    Ok(PyErr::from_value(exception))
+}
+
+/// The waker of a [`RustCoroutine`]'s future. Any thread.
+struct Wakeup {
+    /// The task's scope: its runtime and the caller's context.
+    scope: Arc<TaskScope>,
+    inner: Mutex<WakeInner>,
+}
+
+#[derive(Default)]
+struct WakeInner {
+    /// Woken while not waiting (during a poll): poll again.
+    woken: bool,
+    /// The registered Deferred the caller waits on.
+    waiting: Option<Key>,
+}
+
+impl Wake for Wakeup {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let key = {
+            let mut inner = self.inner.lock();
+            match inner.waiting.take() {
+                Some(key) => key,
+                None => {
+                    inner.woken = true;
+                    return;
+                }
+            }
+        };
+        let bridge = &self.scope.bridge;
+        let wakeup = Arc::clone(self);
+        if !bridge.is_reactor_thread() {
+            bridge
+                .mailbox()
+                .push(Box::new(move |py| wakeup.resume(py, key)));
+        } else if crate::local_task::polling_on_reactor() {
+            // Not inside another task's poll: right after it.
+            crate::local_task::after_poll(Box::new(move || {
+                crate::threads::attach(|py| wakeup.resume_reporting(py, key));
+            }));
+        } else {
+            crate::threads::attach(|py| wakeup.resume_reporting(py, key));
+        }
+    }
+}
+
+impl Wakeup {
+    fn resume_reporting(&self, py: Python<'_>, key: Key) {
+        if let Err(err) = self.resume(py, key) {
+            report(
+                py,
+                err,
+                "pyo3-twisted: resuming a create_coroutine coroutine",
+            );
+        }
+    }
+
+    /// Fires the Deferred the caller waits on, in the caller's context, unless it
+    /// was cancelled or failed at shutdown. Reactor thread.
+    fn resume(&self, py: Python<'_>, key: Key) -> PyResult<()> {
+        let bridge = &self.scope.bridge;
+        let Some(entry) = bridge.take_entry(key) else {
+            return Ok(());
+        };
+        if let (Some(provider), Some(context)) = (bridge.provider(), self.scope.context()) {
+            if let Err(err) = provider.set(py, context.bind(py)) {
+                report(py, err, "pyo3-twisted: restoring the logcontext");
+            }
+        }
+        let fired = match entry
+            .deferred
+            .bind(py)
+            .call_method1(intern!(py, "callback"), (py.None(),))
+        {
+            Ok(_) => Ok(()),
+            // Fired by hand: the caller resumed already.
+            Err(err) if err.is_instance(py, already_called_error(py)?) => Ok(()),
+            Err(err) => Err(err),
+        };
+        bridge.entry_left(py);
+        fired
+    }
+}

@@ -1,0 +1,322 @@
+"""`create_coroutine`: a Rust future awaited as a Python coroutine, polled on the
+reactor thread inside the awaiting coroutine's steps. The crate's rules hold: the
+coroutine finishes exactly once, cancellation drops the future, logcontexts switch
+only on the reactor thread (and no more often than a Python twin's), Tokio workers
+never take the GIL, panics are errors, a long poll is reported, and a future woken
+by Tokio while it waits on Python is not stuck. Every reactor here is a memory
+reactor that is never run."""
+
+import collections.abc
+import gc
+import logging
+import threading
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError
+
+import pyo3_twisted
+from pyo3_twisted import RuntimeShutdown, RustPanicError, _native, probes
+from pyo3_twisted.testing import memory_reactor
+
+
+@pytest.fixture
+def reactor():
+    with memory_reactor() as r:
+        pyo3_twisted.install(r, worker_threads=2, tokio="per_reactor")
+        yield r
+
+
+@pytest.fixture
+def lc():
+    from pyo3_twisted import logcontext
+
+    return logcontext
+
+
+@pytest.fixture
+def lc_reactor(lc):
+    with memory_reactor(logcontext=lc) as r:
+        pyo3_twisted.install(r, worker_threads=2, tokio="per_reactor", logcontext="pyo3_twisted.logcontext")
+        yield r
+
+
+def awaited(coroutine):
+    """A Deferred of ``await coroutine`` from a Python coroutine."""
+
+    async def caller():
+        return await coroutine
+
+    return defer.ensureDeferred(caller())
+
+
+def test_it_is_a_coroutine_and_ensure_deferred_takes_it(reactor):
+    coroutine = probes.co_call_python(reactor, lambda: 7)
+    assert isinstance(coroutine, collections.abc.Coroutine)
+    assert reactor.get_success(defer.ensureDeferred(coroutine)) == 7
+
+
+def test_a_future_that_only_calls_python_finishes_in_the_callers_step(reactor):
+    before = pyo3_twisted.stats(reactor)["mailbox_jobs"]
+    d = awaited(probes.co_call_python(reactor, lambda: defer.succeed("inline")))
+    # No thread hop and no Deferred of its own: done before ensureDeferred returned.
+    assert d.called
+    assert reactor.get_success(d) == "inline"
+    assert pyo3_twisted.stats(reactor)["mailbox_jobs"] == before
+
+
+def test_polled_on_the_reactor_thread_even_when_tokio_wakes_it(reactor):
+    waiting = defer.Deferred()
+    d = awaited(probes.co_where_polled(reactor, lambda: waiting))
+    waiting.callback(1)
+    names = reactor.get_success(d)
+    # Named as the reactor thread is to Rust (no Tokio worker's name), all three.
+    assert not any(name.startswith("pyo3-twisted") for name in names), names
+    assert len(set(names)) == 1, names
+
+
+def test_errors_and_panics_are_raised_and_the_runtime_goes_on(reactor):
+    failure = reactor.get_failure(awaited(probes.co_fail(reactor, "no such user", False)), ValueError)
+    assert str(failure.value) == "no such user"
+    failure = reactor.get_failure(awaited(probes.co_fail(reactor, "boom", True)), RustPanicError)
+    assert str(failure.value) == "boom"
+    assert reactor.get_success(awaited(probes.co_call_python(reactor, lambda: "alive"))) == "alive"
+    stats = pyo3_twisted.stats(reactor)
+    assert stats["tasks_failed"] == 1 and stats["tasks_panicked"] == 1 and stats["tasks_completed"] == 1
+
+
+def test_every_coroutine_finishes_exactly_once(reactor):
+    n = 2000
+    fired = [0] * n
+    pending = []
+
+    def later(i):
+        d = defer.Deferred()
+        pending.append((d, i))
+        return d
+
+    deferreds = []
+    for i in range(n):
+        d = awaited(probes.co_call_python(reactor, lambda i=i: later(i) if i % 2 else i))
+        d.addCallback(lambda value, i=i: fired.__setitem__(i, fired[i] + 1) or value)
+        deferreds.append(d)
+    assert len(pending) == n // 2
+    for d, i in pending:
+        d.callback(i)
+    assert [reactor.get_success(d) for d in deferreds] == list(range(n))
+    assert fired == [1] * n
+    stats = pyo3_twisted.stats(reactor)
+    assert stats["tasks_spawned"] == stats["tasks_completed"] == n
+    assert stats["tasks_in_flight"] == 0
+
+
+def test_cancellation_drops_the_future_at_once(reactor):
+    coroutine, flag = probes.co_pending(reactor)
+    d = awaited(coroutine)
+    assert not flag.dropped
+    d.cancel()
+    assert flag.dropped
+    reactor.get_failure(d, CancelledError)
+    stats = pyo3_twisted.stats(reactor)
+    assert stats["tasks_cancelled"] == 1 and stats["tasks_in_flight"] == 0
+
+
+def test_cancelling_while_it_waits_on_python_cancels_the_python_side(reactor):
+    waiting = defer.Deferred()
+    cancelled = []
+    waiting.addErrback(lambda f: cancelled.append(f.check(CancelledError)))
+    d = awaited(probes.co_call_python(reactor, lambda: waiting))
+    d.cancel()
+    reactor.get_failure(d, CancelledError)
+    reactor.pump_until(lambda: cancelled, timeout=5.0)
+    assert cancelled == [CancelledError]
+
+
+def test_close_and_collection_drop_the_future(reactor):
+    coroutine, flag = probes.co_pending(reactor)
+    coroutine.close()
+    assert flag.dropped
+    # Waiting: the runtime keeps what waits on it (for a shutdown to fail it), even
+    # once nothing else refers to its caller.
+    coroutine, flag = probes.co_pending(reactor)
+    d = awaited(coroutine)
+    outcomes = []
+    d.addErrback(outcomes.append)
+    del coroutine, d
+    gc.collect()
+    assert not flag.dropped
+    pyo3_twisted.Runtime(reactor).shutdown_blocking(0.1)
+    assert flag.dropped and outcomes[0].check(RuntimeShutdown)
+    # Never awaited: collected, and its future with it.
+    never_awaited, flag = probes.co_pending(reactor)
+    del never_awaited
+    gc.collect()
+    assert flag.dropped
+
+
+def test_a_tokio_timer_wins_a_race_against_python_without_waiting_for_it(reactor):
+    """The future waits on Python and on a Tokio timer at once: the timer's wake
+    reaches the reactor through the mailbox and resumes the coroutine; the Python
+    side is cancelled, not waited for."""
+    never = defer.Deferred()
+    cancelled = []
+    never.addErrback(lambda f: cancelled.append(f.check(CancelledError)))
+    d = awaited(probes.co_race(reactor, lambda: never, 0.01))
+    assert reactor.get_success(d, timeout=10.0) == "timer"
+    reactor.pump_until(lambda: cancelled, timeout=5.0)
+    assert cancelled == [CancelledError]
+    answered = defer.Deferred()
+    d = awaited(probes.co_race(reactor, lambda: answered, 3600.0))
+    answered.callback(None)
+    assert reactor.get_success(d) == "python"
+
+
+def test_tokio_workers_never_take_the_gil(reactor):
+    for _ in range(200):
+        reactor.get_success(awaited(probes.co_where_polled(reactor, lambda: 1)))
+    assert reactor.get_success(awaited(probes.co_spawn_child(reactor, 2, 3)))[1] == 5
+    assert pyo3_twisted.stats(reactor)["gil_acquisitions_on_tokio_threads"] == 0
+
+
+def test_a_cpu_heavy_poll_is_counted_and_logged(reactor, caplog):
+    with caplog.at_level(logging.WARNING):
+        burned = reactor.get_success(awaited(probes.co_burn_after(reactor, lambda: None, 0.03, "burnt")))
+    assert burned >= 0.03
+    assert pyo3_twisted.stats(reactor)["reactor_polls_slow"] == 1
+    assert any("polled on the reactor thread" in rec.getMessage() for rec in caplog.records), caplog.records
+
+
+def test_awaiting_it_off_the_reactor_thread_is_an_error(reactor):
+    coroutine = probes.co_call_python(reactor, lambda: 1)
+    errors = []
+
+    def elsewhere():
+        try:
+            coroutine.send(None)
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    assert errors and "reactor thread" in errors[0], errors
+    assert reactor.get_success(defer.ensureDeferred(coroutine)) == 1
+
+
+def test_shutdown_fails_what_still_waits_and_refuses_new_work():
+    with memory_reactor() as r:
+        pyo3_twisted.install(r, worker_threads=2, tokio="per_reactor")
+        runtime = pyo3_twisted.Runtime(r)
+        coroutine, flag = probes.co_pending(r)
+        d = awaited(coroutine)
+        quick = awaited(probes.co_race(r, defer.Deferred, 0.01))
+        runtime.shutdown_blocking(0.5)
+        assert r.get_success(quick) == "timer"
+        r.get_failure(d, RuntimeShutdown)
+        assert flag.dropped
+        r.get_failure(awaited(probes.co_call_python(r, lambda: 1)), RuntimeShutdown)
+
+
+# -- logcontexts ----------------------------------------------------------------------
+
+
+def in_request(reactor, lc, body, name="request"):
+    """``await body()`` inside a fresh request context; (context, result)."""
+
+    async def handler():
+        with lc.LoggingContext(name) as ctx:
+            result = await body()
+            assert lc.current_context() is ctx
+            return ctx, result
+
+    result = reactor.get_success(defer.ensureDeferred(handler()))
+    assert lc.current_context() is lc.SENTINEL_CONTEXT
+    return result
+
+
+def answered_later(reactor, lc):
+    """A coroutine function that keeps the logcontext rules and waits for the
+    reactor, as `runInteraction` does."""
+
+    async def answer_later():
+        d = defer.Deferred()
+        reactor.callLater(0, d.callback, None)
+        await lc.make_deferred_yieldable(d)
+        return lc.current_context()
+
+    return answer_later
+
+
+def test_python_it_calls_runs_in_the_callers_context(lc_reactor, lc):
+    seen = []
+
+    def factory(tag):
+        def make():
+            seen.append((tag, threading.get_ident(), str(lc.current_context())))
+            return answered_later(lc_reactor, lc)()
+
+        return make
+
+    ctx, (first, second) = in_request(
+        lc_reactor, lc, lambda: probes.co_join(lc_reactor, factory("a"), factory("b")), "req-join"
+    )
+    # Both started on the reactor thread in the request's context, the second one
+    # after the first left the sentinel current, and both answered in it.
+    me = threading.get_ident()
+    assert seen == [("a", me, "req-join"), ("b", me, "req-join")]
+    assert first is ctx and second is ctx
+
+
+def test_a_rust_coroutine_pays_the_logcontext_switches_a_python_twin_pays(monkeypatch, lc):
+    switches = []
+    real = lc.set_current_context
+
+    def counting(context):
+        if lc.current_context() is not context:
+            switches.append(str(context))
+        return real(context)
+
+    monkeypatch.setattr(lc, "set_current_context", counting)
+    with memory_reactor(logcontext=lc) as r:
+        pyo3_twisted.install(r, worker_threads=2, tokio="per_reactor", logcontext="pyo3_twisted.logcontext")
+        waits = answered_later(r, lc)
+
+        def switches_of(body):
+            del switches[:]
+            in_request(r, lc, body)
+            return list(switches)
+
+        python = switches_of(waits)
+        rust = switches_of(lambda: probes.co_call_python(r, waits))
+        assert python == ["request", "sentinel", "request", "sentinel"]
+        assert rust == python
+        # Woken by Tokio: the rules still hold around the wait.
+        tokio = switches_of(lambda: probes.co_race(r, defer.Deferred, 0.001))
+        assert tokio == ["request", "sentinel", "request", "sentinel"]
+
+
+def test_cpu_time_and_log_lines_go_to_the_request(lc_reactor, lc):
+    records = []
+
+    class Capture(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = Capture()
+    handler.addFilter(lc.LoggingContextFilter())
+    log = logging.getLogger("pyo3_twisted.probes")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    _native.reset_log_cache()
+    try:
+        ctx, burned = in_request(
+            lc_reactor, lc, lambda: probes.co_burn_after(lc_reactor, answered_later(lc_reactor, lc), 0.05, "burnt")
+        )
+    finally:
+        log.removeHandler(handler)
+    usage = ctx.get_resource_usage()
+    charged = usage.ru_utime + usage.ru_stime
+    assert burned >= 0.05
+    # Once (plus the handler's own few milliseconds), not twice.
+    assert 0.045 <= charged < 0.09, (charged, burned)
+    assert [(r.getMessage(), r.request) for r in records] == [("burnt", "request")]
