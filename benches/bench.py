@@ -93,6 +93,7 @@ PAIRED_GOALS = [
     ("17. ... the same on PostgreSQL through the Python pool, paired", "pg_txn_polls_paired", "paired_ratio", 1.1),
     ("17. the demo's Rust handler vs its Python twin awaited as a coroutine, paired (no HTTP)", "handler_paired", "paired_ratio", 1.0),
     ("17. ... vs the Python twin behind the same Deferred boundary, paired: the bridge costs no more than that boundary", "handler_paired", "paired_ratio_deferred", 1.0),
+    ("17. the demo's Rust handler as a coroutine (create_coroutine) vs its Python twin, paired (no HTTP)", "handler_paired", "paired_ratio_coroutine", 1.0),
 ]
 
 # (description, numerator row, denominator row, bound, "<=" or ">=")

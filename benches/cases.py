@@ -426,7 +426,8 @@ def case_handler_paired(p: dict) -> None:
     """The demo's /versions handler without HTTP, each request in a logging context of
     its own (the pyo3_twisted.logcontext provider), on SQLite, three ways in one
     process, batch by batch in rotating order: the Rust handler (a Deferred, polled
-    on the reactor with reactor_polls), its Python twin awaited as a coroutine, and
+    on the reactor with reactor_polls), the same Rust handler as a coroutine
+    (create_coroutine), its Python twin awaited as a coroutine, and
     the same Python twin behind the boundary every Rust handler has: a Deferred
     returned under the logcontext rules (run_in_background, then
     make_deferred_yieldable), which is what the caller of any Deferred-returning
@@ -446,10 +447,14 @@ def case_handler_paired(p: dict) -> None:
         pool = DatabasePool(reactor, path, logcontext=lc)
         await pool.runInteraction("create_schema", create_schema)
         handler = VersionsHandler(pool, reactor, KNOWN_FEATURES, 0)
+        coroutine_handler = VersionsHandler(pool, reactor, KNOWN_FEATURES, 0, coroutine=True)
         user = "@alice:example.org"
 
         async def rust() -> Any:
             return await handler.handle(reactor, user)
+
+        async def rust_coroutine() -> Any:
+            return await coroutine_handler.handle(reactor, user)
 
         async def python() -> Any:
             return await python_versions(pool, user)
@@ -467,21 +472,26 @@ def case_handler_paired(p: dict) -> None:
 
         if "side" in p:
             # One side alone, for an instruction count (benches/handler_instructions.py).
-            make = request({"rust": rust, "python": python, "python_deferred": python_deferred}[p["side"]])
+            sides = {"rust": rust, "rust_coroutine": rust_coroutine, "python": python, "python_deferred": python_deferred}
+            make = request(sides[p["side"]])
             us = await measure_sequential(reactor, make, p["m"], p["reps"])
             pool.close()
             return {"us": us}
-        makes = [request(rust), request(python), request(python_deferred)]
+        makes = [request(rust), request(python), request(python_deferred), request(rust_coroutine)]
         answers = [await make(0) for make in makes]
-        assert answers[0] == answers[1] == answers[2], answers
-        rust_us, python_us, deferred_us = await measure_rotating(reactor, makes, p["m"], p["reps"] * p.get("pairs", 5))
+        assert all(answer == answers[0] for answer in answers), answers
+        rust_us, python_us, deferred_us, coroutine_us = await measure_rotating(
+            reactor, makes, p["m"], p["reps"] * p.get("pairs", 5)
+        )
         pool.close()
         return {
             "us": rust_us,
             "paired_python_us": python_us,
             "paired_python_deferred_us": deferred_us,
+            "paired_rust_coroutine_us": coroutine_us,
             "paired_ratio": [r / q for r, q in zip(rust_us, python_us)],
             "paired_ratio_deferred": [r / q for r, q in zip(rust_us, deferred_us)],
+            "paired_ratio_coroutine": [r / q for r, q in zip(coroutine_us, python_us)],
         }
 
     twisted_main(body)

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SIDES = ["python", "python_deferred", "rust"]
+SIDES = ["python", "python_deferred", "rust", "rust_coroutine"]
 
 
 def instructions(side: str, m: int) -> dict[int, int]:

@@ -113,9 +113,13 @@ def test_versions_put_and_the_access_log(database):
     assert any(f"reactor: {reactor}" in line for line in demo.stderr_lines), demo.stderr_lines
 
 
-@pytest.mark.parametrize("polls", [False, True], ids=["tokio_polls", "reactor_polls"])
-def test_the_python_twin_of_versions_answers_the_same(database, polls):
-    demo = Demo(database, *(["--reactor-polls"] if polls else []))
+MODES = {"tokio_polls": [], "reactor_polls": ["--reactor-polls"], "coroutine": ["--rust-coroutine"]}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_the_python_twin_of_versions_answers_the_same(database, mode):
+    polls = mode == "reactor_polls"
+    demo = Demo(database, *MODES[mode])
     try:
         for user in ["@alice:example.org", "@bob:example.org", "@nobody:example.org"]:
             rust = demo.request("GET", f"/versions?user_id={user}")
@@ -126,12 +130,14 @@ def test_the_python_twin_of_versions_answers_the_same(database, polls):
     finally:
         assert demo.stop() == 0
     assert any(f"reactor_polls: {polls}" in line for line in demo.stderr_lines), demo.stderr_lines
+    handler = "coroutine" if mode == "coroutine" else "Deferred"
+    assert any(f"Rust handler: {handler}" in line for line in demo.stderr_lines), demo.stderr_lines
 
 
-@pytest.mark.parametrize("polls", [False, True], ids=["tokio_polls", "reactor_polls"])
-def test_the_rust_handler_on_the_native_pool_reads_what_python_wrote(pg_dsn, polls):
+@pytest.mark.parametrize("mode", list(MODES))
+def test_the_rust_handler_on_the_native_pool_reads_what_python_wrote(pg_dsn, mode):
     database = fresh_pg_database(pg_dsn)
-    demo = Demo(database, "--native-pool", *(["--reactor-polls"] if polls else []))
+    demo = Demo(database, "--native-pool", *MODES[mode])
     try:
         for user in ["@alice:example.org", "@bob:example.org", "@nobody:example.org"]:
             rust = demo.request("GET", f"/versions?user_id={user}")
@@ -145,7 +151,7 @@ def test_the_rust_handler_on_the_native_pool_reads_what_python_wrote(pg_dsn, pol
         assert after is (not before)
     finally:
         assert demo.stop() == 0
-    assert any("Rust handler's pool: native" in line for line in demo.stderr_lines), demo.stderr_lines
+    assert any("its pool: native" in line for line in demo.stderr_lines), demo.stderr_lines
 
 
 def test_the_native_pool_needs_postgresql(tmp_path):

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3_twisted::create_deferred;
 use pyo3_twisted::db::{DatabasePool, PostgresConfig, PostgresPool, PythonDatabasePool};
+use pyo3_twisted::{create_coroutine, create_deferred};
 
 use crate::store::get_flags;
 
@@ -25,6 +25,8 @@ struct VersionsHandler {
     pool: Arc<dyn DatabasePool>,
     known_features: Arc<Vec<String>>,
     work: Duration,
+    /// Answer with a coroutine (`create_coroutine`) rather than a Deferred.
+    coroutine: bool,
 }
 
 #[pymethods]
@@ -34,9 +36,12 @@ impl VersionsHandler {
     /// per request, standing in for real handler work (0 by default);
     /// `native_dsn`: read through a native PostgreSQL pool of
     /// `native_connections` connections on this DSN instead of through `pool`
-    /// (a `ValueError` if the DSN cannot be used).
+    /// (a `ValueError` if the DSN cannot be used); `coroutine`: `handle` returns a
+    /// coroutine polled on the reactor thread (`create_coroutine`) instead of a
+    /// Deferred.
     #[new]
-    #[pyo3(signature = (pool, reactor, known_features, rust_work_ms=0, native_dsn=None, native_connections=5))]
+    #[pyo3(signature = (pool, reactor, known_features, rust_work_ms=0, native_dsn=None, native_connections=5, coroutine=false))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         pool: Py<PyAny>,
         reactor: Py<PyAny>,
@@ -44,6 +49,7 @@ impl VersionsHandler {
         rust_work_ms: u64,
         native_dsn: Option<String>,
         native_connections: usize,
+        coroutine: bool,
     ) -> PyResult<Self> {
         let pool: Arc<dyn DatabasePool> = match native_dsn {
             None => Arc::new(PythonDatabasePool::new(pool, reactor)),
@@ -60,10 +66,12 @@ impl VersionsHandler {
             pool,
             known_features: Arc::new(known_features),
             work: Duration::from_millis(rust_work_ms),
+            coroutine,
         })
     }
 
-    /// A Deferred of `{"versions": [...], "unstable_features": {feature: bool}}`.
+    /// A Deferred (or a coroutine, with `coroutine=True`) of
+    /// `{"versions": [...], "unstable_features": {feature: bool}}`.
     fn handle<'py>(
         &self,
         py: Python<'py>,
@@ -75,7 +83,7 @@ impl VersionsHandler {
             Arc::clone(&self.known_features),
             self.work,
         );
-        create_deferred(py, reactor, async move {
+        let answer = async move {
             let flags = get_flags(&*pool, user_id)
                 .await
                 .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(format!("{e:#}")))?;
@@ -91,7 +99,12 @@ impl VersionsHandler {
                 versions: VERSIONS.to_vec(),
                 unstable_features: features,
             })
-        })
+        };
+        if self.coroutine {
+            create_coroutine(py, reactor, answer)
+        } else {
+            create_deferred(py, reactor, answer)
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 """Type stubs for the compiled module ``pyo3_twisted_demo._native``."""
 
-from typing import Any, Sequence
+from typing import Any, Coroutine, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore
@@ -30,8 +30,11 @@ class VersionsHandler:
         rust_work_ms: int = ...,
         native_dsn: str | None = ...,
         native_connections: int = ...,
+        coroutine: bool = ...,
     ) -> None: ...
-    def handle(self, reactor: IReactorCore, user_id: str) -> Deferred[dict[str, Any]]: ...
+    def handle(
+        self, reactor: IReactorCore, user_id: str
+    ) -> Deferred[dict[str, Any]] | Coroutine[Any, Any, dict[str, Any]]: ...
 
 def greet(reactor: IReactorCore, name: str, seconds: float) -> Deferred[str]: ...
 def sum_of_squares(reactor: IReactorCore, n: int) -> Deferred[int]: ...

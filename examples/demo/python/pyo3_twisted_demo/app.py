@@ -123,12 +123,19 @@ class DemoApp:
         rust_work_ms: int,
         shutdown_timeout: float,
         native_dsn: Optional[str] = None,
+        coroutine: bool = False,
     ) -> None:
         self.reactor = reactor
         self.pool = pool
         # The native pool gets as many connections as the Python pool has threads.
         self.versions = VersionsHandler(
-            pool, reactor, KNOWN_FEATURES, rust_work_ms, native_dsn=native_dsn, native_connections=pool.max_connections
+            pool,
+            reactor,
+            KNOWN_FEATURES,
+            rust_work_ms,
+            native_dsn=native_dsn,
+            native_connections=pool.max_connections,
+            coroutine=coroutine,
         )
         # GET /metrics: this module's runtime (its own copy of the crate's).
         self.metrics = CollectorRegistry()
@@ -320,6 +327,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         help="poll Rust handlers on the reactor thread when the reactor wakes them (RuntimeConfig.reactor_polls)",
     )
     parser.add_argument(
+        "--rust-coroutine",
+        action="store_true",
+        help="the Rust handler answers with a coroutine polled on the reactor thread (create_coroutine)",
+    )
+    parser.add_argument(
         "--native-pool",
         action="store_true",
         help="the Rust handler reads through the native PostgreSQL pool (same database; needs a postgresql:// DSN)",
@@ -359,7 +371,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     pool = DatabasePool(reactor, args.database, logcontext=lc)
     app = DemoApp(
-        reactor, pool, args.rust_work_ms, args.shutdown_timeout, native_dsn=args.database if args.native_pool else None
+        reactor,
+        pool,
+        args.rust_work_ms,
+        args.shutdown_timeout,
+        native_dsn=args.database if args.native_pool else None,
+        coroutine=args.rust_coroutine,
     )
     site = Site(DemoResource(app))  # type: ignore[no-untyped-call]
     # Twisted declares Site.protocol as a method; it is the channel class.
@@ -377,10 +394,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             return
         host = app.port.getHost()
         logger.info(
-            "database: %s; reactor: %s; reactor_polls: %s; Rust handler's pool: %s",
+            "database: %s; reactor: %s; reactor_polls: %s; Rust handler: %s; its pool: %s",
             redact(args.database),
             type(reactor).__name__,
             args.reactor_polls,
+            "coroutine" if args.rust_coroutine else "Deferred",
             "native" if args.native_pool else "python",
         )
         print(f"listening on http://{host.host}:{host.port}", flush=True)
