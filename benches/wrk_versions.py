@@ -9,6 +9,8 @@ wheels, `--quiet`):
 - `rust`: the Rust handler, default runtime (futures polled on Tokio);
 - `rust_polls`: the Rust handler with `reactor_polls=True` (polled on the reactor
   thread when the reactor wakes it);
+- `rust_coroutine`: the Rust handler as a coroutine (`--rust-coroutine`,
+  `create_coroutine`: polled on the reactor thread in the caller's steps);
 - on PostgreSQL also `rust_native` and `rust_native_polls`: the Rust handler reading
   through the crate's native pool (`--native-pool`, as many connections as the
   Python pool has threads) on the same database, default runtime and
@@ -51,6 +53,7 @@ VARIANTS = [
     ("python", "/versions_py", []),
     ("rust", "/versions", []),
     ("rust_polls", "/versions", ["--reactor-polls"]),
+    ("rust_coroutine", "/versions", ["--rust-coroutine"]),
 ]
 # PostgreSQL only: the Rust handler on the native pool.
 NATIVE_VARIANTS = [
@@ -60,7 +63,7 @@ NATIVE_VARIANTS = [
 # Judged against the Python handler (issue 17): the Rust handler on the Python pool
 # with reactor_polls, and on the native pool (either runtime setting: the native
 # pool's futures are woken by Tokio I/O, where reactor_polls changes nothing).
-GOAL_VARIANTS = ["rust_polls", "rust_native", "rust_native_polls"]
+GOAL_VARIANTS = ["rust_polls", "rust_coroutine", "rust_native", "rust_native_polls"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
