@@ -386,7 +386,8 @@ def case_awaitable(p: dict) -> None:
 
 def case_interaction_sqlite(p: dict) -> None:
     """A one-row SELECT through the Python pool on SQLite: from Rust
-    (run_interaction via runInteraction) vs from Python (runInteraction)."""
+    (run_interaction via runInteraction; in a Deferred, or with "coroutine" in a
+    create_coroutine coroutine) vs from Python (runInteraction)."""
 
     async def body(reactor: Any) -> dict:
         from pyo3_twisted.database import DatabasePool
@@ -402,7 +403,11 @@ def case_interaction_sqlite(p: dict) -> None:
 
         from twisted.internet import defer
 
-        rust = lambda i: store.query(reactor, "SELECT 1", [])  # noqa: E731
+        if p.get("coroutine"):
+            # create_coroutine, driven as Python drives runInteraction's coroutine.
+            rust = lambda i: defer.ensureDeferred(store.query_coroutine(reactor, "SELECT 1", []))  # noqa: E731
+        else:
+            rust = lambda i: store.query(reactor, "SELECT 1", [])  # noqa: E731
         python = lambda i: defer.ensureDeferred(pool.runInteraction("select", select))  # noqa: E731
         if p["side"] == "paired":
             # Both in this process, batch by batch in alternating order: the ratio

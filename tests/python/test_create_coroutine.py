@@ -320,3 +320,19 @@ def test_cpu_time_and_log_lines_go_to_the_request(lc_reactor, lc):
     # Once (plus the handler's own few milliseconds), not twice.
     assert 0.045 <= charged < 0.09, (charged, burned)
     assert [(r.getMessage(), r.request) for r in records] == [("burnt", "request")]
+
+
+def test_a_transaction_through_the_python_pool_is_charged_to_the_request(lc_reactor, lc):
+    from pyo3_twisted.database import DatabasePool
+    from pyo3_twisted.probes import RustStore
+
+    pool = DatabasePool(lc_reactor, ":memory:", max_connections=1, logcontext=lc)
+    store = RustStore.python(pool, lc_reactor)
+    try:
+        ctx, rows = in_request(lc_reactor, lc, lambda: store.query_coroutine(lc_reactor, "SELECT ?, ?", [7, "seven"]))
+    finally:
+        pool.close()
+    assert rows == [[7, "seven"]]
+    # runInteraction ran in the request's context (a child of it on the pool's
+    # thread), as it does when Python calls it.
+    assert ctx.get_resource_usage().db_txn_count == 1

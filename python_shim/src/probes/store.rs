@@ -11,11 +11,11 @@ use futures_util::FutureExt;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use pyo3_twisted::create_deferred;
 use pyo3_twisted::db::{
     DatabasePool, DatabasePoolExt, DbRow, DbRowExt, DbValue, PostgresConfig, PostgresPool,
     PythonDatabasePool,
 };
+use pyo3_twisted::{create_coroutine, create_deferred};
 
 #[path = "../../../examples/demo/src/store.rs"]
 mod flags;
@@ -77,6 +77,34 @@ impl RustStore {
         let fut = f(Arc::clone(&self.pool));
         create_deferred(py, reactor, async move { fut.await.map_err(to_py) })
     }
+
+    /// Like `run`, as a coroutine (`create_coroutine`) rather than a Deferred.
+    fn run_coroutine<'py, F, O>(
+        &self,
+        py: Python<'py>,
+        reactor: &Bound<'py, PyAny>,
+        f: impl FnOnce(Arc<dyn DatabasePool>) -> F,
+    ) -> PyResult<Bound<'py, PyAny>>
+    where
+        F: std::future::Future<Output = anyhow::Result<O>> + Send + 'static,
+        for<'a> O: IntoPyObject<'a> + Send + 'static,
+    {
+        let fut = f(Arc::clone(&self.pool));
+        create_coroutine(py, reactor, async move { fut.await.map_err(to_py) })
+    }
+}
+
+/// `Transaction::query` in a transaction of its own.
+async fn query_rows(
+    pool: Arc<dyn DatabasePool>,
+    sql: String,
+    params: Vec<DbValue>,
+) -> anyhow::Result<Vec<DbRow>> {
+    pool.run_interaction("query", move |txn| {
+        let (sql, params) = (sql.clone(), params.clone());
+        async move { txn.query(&sql, &params).await }.boxed()
+    })
+    .await
 }
 
 #[pymethods]
@@ -149,15 +177,18 @@ impl RustStore {
         sql: String,
         params: Vec<DbValue>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, reactor, |pool| async move {
-            let rows: Vec<DbRow> = pool
-                .run_interaction("query", move |txn| {
-                    let (sql, params) = (sql.clone(), params.clone());
-                    async move { txn.query(&sql, &params).await }.boxed()
-                })
-                .await?;
-            Ok(rows)
-        })
+        self.run(py, reactor, |pool| query_rows(pool, sql, params))
+    }
+
+    /// `query` as a coroutine (`create_coroutine`): awaitable of row tuples.
+    fn query_coroutine<'py>(
+        &self,
+        py: Python<'py>,
+        reactor: &Bound<'py, PyAny>,
+        sql: String,
+        params: Vec<DbValue>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run_coroutine(py, reactor, |pool| query_rows(pool, sql, params))
     }
 
     /// Each statement through `Transaction::execute`, all in one transaction:
