@@ -64,6 +64,18 @@ pub struct RustStore {
 }
 
 impl RustStore {
+    /// `f` on this store's pool, its errors made Python exceptions.
+    fn bridged<F, O>(
+        &self,
+        f: impl FnOnce(Arc<dyn DatabasePool>) -> F,
+    ) -> impl std::future::Future<Output = PyResult<O>> + Send + 'static
+    where
+        F: std::future::Future<Output = anyhow::Result<O>> + Send + 'static,
+    {
+        let fut = f(Arc::clone(&self.pool));
+        async move { fut.await.map_err(to_py) }
+    }
+
     fn run<'py, F, O>(
         &self,
         py: Python<'py>,
@@ -74,23 +86,7 @@ impl RustStore {
         F: std::future::Future<Output = anyhow::Result<O>> + Send + 'static,
         for<'a> O: IntoPyObject<'a> + Send + 'static,
     {
-        let fut = f(Arc::clone(&self.pool));
-        create_deferred(py, reactor, async move { fut.await.map_err(to_py) })
-    }
-
-    /// Like `run`, as a coroutine (`create_coroutine`) rather than a Deferred.
-    fn run_coroutine<'py, F, O>(
-        &self,
-        py: Python<'py>,
-        reactor: &Bound<'py, PyAny>,
-        f: impl FnOnce(Arc<dyn DatabasePool>) -> F,
-    ) -> PyResult<Bound<'py, PyAny>>
-    where
-        F: std::future::Future<Output = anyhow::Result<O>> + Send + 'static,
-        for<'a> O: IntoPyObject<'a> + Send + 'static,
-    {
-        let fut = f(Arc::clone(&self.pool));
-        create_coroutine(py, reactor, async move { fut.await.map_err(to_py) })
+        create_deferred(py, reactor, self.bridged(f))
     }
 }
 
@@ -188,7 +184,11 @@ impl RustStore {
         sql: String,
         params: Vec<DbValue>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.run_coroutine(py, reactor, |pool| query_rows(pool, sql, params))
+        create_coroutine(
+            py,
+            reactor,
+            self.bridged(|pool| query_rows(pool, sql, params)),
+        )
     }
 
     /// Each statement through `Transaction::execute`, all in one transaction:
