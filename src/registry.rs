@@ -31,7 +31,7 @@ pub(crate) struct Entry {
 /// shift drops the alignment zeros; the fold spreads the high bits into the low
 /// ones the table indexes by.
 #[derive(Default, Clone, Copy)]
-struct AddressHasher(u64);
+pub(crate) struct AddressHasher(u64);
 
 impl Hasher for AddressHasher {
     fn write(&mut self, bytes: &[u8]) {

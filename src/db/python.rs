@@ -15,6 +15,9 @@
 //! answer synchronously, so the closure completes in one poll; a closure that waits on
 //! anything else is rolled back with a clear error.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -32,6 +35,7 @@ use super::{
     foreign_await, DbRow, DbValue, ErasedInteraction, ErasedResult, Placeholders, Transaction,
 };
 use crate::errors::{panic_message, RuntimeShutdown, RustPanicError};
+use crate::registry::AddressHasher;
 use crate::runtime::Runtime;
 use crate::threads;
 
@@ -264,8 +268,9 @@ impl PyTransaction {
         params: &[DbValue],
         then: impl FnOnce(&Bound<'_, PyAny>) -> anyhow::Result<R>,
     ) -> anyhow::Result<R> {
-        Placeholders::scan(sql).check(params.len())?;
         threads::attach(|py| {
+            let (sql, placeholders) = statement(py, sql);
+            super::sql::check_count(placeholders, params.len())?;
             let txn = self.txn.bind(py);
             let params = PyTuple::new(py, params.iter().map(|v| to_python(py, v)))?;
             txn.call_method1(intern!(py, "execute"), (sql, params))?;
@@ -273,6 +278,52 @@ impl PyTransaction {
         })
         .unwrap_or_else(|| anyhow::bail!("the Python interpreter is shutting down"))
     }
+}
+
+/// A SQL text as the Python string handed to `execute`, and its `?` count.
+struct Statement {
+    text: Py<PyString>,
+    placeholders: usize,
+}
+
+/// Statements this (database) thread keeps at most; past that it starts over.
+const STATEMENTS_KEPT: usize = 512;
+
+thread_local! {
+    /// The SQL texts run on this thread, by the address of the Rust text: the same
+    /// (usually `'static`) text is scanned and made a Python string once, and
+    /// `execute` gets the same string object each time, as Python code passes its
+    /// constant, so the driver's statement cache does not hash a new one.
+    static STATEMENTS: RefCell<HashMap<usize, Statement, BuildHasherDefault<AddressHasher>>> =
+        RefCell::new(HashMap::default());
+}
+
+/// `sql` as a Python string, and its placeholder count. A text found at the address
+/// of one kept is reused only if it is the same text. Holds the GIL.
+fn statement<'py>(py: Python<'py>, sql: &str) -> (Bound<'py, PyString>, usize) {
+    STATEMENTS.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        let address = sql.as_ptr() as usize;
+        if let Some(found) = kept.get(&address) {
+            let text = found.text.bind(py);
+            if text.to_str().is_ok_and(|t| t == sql) {
+                return (text.clone(), found.placeholders);
+            }
+        }
+        if kept.len() >= STATEMENTS_KEPT {
+            kept.clear();
+        }
+        let text = PyString::new(py, sql);
+        let placeholders = Placeholders::scan(sql).count();
+        kept.insert(
+            address,
+            Statement {
+                text: text.clone().unbind(),
+                placeholders,
+            },
+        );
+        (text, placeholders)
+    })
 }
 
 #[async_trait::async_trait]

@@ -51,15 +51,7 @@ impl Placeholders {
 
     /// Errors unless `given` parameters fill the placeholders exactly.
     pub fn check(&self, given: usize) -> anyhow::Result<()> {
-        if self.count() == given {
-            Ok(())
-        } else {
-            anyhow::bail!(
-                "wrong number of parameters: the query has {} `?` placeholder(s) but {given} \
-                 parameter(s) were given",
-                self.count()
-            )
-        }
+        check_count(self.count(), given)
     }
 
     /// PostgreSQL's numbered form: `?` → `$1`, `$2`, ….
@@ -92,6 +84,18 @@ impl Placeholders {
             }
         }
         out
+    }
+}
+
+/// Errors unless `given` parameters fill `placeholders` exactly.
+pub(crate) fn check_count(placeholders: usize, given: usize) -> anyhow::Result<()> {
+    if placeholders == given {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "wrong number of parameters: the query has {placeholders} `?` placeholder(s) but \
+             {given} parameter(s) were given"
+        )
     }
 }
 

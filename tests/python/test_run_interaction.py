@@ -117,6 +117,17 @@ def wait_until(reactor, condition, what, timeout=10.0):
         reactor.wait_for_thread_call(0.005)
 
 
+def test_texts_one_after_another_are_each_run_as_written(setup):
+    """Each query's SQL text is freed after it, so the next one of the same length
+    is likely to sit at the same address: what the Python pool keeps per text (its
+    placeholder count, its Python string) must not answer for another text there."""
+    for i in range(10):
+        with_param = setup.get(setup.store.query(setup.reactor, "SELECT ?, 222", [f"v{i}"]))
+        assert with_param == [[f"v{i}", 222]]
+        literal = setup.get(setup.store.query(setup.reactor, f"SELECT {i + 10}, 22", []))
+        assert literal == [[i + 10, 22]]
+
+
 def test_serialization_failure_reruns_the_closure(pg_setup, pg_dsn):
     import psycopg2
 
