@@ -2,15 +2,17 @@
 //!
 //! It reads the user's feature flags through `run_interaction`: on the same Python
 //! pool the Python handlers use, or (`--native-pool`) on a native PostgreSQL pool
-//! of the same database, the shape of a Rust-only app. The answer is built where the
-//! future is polled (a Tokio worker, or the reactor thread under `reactor_polls`).
+//! of the same database, the shape of a Rust-only app. The flags are merged where the
+//! future is polled (a Tokio worker, or the reactor thread); the answer's dict is
+//! made on the reactor thread from Python strings made once, as the Python handler
+//! reuses its interned ones.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString};
 use pyo3_twisted::db::{DatabasePool, PostgresConfig, PostgresPool, PythonDatabasePool};
 use pyo3_twisted::{create_coroutine, create_deferred};
 
@@ -23,7 +25,7 @@ const VERSIONS: [&str; 4] = ["v1.1", "v1.2", "v1.3", "v1.11"];
 #[pyclass(frozen, module = "pyo3_twisted_demo")]
 struct VersionsHandler {
     pool: Arc<dyn DatabasePool>,
-    known_features: Arc<Vec<String>>,
+    known: Arc<Known>,
     work: Duration,
     /// Answer with a coroutine (`create_coroutine`) rather than a Deferred.
     coroutine: bool,
@@ -43,6 +45,7 @@ impl VersionsHandler {
     #[pyo3(signature = (pool, reactor, known_features, rust_work_ms=0, native_dsn=None, native_connections=5, coroutine=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         pool: Py<PyAny>,
         reactor: Py<PyAny>,
         known_features: Vec<String>,
@@ -64,7 +67,7 @@ impl VersionsHandler {
         };
         Ok(Self {
             pool,
-            known_features: Arc::new(known_features),
+            known: Arc::new(Known::new(py, known_features)),
             work: Duration::from_millis(rust_work_ms),
             coroutine,
         })
@@ -78,27 +81,19 @@ impl VersionsHandler {
         reactor: &Bound<'py, PyAny>,
         user_id: String,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (pool, known, work) = (
-            Arc::clone(&self.pool),
-            Arc::clone(&self.known_features),
-            self.work,
-        );
+        let (pool, known, work) = (Arc::clone(&self.pool), Arc::clone(&self.known), self.work);
         let answer = async move {
             let flags = get_flags(&*pool, user_id)
                 .await
                 .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(format!("{e:#}")))?;
-            let mut features: BTreeMap<String, bool> =
-                known.iter().map(|name| (name.clone(), false)).collect();
-            for (name, enabled) in flags {
-                if let Some(slot) = features.get_mut(&name) {
-                    *slot = enabled;
+            let mut enabled = vec![false; known.names.len()];
+            for (name, on) in flags {
+                if let Ok(index) = known.names.binary_search(&name) {
+                    enabled[index] = on;
                 }
             }
             spend_cpu(work);
-            Ok(Response {
-                versions: VERSIONS.to_vec(),
-                unstable_features: features,
-            })
+            Ok(Response { known, enabled })
         };
         if self.coroutine {
             create_coroutine(py, reactor, answer)
@@ -108,11 +103,53 @@ impl VersionsHandler {
     }
 }
 
-/// Converted to a Python dict on the reactor thread.
-#[derive(IntoPyObject)]
+/// The features the server knows, sorted, and their names as Python strings, made
+/// once: an answer reuses them, as the Python handler reuses its interned names.
+struct Known {
+    names: Vec<String>,
+    py_names: Vec<Py<PyString>>,
+    versions: Vec<Py<PyString>>,
+}
+
+impl Known {
+    fn new(py: Python<'_>, mut names: Vec<String>) -> Self {
+        names.sort();
+        names.dedup();
+        let intern = |name: &str| PyString::intern(py, name).unbind();
+        Self {
+            py_names: names.iter().map(|name| intern(name)).collect(),
+            versions: VERSIONS.iter().map(|version| intern(version)).collect(),
+            names,
+        }
+    }
+}
+
+/// `{"versions": [...], "unstable_features": {name: enabled}}`, made on the reactor
+/// thread (in feature-name order, as the Python handler's).
 struct Response {
-    versions: Vec<&'static str>,
-    unstable_features: BTreeMap<String, bool>,
+    known: Arc<Known>,
+    /// By index into `known.names`.
+    enabled: Vec<bool>,
+}
+
+impl<'py> IntoPyObject<'py> for Response {
+    type Target = PyDict;
+    type Output = Bound<'py, PyDict>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let features = PyDict::new(py);
+        for (name, enabled) in self.known.py_names.iter().zip(self.enabled) {
+            features.set_item(name.bind(py), enabled)?;
+        }
+        let body = PyDict::new(py);
+        body.set_item(
+            pyo3::intern!(py, "versions"),
+            PyList::new(py, self.known.versions.iter().map(|v| v.bind(py)))?,
+        )?;
+        body.set_item(pyo3::intern!(py, "unstable_features"), features)?;
+        Ok(body)
+    }
 }
 
 /// Spends `work` of this thread's CPU time (not wall time: a preempted thread
