@@ -15,9 +15,18 @@
 //! The calling Tokio thread never takes the GIL: it pushes a job and waits on a
 //! channel. The factory, the conversion of the result and the release of every Python
 //! object run on the reactor thread.
+//!
+//! Inside a poll of a `create_coroutine` coroutine, a call still pending offers its
+//! wait ([`watching_waits`]): if the future waits on nothing else, the coroutine's
+//! caller waits on the awaitable's own Deferred ([`PythonWait`]), as a Python
+//! coroutine awaiting it would.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::Waker;
 
 use parking_lot::Mutex;
 use pyo3::intern;
@@ -31,7 +40,7 @@ use crate::errors::RuntimeShutdown;
 use crate::logcontext::Provider;
 use crate::scope::TaskScope;
 use crate::stats::Counters;
-use crate::twisted::{failure_class, failure_to_pyerr, to_deferred};
+use crate::twisted::{cancelled_error, failure_class, failure_to_pyerr, to_deferred};
 
 type BoxedFactory = Box<dyn for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send>;
 type Completer = Box<dyn for<'py> FnOnce(Python<'py>, PyResult<Bound<'py, PyAny>>) + Send>;
@@ -43,7 +52,17 @@ struct Shared {
     abandoned: AtomicBool,
     /// The Deferred while it is pending, for cancellation.
     deferred: Mutex<Option<Py<PyAny>>>,
+    /// Whether a `create_coroutine` caller waits on what this call waits on
+    /// ([`PythonWait`]): then a `CancelledError` is passed on to that caller, and a
+    /// Deferred's answer is handed over in the task's context (a coroutine's
+    /// follows the rules itself, as under a Python caller). [`NOT_DIRECT`],
+    /// [`DIRECT_DEFERRED`] or [`DIRECT_COROUTINE`].
+    direct: AtomicU8,
 }
+
+const NOT_DIRECT: u8 = 0;
+const DIRECT_DEFERRED: u8 = 1;
+const DIRECT_COROUTINE: u8 = 2;
 
 /// The call itself. `keep` (the caller's reactor reference, if any) is released on
 /// the reactor thread.
@@ -105,7 +124,15 @@ where
         shared,
         armed: true,
     };
-    let result = rx.await;
+    let mut rx = rx;
+    let result = std::future::poll_fn(|cx| {
+        let polled = Pin::new(&mut rx).poll(cx);
+        if polled.is_pending() {
+            offer(cx.waker(), &guard.shared);
+        }
+        polled
+    })
+    .await;
     guard.armed = false;
     result.unwrap_or_else(|_| {
         Err(RuntimeShutdown::new_err(
@@ -173,10 +200,10 @@ fn start(
                 Some(scope) => scope.with_context(py, begin),
                 None => begin(false),
             };
-            if let Err(err) = started {
-                resolver.get().resolve(py, Err(err));
+            match started {
+                Err(err) => resolver.get().resolve(py, Err(err)),
+                Ok(()) => Ok(()),
             }
-            Ok(())
         }
         None => launch(py, bridge, factory(py), &resolver, &shared, None),
     }
@@ -211,13 +238,13 @@ fn launch(
     let value = match made.and_then(|made| crate::asyncio::prepare(bridge.asyncio(), made)) {
         Ok(value) => value,
         Err(err) => {
-            resolver.get().resolve(py, Err(err));
+            resolver.get().resolve(py, Err(err))?;
             return Ok(());
         }
     };
     // A plain value needs no Deferred: answer at once.
     if is_plain_value(&value) {
-        resolver.get().resolve(py, Ok(value));
+        resolver.get().resolve(py, Ok(value))?;
         return Ok(());
     }
     let pending = if crate::coroutine::is_coroutine(&value)? {
@@ -230,7 +257,7 @@ fn launch(
         let deferred = match to_deferred(value) {
             Ok(deferred) => deferred,
             Err(err) => {
-                resolver.get().resolve(py, Err(err));
+                resolver.get().resolve(py, Err(err))?;
                 return Ok(());
             }
         };
@@ -254,10 +281,12 @@ fn launch(
 }
 
 /// The coroutine driver's report: `target` is the call's [`Resolver`].
-fn resolve_done<'py>(target: &Bound<'py, PyAny>, outcome: PyResult<Bound<'py, PyAny>>) {
-    if let Ok(resolver) = target.cast::<Resolver>() {
-        resolver.get().resolve(target.py(), outcome);
-    }
+fn resolve_done<'py>(
+    target: &Bound<'py, PyAny>,
+    outcome: PyResult<Bound<'py, PyAny>>,
+) -> Option<PyErr> {
+    let resolver = target.cast::<Resolver>().ok()?;
+    resolver.get().resolve(target.py(), outcome).err()
 }
 
 /// Values of the common built-in types, which cannot be awaited: checked by exact
@@ -294,15 +323,40 @@ impl Resolver {
         self.complete.lock().is_none()
     }
 
-    fn resolve(&self, py: Python<'_>, outcome: PyResult<Bound<'_, PyAny>>) {
+    /// Hands `outcome` to the Rust side; an `Err` is a cancellation to pass on to
+    /// the `create_coroutine` caller that waits on the same Deferred, which then
+    /// drops the future (the Rust side never hears of it).
+    fn resolve(&self, py: Python<'_>, outcome: PyResult<Bound<'_, PyAny>>) -> PyResult<()> {
+        let direct = match self.shared.direct.swap(NOT_DIRECT, Ordering::AcqRel) {
+            _ if self.shared.abandoned.load(Ordering::Acquire) => NOT_DIRECT,
+            direct => direct,
+        };
+        let keeps_rules = direct == DIRECT_COROUTINE;
+        let direct = direct != NOT_DIRECT;
+        let outcome = match outcome {
+            Err(err) if direct && is_cancellation(py, &err) => {
+                drop(self.shared.deferred.lock().take());
+                return Err(err);
+            }
+            outcome => outcome,
+        };
         let complete = self.complete.lock().take();
         let deferred = self.shared.deferred.lock().take();
         drop(deferred);
         let Some(complete) = complete else {
-            return;
+            return Ok(());
         };
         let bridge = self.bridge.upgrade();
-        let restore = self.restore.lock().take();
+        // Waited on directly: the caller resumes (its coroutine, then the task) as
+        // soon as this returns, in the task's context, which a coroutine that keeps
+        // the rules has set back itself (a Python caller trusts it so too).
+        let restore = if keeps_rules {
+            None
+        } else if direct {
+            self.task_context.as_ref().map(|c| c.clone_ref(py))
+        } else {
+            self.restore.lock().take()
+        };
         let provider = bridge.as_ref().and_then(|bridge| bridge.provider());
         if let Some(bridge) = &bridge {
             Counters::bump(&bridge.counters().awaitables_completed);
@@ -312,8 +366,9 @@ impl Resolver {
         // (reactor_polls) that finds its own context current runs in it, charged by
         // it, and its Deferred's callbacks need no switch back to it.
         let polls_here = bridge.as_ref().is_some_and(|b| b.config().reactor_polls);
+        // (Direct: nothing is polled before this returns.)
         let charged = match (provider, &restore, &self.task_context) {
-            (Some(provider), Some(_), Some(task)) if polls_here => provider
+            (Some(provider), Some(_), Some(task)) if polls_here && !direct => provider
                 .current(py)
                 .map(|current| current.is(task.bind(py)))
                 .unwrap_or(false),
@@ -337,13 +392,23 @@ impl Resolver {
             }
         }
         // The waiting task will answer soon: linger for it, unless it already ran
-        // here, or is being polled here now (reactor_polls).
+        // here, or is being polled here now (reactor_polls), or its caller resumes
+        // it right after this (direct).
         if let Some(bridge) = bridge {
-            if !crate::local_task::polling_on_reactor() && crate::local_task::polls_run() == polls {
+            if !direct
+                && !crate::local_task::polling_on_reactor()
+                && crate::local_task::polls_run() == polls
+            {
                 bridge.note_handoff(py);
             }
         }
+        Ok(())
     }
+}
+
+/// Whether `err` is Twisted's `CancelledError`.
+fn is_cancellation(py: Python<'_>, err: &PyErr) -> bool {
+    cancelled_error(py).is_ok_and(|class| err.value(py).is_instance(class).unwrap_or(false))
 }
 
 #[pymethods]
@@ -386,7 +451,7 @@ impl Resolver {
         } else {
             Ok(result)
         };
-        self.resolve(py, outcome);
+        self.resolve(py, outcome)?;
         Ok(py.None())
     }
 }
@@ -413,5 +478,116 @@ impl Drop for CancelOnDrop {
             }
             Ok(())
         }));
+    }
+}
+
+/// What the `create_coroutine` poll running on this thread watches for.
+struct Watch {
+    /// The data pointer of the task's own waker; null outside such a poll.
+    task_waker: *const (),
+    /// Calls left pending in this poll with that waker, and the last of them.
+    offers: u32,
+    offer: Option<Arc<Shared>>,
+}
+
+impl Watch {
+    const fn new(task_waker: *const ()) -> Self {
+        Self {
+            task_waker,
+            offers: 0,
+            offer: None,
+        }
+    }
+}
+
+thread_local! {
+    static WATCH: RefCell<Watch> = const { RefCell::new(Watch::new(std::ptr::null())) };
+}
+
+/// A call left pending with `waker`. Reactor thread, or a Tokio worker (where no
+/// poll is watched).
+fn offer(waker: &Waker, shared: &Arc<Shared>) {
+    WATCH.with(|watch| {
+        let mut watch = watch.borrow_mut();
+        if !watch.task_waker.is_null() && waker.data() == watch.task_waker {
+            watch.offers += 1;
+            watch.offer = Some(Arc::clone(shared));
+        }
+    });
+}
+
+/// Runs `poll`, a poll of a `create_coroutine` task whose waker is `task_waker`,
+/// and returns the call it left waiting if exactly one was left pending with that
+/// waker itself (not a combinator's). Whether that is all the task waits on is the
+/// caller's to check (how many wakers exist). Reactor thread.
+pub(crate) fn watching_waits<R>(
+    task_waker: &Waker,
+    poll: impl FnOnce() -> R,
+) -> (R, Option<PythonWait>) {
+    let outer = WATCH.with(|w| w.replace(Watch::new(task_waker.data())));
+    let result = poll();
+    let watched = WATCH.with(|w| w.replace(outer));
+    let wait = match watched {
+        Watch {
+            offers: 1,
+            offer: Some(shared),
+            ..
+        } => Some(PythonWait { shared }),
+        _ => None,
+    };
+    (result, wait)
+}
+
+/// A call a `create_coroutine` task waits on alone: its caller can wait on the
+/// awaitable's own Deferred instead of one of ours. While it does, the answer is
+/// handed over in the task's logging context (the caller resumes right after), and
+/// a `CancelledError` (the caller cancelled it, or the awaitable raised it) goes to
+/// the caller, which drops the future: a coroutine that does not catch it ends the
+/// same way. Reactor thread.
+pub(crate) struct PythonWait {
+    shared: Arc<Shared>,
+}
+
+impl PythonWait {
+    /// The pending Deferred the call waits on now, marking the wait direct, and
+    /// whether the awaitable is a coroutine (the Deferred is the one it awaits; it
+    /// keeps the logcontext rules around it itself); `None` if it has none.
+    pub(crate) fn deferred<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyAny>, bool)> {
+        if self.shared.abandoned.load(Ordering::Acquire) {
+            return None;
+        }
+        let pending = self.shared.deferred.lock().as_ref()?.bind(py).clone();
+        let (deferred, kind) = match pending.cast::<Driver>() {
+            Ok(driver) => (driver.get().waiting(py)?, DIRECT_COROUTINE),
+            Err(_) => (pending, DIRECT_DEFERRED),
+        };
+        self.shared.direct.store(kind, Ordering::Release);
+        Some((deferred, kind == DIRECT_COROUTINE))
+    }
+
+    /// The caller no longer waits on it (resumed, or gone).
+    pub(crate) fn leave(&self) {
+        self.shared.direct.store(NOT_DIRECT, Ordering::Release);
+    }
+
+    /// The caller is gone (`close`, `throw`, collected): the awaitable is let go,
+    /// not cancelled, as a Python coroutine closed while it awaits lets it go (its
+    /// callbacks include the gone caller's, which a cancellation would run). The
+    /// reference is dropped after the lock is released (dropping it may run Python).
+    pub(crate) fn release(&self) {
+        self.shared.abandoned.store(true, Ordering::Release);
+        let pending = self.shared.deferred.lock().take();
+        drop(pending);
+    }
+
+    /// For the collector: the awaitable (or the coroutine driving it), which the
+    /// call holds and which holds the caller waiting on it (a cycle through Rust).
+    /// Visited by the waiting coroutine; the [`Resolver`] does not visit it while
+    /// anyone but itself holds the call, so it is visited once. Skipped if locked.
+    pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(pending) = self.shared.deferred.try_lock() {
+            visit.call(&*pending)?;
+        }
+        Ok(())
     }
 }

@@ -20,7 +20,7 @@
 //! reactor under [`runtime_attr`], a name that differs between copies, so two
 //! extension modules that each link the crate each keep their own bridge there.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::{Mutex, RwLock};
@@ -186,6 +186,9 @@ struct CrossThread {
 /// the registry too, under its lock).
 struct ReactorLocal {
     registry: Mutex<Registry>,
+    /// `create_coroutine` coroutines whose caller waits on a Python awaitable's own
+    /// Deferred (no registered one of ours): in flight too.
+    python_waits: AtomicUsize,
     /// The canceller every Deferred of this bridge is created with.
     canceller: OnceLock<Py<PyAny>>,
     /// The reactor-side linger: a `callLater(0)` callable (fd mode only), and
@@ -351,9 +354,19 @@ impl Bridge {
         self.local.registry.lock().take(key)
     }
 
-    /// Deferreds created and not yet fired.
+    /// Deferreds created and not yet fired, and coroutines waiting on Python alone.
     pub(crate) fn in_flight(&self) -> usize {
-        self.local.registry.lock().len()
+        self.local.registry.lock().len() + self.local.python_waits.load(Ordering::Relaxed)
+    }
+
+    /// A `create_coroutine` coroutine began (`true`) or ended (`false`) a wait on a
+    /// Python awaitable alone, with nothing of ours registered.
+    pub(crate) fn python_wait(&self, began: bool) {
+        if began {
+            self.local.python_waits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.local.python_waits.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// `d.cancel()` on one of our Deferreds. Reactor thread.

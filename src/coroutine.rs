@@ -35,7 +35,11 @@ use crate::twisted::{
 /// Called once with the object given to [`Driver::start`] and the coroutine's
 /// outcome: its return value or its exception. A function and an object rather
 /// than a closure, so the garbage collector sees the driver's reference to it.
-pub(crate) type Done = for<'py> fn(&Bound<'py, PyAny>, PyResult<Bound<'py, PyAny>>);
+/// An exception it hands back is raised from the driver's callback, so it reaches
+/// the next callback of the Deferred the coroutine awaited (someone else waits on
+/// that Deferred too: `rust_coroutine`'s caller, for a cancellation).
+pub(crate) type Done =
+    for<'py> fn(&Bound<'py, PyAny>, PyResult<Bound<'py, PyAny>>) -> Option<PyErr>;
 
 /// Whether the coroutine finished during [`Driver::start`] or waits on a Deferred.
 pub(crate) enum Started {
@@ -109,12 +113,29 @@ impl Driver {
                 }),
             },
         )?;
-        if run(&driver, Input::Send(py.None())) {
-            Ok(Started::Finished)
-        } else {
-            Ok(Started::Waiting(driver.unbind()))
+        match run(&driver, Input::Send(py.None())) {
+            // Nobody else waits on anything yet: nothing to hand back to.
+            Ran::Finished(_) => Ok(Started::Finished),
+            Ran::Waiting => Ok(Started::Waiting(driver.unbind())),
         }
     }
+
+    /// The Deferred the coroutine awaits now, if it waits.
+    pub(crate) fn waiting<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.state
+            .lock()
+            .waiting
+            .as_ref()
+            .map(|d| d.bind(py).clone())
+    }
+}
+
+/// How far [`run`] got.
+enum Ran {
+    /// Waiting on a pending Deferred.
+    Waiting,
+    /// Finished (`done` called); what `done` handed back.
+    Finished(Option<PyErr>),
 }
 
 #[pymethods]
@@ -138,7 +159,9 @@ impl Driver {
             }
         };
         if let Some(input) = run_now {
-            run(slf, input);
+            if let Ran::Finished(Some(err)) = run(slf, input) {
+                return Err(err);
+            }
         }
         Ok(py.None())
     }
@@ -189,16 +212,16 @@ impl Driver {
     }
 }
 
-/// Steps the coroutine until it waits on a pending Deferred (false) or finishes
-/// (true, `done` called).
-fn run(driver: &Bound<'_, Driver>, mut input: Input) -> bool {
+/// Steps the coroutine until it waits on a pending Deferred or finishes (`done`
+/// called).
+fn run(driver: &Bound<'_, Driver>, mut input: Input) -> Ran {
     let py = driver.py();
     loop {
         // Only what this step calls: the coroutine itself only to throw into it.
         let (run, method) = {
             let state = driver.get().state.lock();
             let Some(coroutine) = &state.coro else {
-                return true;
+                return Ran::Finished(None);
             };
             let method = match &input {
                 Input::Send(_) => coroutine.send.clone_ref(py),
@@ -218,13 +241,9 @@ fn run(driver: &Bound<'_, Driver>, mut input: Input) -> bool {
             Ok(yielded) => yielded,
             Err(err) if err.is_instance_of::<PyStopIteration>(py) => {
                 let value = err.value(py).getattr(intern!(py, "value"));
-                finish(driver, value);
-                return true;
+                return Ran::Finished(finish(driver, value));
             }
-            Err(err) => {
-                finish(driver, Err(err));
-                return true;
-            }
+            Err(err) => return Ran::Finished(finish(driver, Err(err))),
         };
         match deferred_class(py).and_then(|class| yielded.is_instance(class)) {
             Ok(true) => {}
@@ -251,13 +270,13 @@ fn run(driver: &Bound<'_, Driver>, mut input: Input) -> bool {
         };
         match (added, arrived) {
             (_, Some(next)) => input = next,
-            (Ok(_), None) => return false,
+            (Ok(_), None) => return Ran::Waiting,
             (Err(err), None) => input = Input::Throw(err),
         }
     }
 }
 
-fn finish(driver: &Bound<'_, Driver>, outcome: PyResult<Bound<'_, PyAny>>) {
+fn finish(driver: &Bound<'_, Driver>, outcome: PyResult<Bound<'_, PyAny>>) -> Option<PyErr> {
     let (done, finished) = {
         let mut state = driver.get().state.lock();
         let finished = (state.coro.take(), state.waiting.take());
@@ -265,7 +284,5 @@ fn finish(driver: &Bound<'_, Driver>, outcome: PyResult<Bound<'_, PyAny>>) {
     };
     // Released outside the lock: dropping them may run Python.
     drop(finished);
-    if let Some((target, done)) = done {
-        done(target.bind(driver.py()), outcome);
-    }
+    done.and_then(|(target, done)| done(target.bind(driver.py()), outcome))
 }

@@ -115,6 +115,12 @@ impl Provider {
         self.set_current_context.bind(py).call1((context,))
     }
 
+    /// Whether the module names `SENTINEL_CONTEXT`, so [`Provider::set_sentinel`]
+    /// switches.
+    pub(crate) fn names_sentinel(&self) -> bool {
+        self.sentinel.is_some()
+    }
+
     /// Makes the sentinel current, if the provider names one (`false`: it does
     /// not, nothing was switched). Reactor thread.
     pub(crate) fn set_sentinel(&self, py: Python<'_>) -> PyResult<bool> {

@@ -5,7 +5,11 @@
 //!  create_coroutine(fut) → RustCoroutine          (nothing runs yet)
 //!  send(None): poll fut here, in the caller's logging context
 //!    Ready    → StopIteration(value) / the future's exception / RustPanicError
-//!    Pending  → yield a Deferred `wake` (registered), the sentinel made current
+//!    Pending, waiting on one Python awaitable alone (its channel holds the only
+//!             waker): yield that awaitable's own Deferred, the sentinel current
+//!    Pending  otherwise: yield a Deferred `wake` (registered), the sentinel current
+//!  the awaitable's Deferred fires: its answer handed over, the caller's context
+//!             set; the driver sends: poll again (its CancelledError: thrown in)
 //!  fut woken  here (a Python awaitable's answer): `wake` fires now (after the
 //!               current poll, if inside one)
 //!             on a Tokio worker (I/O, Tokio's timers): a mailbox job fires it
@@ -35,7 +39,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 use pyo3::IntoPyObjectExt;
+use pyo3::{PyTraverseError, PyVisit};
 
+use crate::awaitable::{watching_waits, PythonWait};
 use crate::bridge::Bridge;
 use crate::errors::{panic_message, report, RuntimeShutdown, RustPanicError};
 use crate::registry::Key;
@@ -82,14 +88,23 @@ type Erased = Pin<Box<dyn Future<Output = PyResult<Box<dyn Deliver>>> + Send>>;
 ///   the Tokio runtime's context: the future may use Tokio's timers, sockets and
 ///   [`spawn`](crate::spawn). A wake from a Tokio worker reaches the reactor through
 ///   the mailbox, and Python called with [`run_python_awaitable`] starts at once.
-/// - While the future waits, the awaiting coroutine waits on a Deferred that keeps
-///   the logcontext rules (the sentinel is current meanwhile; the caller's context
-///   is set back before it resumes). Cancelling that (cancelling the Deferred of
-///   `ensureDeferred`) drops the future, as do `throw()` and `close()`, and the
-///   `await` raises `CancelledError`.
-/// - At runtime shutdown a future still waiting after `shutdown_timeout` is dropped
-///   and the `await` raises [`RuntimeShutdown`]; awaiting one after shutdown raises
-///   it at once.
+/// - While the future waits, the awaiting coroutine waits on a Deferred under the
+///   logcontext rules (the sentinel is current meanwhile; the caller's context is
+///   set back before it resumes). Where the future waits on one Python awaitable
+///   ([`run_python_awaitable`]) and nothing else, that is the awaitable's own
+///   Deferred (for a coroutine, the one it awaits), as when a Python coroutine
+///   awaits it; otherwise it is one of ours, which any wake fires.
+/// - Cancelling the caller (the Deferred of `ensureDeferred`) cancels what it waits
+///   on. Ours: the future is dropped and the `await` raises `CancelledError`. A
+///   Python awaitable's: it is cancelled as under a Python coroutine; if it ends
+///   with `CancelledError` the future is dropped and the `await` raises it, if it
+///   ends otherwise (it caught the cancellation) the future gets that and goes on.
+///   `throw()` and `close()` drop the future.
+/// - At runtime shutdown a future still waiting on a Deferred of ours after
+///   `shutdown_timeout` is dropped and the `await` raises [`RuntimeShutdown`]; one
+///   waiting on a Python awaitable alone is left to it, and raises
+///   [`RuntimeShutdown`] (dropping the future) when it answers. Awaiting one after
+///   shutdown raises it at once.
 ///
 /// The price: everything the future does between two awaits runs on the reactor
 /// thread, which does nothing else meanwhile. Polls longer than 10 ms are counted
@@ -161,7 +176,37 @@ struct Running {
     scope: Arc<TaskScope>,
     tokio: tokio::runtime::Handle,
     wakeup: Arc<Wakeup>,
+    /// The caller waits on a Python awaitable's own Deferred.
+    direct: Option<DirectWait>,
 }
+
+/// A caller waiting on the Deferred of the one Python awaitable the future waits
+/// on: counted in flight until it resumes or goes.
+struct DirectWait {
+    wait: PythonWait,
+    bridge: Arc<Bridge>,
+}
+
+impl DirectWait {
+    fn new(wait: PythonWait, bridge: &Arc<Bridge>) -> Self {
+        bridge.python_wait(true);
+        Self {
+            wait,
+            bridge: Arc::clone(bridge),
+        }
+    }
+}
+
+impl Drop for DirectWait {
+    fn drop(&mut self) {
+        self.wait.leave();
+        self.bridge.python_wait(false);
+    }
+}
+
+/// The handles to the task's waker: the task's own, the one a step polls with, and
+/// the channel of the call it waits on. More, and something else can wake it.
+const WAKERS_OF_ONE_WAIT: usize = 3;
 
 /// A Rust future awaited as a coroutine (see [`create_coroutine`]).
 #[pyclass(frozen, module = "pyo3_twisted", name = "RustCoroutine")]
@@ -197,6 +242,31 @@ impl RustCoroutine {
                 "cannot reuse already awaited coroutine",
             ));
         };
+        if bridge.is_stopped() {
+            // Resumed by a Python awaitable after shutdown: Tokio is gone.
+            if let State::Running(running) = std::mem::replace(&mut *state, State::Done) {
+                drop(state);
+                drop_in_runtime(running);
+            }
+            return Err(RuntimeShutdown::new_err(
+                "the pyo3-twisted runtime has shut down",
+            ));
+        }
+        // A wake before this poll is answered by it.
+        let woken = std::mem::take(&mut running.wakeup.inner.lock().woken);
+        if let Some(direct) = running.direct.take() {
+            if !woken {
+                // The awaitable (a coroutine) took one step and waits again; the
+                // future was not woken, so it is not polled.
+                if let Some((deferred, keeps_rules)) = direct.wait.deferred(py) {
+                    if !keeps_rules {
+                        self.keep_rules_waiting(py, running)?;
+                    }
+                    running.direct = Some(direct);
+                    return Ok(Step::Wait(deferred.unbind()));
+                }
+            }
+        }
         let waker = Waker::from(Arc::clone(&running.wakeup));
         let mut cx = Context::from_waker(&waker);
         let scope_address = Arc::as_ptr(&running.scope) as usize;
@@ -204,11 +274,15 @@ impl RustCoroutine {
         // charges this thread's CPU time itself.
         let charged = running.scope.context().is_some();
         loop {
-            let poll = crate::local_task::poll_here(&running.tokio, bridge.counters(), || {
-                crate::cputime::with_context_charging(charged, || {
-                    crate::local_task::with_own_context_current(scope_address, || {
-                        crate::cputime::with_own_meter_mark(|| {
-                            catch_unwind(AssertUnwindSafe(|| running.future.as_mut().poll(&mut cx)))
+            let (poll, wait) = watching_waits(&waker, || {
+                crate::local_task::poll_here(&running.tokio, bridge.counters(), || {
+                    crate::cputime::with_context_charging(charged, || {
+                        crate::local_task::with_own_context_current(scope_address, || {
+                            crate::cputime::with_own_meter_mark(|| {
+                                catch_unwind(AssertUnwindSafe(|| {
+                                    running.future.as_mut().poll(&mut cx)
+                                }))
+                            })
                         })
                     })
                 })
@@ -217,6 +291,11 @@ impl RustCoroutine {
                 Ok(Poll::Pending) => {
                     if std::mem::take(&mut running.wakeup.inner.lock().woken) {
                         continue;
+                    }
+                    if let Some(wait) = wait {
+                        if let Some(deferred) = self.wait_directly(py, running, wait)? {
+                            return Ok(Step::Wait(deferred));
+                        }
                     }
                     match self.suspend(py, running) {
                         Ok(Some(deferred)) => return Ok(Step::Wait(deferred)),
@@ -275,7 +354,51 @@ impl RustCoroutine {
             }),
             scope,
             tokio: engine.handle().clone(),
+            direct: None,
         })
+    }
+
+    /// The future waits on `wait` alone (nothing else holds its waker): the
+    /// awaitable's own Deferred for the caller to wait on, or `None` if it has none
+    /// or the provider cannot keep the rules around it.
+    fn wait_directly(
+        &self,
+        py: Python<'_>,
+        running: &mut Running,
+        wait: PythonWait,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        if Arc::strong_count(&running.wakeup) != WAKERS_OF_ONE_WAIT {
+            return Ok(None);
+        }
+        let has_rules = match (running.scope.context(), self.bridge.provider()) {
+            (Some(_), Some(provider)) => provider.names_sentinel(),
+            _ => true,
+        };
+        if !has_rules {
+            return Ok(None);
+        }
+        let Some((deferred, keeps_rules)) = wait.deferred(py) else {
+            return Ok(None);
+        };
+        let direct = DirectWait::new(wait, &self.bridge);
+        // A coroutine keeps the rules around its own wait (its
+        // `make_deferred_yieldable` made the sentinel current), as a Python caller
+        // trusts it to; a Deferred gets what `make_deferred_yieldable` would do.
+        if !keeps_rules {
+            self.keep_rules_waiting(py, running)?;
+        }
+        running.direct = Some(direct);
+        Ok(Some(deferred.unbind()))
+    }
+
+    /// The rules for a coroutine that waits: the reactor gets the sentinel back.
+    fn keep_rules_waiting(&self, py: Python<'_>, running: &Running) -> PyResult<()> {
+        if running.scope.context().is_some() {
+            if let Some(provider) = self.bridge.provider() {
+                provider.set_sentinel(py)?;
+            }
+        }
+        Ok(())
     }
 
     /// The future waits: a registered Deferred for the caller to wait on, or `None`
@@ -345,7 +468,11 @@ impl RustCoroutine {
     /// failed): the future is dropped here.
     fn abandon(&self, py: Python<'_>) {
         let state = std::mem::replace(&mut *self.state.lock(), State::Done);
-        if let State::Running(running) = state {
+        if let State::Running(mut running) = state {
+            if let Some(direct) = running.direct.take() {
+                Counters::bump(&self.bridge.counters().tasks_cancelled);
+                direct.wait.release();
+            }
             let waiting = running.wakeup.inner.lock().waiting.take();
             // Still registered: nobody cancelled or failed its Deferred.
             if let Some(entry) = waiting.and_then(|key| self.bridge.take_entry(key)) {
@@ -405,6 +532,28 @@ impl RustCoroutine {
     /// Drops the future.
     fn close(&self, py: Python<'_>) {
         self.abandon(py);
+    }
+
+    /// What the collector must see: while the caller waits on a Python awaitable's
+    /// own Deferred, that awaitable, which holds the caller (its callbacks), which
+    /// holds this coroutine. A state locked now is skipped (the cycle is kept this
+    /// time).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(state) = self.state.try_lock() {
+            if let State::Running(Running {
+                direct: Some(direct),
+                ..
+            }) = &*state
+            {
+                direct.wait.traverse(&visit)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Breaks an unreachable cycle: as `close()`.
+    fn __clear__(&self) {
+        crate::threads::attach(|py| self.abandon(py));
     }
 
     fn __repr__(&self) -> &'static str {

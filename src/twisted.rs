@@ -24,6 +24,10 @@ cached!(
     already_called_error = "twisted.internet.defer"."AlreadyCalledError"
 );
 cached!(
+    /// `twisted.internet.defer.CancelledError`
+    cancelled_error = "twisted.internet.defer"."CancelledError"
+);
+cached!(
     /// `twisted.internet.defer.ensureDeferred`
     ensure_deferred = "twisted.internet.defer"."ensureDeferred"
 );

@@ -195,6 +195,7 @@ impl Bridge {
             },
             local: ReactorLocal {
                 registry: parking_lot::Mutex::new(Registry::default()),
+                python_waits: std::sync::atomic::AtomicUsize::new(0),
                 canceller: std::sync::OnceLock::new(),
                 linger: std::sync::OnceLock::new(),
                 linger_scheduled: std::sync::atomic::AtomicBool::new(false),

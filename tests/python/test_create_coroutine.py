@@ -122,14 +122,96 @@ def test_cancellation_drops_the_future_at_once(reactor):
 
 
 def test_cancelling_while_it_waits_on_python_cancels_the_python_side(reactor):
+    """Waiting on Python alone, the caller waits on the awaitable's own Deferred:
+    cancelling cancels that, as for a Python coroutine awaiting it, and the
+    CancelledError it ends with ends the coroutine and drops the future."""
     waiting = defer.Deferred()
-    cancelled = []
-    waiting.addErrback(lambda f: cancelled.append(f.check(CancelledError)))
-    d = awaited(probes.co_call_python(reactor, lambda: waiting))
+    seen = []
+    waiting.addErrback(lambda f: seen.append(f.check(CancelledError)) or f)
+    coroutine, flag = probes.co_await_python(reactor, lambda: waiting)
+    d = awaited(coroutine)
     d.cancel()
     reactor.get_failure(d, CancelledError)
-    reactor.pump_until(lambda: cancelled, timeout=5.0)
-    assert cancelled == [CancelledError]
+    assert seen == [CancelledError]
+    assert flag.dropped
+
+    async def transaction():
+        try:
+            await defer.Deferred()
+        except CancelledError:
+            seen.append("transaction saw it")
+            raise
+
+    coroutine, flag = probes.co_await_python(reactor, transaction)
+    d = awaited(coroutine)
+    d.cancel()
+    reactor.get_failure(d, CancelledError)
+    assert seen[1:] == ["transaction saw it"]
+    assert flag.dropped
+    stats = pyo3_twisted.stats(reactor)
+    assert stats["tasks_cancelled"] == 2 and stats["tasks_in_flight"] == 0
+
+
+def test_an_awaitable_that_catches_the_cancellation_answers_the_future(reactor):
+    """As in Python: the future gets what the cancelled awaitable gives, and goes on."""
+
+    async def stubborn():
+        try:
+            await defer.Deferred()
+        except CancelledError:
+            return "caught"
+
+    coroutine, flag = probes.co_await_python(reactor, stubborn, polls=2)
+    d = awaited(coroutine)
+    d.cancel()
+    assert reactor.get_success(d, timeout=10.0) == "caught"
+    assert flag.dropped
+    assert pyo3_twisted.stats(reactor)["tasks_completed"] == 1
+
+
+def test_waiting_on_python_alone_the_caller_waits_on_its_deferred(reactor):
+    """No Deferred of ours between the caller and the Python awaitable: the caller's
+    driver is handed the awaitable's Deferred (a coroutine's: the one it awaits
+    now, step by step), and the future is polled only once it has the answer."""
+    waiting = defer.Deferred()
+    coroutine = probes.co_call_python(reactor, lambda: waiting)
+    assert coroutine.send(None) is waiting
+    assert pyo3_twisted.stats(reactor)["tasks_in_flight"] == 1
+    waiting.callback(5)
+    with pytest.raises(StopIteration) as stop:
+        coroutine.send(None)
+    assert stop.value.value == 5
+
+    first, second = defer.Deferred(), defer.Deferred()
+
+    async def two_steps():
+        return (await first) + (await second)
+
+    coroutine = probes.co_call_python(reactor, two_steps)
+    assert coroutine.send(None) is first
+    first.callback(1)
+    assert coroutine.send(None) is second
+    second.callback(2)
+    with pytest.raises(StopIteration) as stop:
+        coroutine.send(None)
+    assert stop.value.value == 3
+    stats = pyo3_twisted.stats(reactor)
+    assert stats["tasks_completed"] == 2 and stats["tasks_in_flight"] == 0
+
+
+def test_a_future_that_waits_on_more_than_python_gets_a_deferred_of_ours(reactor):
+    """A Tokio timer beside the Python awaitable, polled with the task's waker or
+    behind a combinator's own: the caller waits on a Deferred the timer's wake can
+    fire, so the timer wins without waiting for Python."""
+    for race in (probes.co_race, probes.co_race_unordered):
+        never = defer.Deferred()
+        coroutine = race(reactor, lambda: never, 3600.0)
+        yielded = coroutine.send(None)
+        assert isinstance(yielded, defer.Deferred) and yielded is not never
+        coroutine.close()
+        never = defer.Deferred()
+        assert reactor.get_success(awaited(race(reactor, lambda: never, 0.01)), timeout=10.0) == "timer"
+    assert pyo3_twisted.stats(reactor)["tasks_in_flight"] == 0
 
 
 def test_close_and_collection_drop_the_future(reactor):
@@ -152,6 +234,24 @@ def test_close_and_collection_drop_the_future(reactor):
     del never_awaited
     gc.collect()
     assert flag.dropped
+
+
+def test_a_wait_on_python_nobody_can_answer_is_collected(reactor):
+    """Waiting on a Python Deferred only the wait refers to, the caller and the
+    coroutine are garbage, as a Python coroutine awaiting it would be: the
+    collector frees them (the future is dropped), and nothing is cancelled into the
+    gone caller."""
+    coroutine, flag = probes.co_await_python(reactor, defer.Deferred)
+    d = awaited(coroutine)
+    failures = []
+    d.addErrback(failures.append)
+    assert pyo3_twisted.stats(reactor)["tasks_in_flight"] == 1
+    del coroutine, d
+    gc.collect()
+    assert flag.dropped
+    reactor.advance(0)
+    assert failures == []
+    assert pyo3_twisted.stats(reactor)["tasks_in_flight"] == 0
 
 
 def test_a_tokio_timer_wins_a_race_against_python_without_waiting_for_it(reactor):
@@ -215,6 +315,23 @@ def test_shutdown_fails_what_still_waits_and_refuses_new_work():
         r.get_failure(d, RuntimeShutdown)
         assert flag.dropped
         r.get_failure(awaited(probes.co_call_python(r, lambda: 1)), RuntimeShutdown)
+
+
+def test_shutdown_leaves_a_wait_on_python_to_python():
+    """What waits on a Python awaitable alone is not failed by a shutdown (a Python
+    coroutine awaiting it would not be); once the awaitable answers, Tokio is gone,
+    so the await raises RuntimeShutdown and the future is dropped."""
+    with memory_reactor() as r:
+        pyo3_twisted.install(r, worker_threads=2, tokio="per_reactor")
+        waiting = defer.Deferred()
+        coroutine, flag = probes.co_await_python(r, lambda: waiting)
+        d = awaited(coroutine)
+        pyo3_twisted.Runtime(r).shutdown_blocking(0.5)
+        assert not d.called and not flag.dropped
+        waiting.callback(1)
+        r.get_failure(d, RuntimeShutdown)
+        assert flag.dropped
+        assert pyo3_twisted.stats(r)["tasks_in_flight"] == 0
 
 
 # -- logcontexts ----------------------------------------------------------------------

@@ -27,6 +27,57 @@ fn co_call_python<'py>(
     })
 }
 
+/// `await factory()` (through `run_python_awaitable`), then `polls` more polls of
+/// nothing (each a Tokio `yield_now`); `(coroutine, flag)`, the flag set when the
+/// future is dropped. Evaluates to the awaitable's result, or raises its error.
+#[pyfunction]
+#[pyo3(signature = (reactor, factory, polls=0))]
+fn co_await_python<'py>(
+    py: Python<'py>,
+    reactor: &Bound<'py, PyAny>,
+    factory: Py<PyAny>,
+    polls: u32,
+) -> PyResult<(Bound<'py, PyAny>, DropFlag)> {
+    let handle = reactor.clone().unbind();
+    let (flag, guard) = drop_flag();
+    let coroutine = create_coroutine(py, reactor, async move {
+        let _guard = guard;
+        let answer = run_python_awaitable(handle, move |py| factory.bind(py).call0()).await?;
+        for _ in 0..polls {
+            tokio::task::yield_now().await;
+        }
+        Ok(answer)
+    })?;
+    Ok((coroutine, flag))
+}
+
+/// Races `factory()` against a Tokio sleep of `seconds` inside a
+/// `FuturesUnordered`, which polls each with a waker of its own: `"python"` or
+/// `"timer"`, whichever finishes first.
+#[pyfunction]
+fn co_race_unordered<'py>(
+    py: Python<'py>,
+    reactor: &Bound<'py, PyAny>,
+    factory: Py<PyAny>,
+    seconds: f64,
+) -> PyResult<Bound<'py, PyAny>> {
+    use futures_util::future::{BoxFuture, FutureExt};
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+
+    let handle = reactor.clone().unbind();
+    let timeout = seconds_to_duration(seconds)?;
+    create_coroutine(py, reactor, async move {
+        let call: BoxFuture<'static, PyResult<&'static str>> =
+            run_python_awaitable(handle, move |py| factory.bind(py).call0())
+                .map(|answer| answer.map(|_| "python"))
+                .boxed();
+        let timer: BoxFuture<'static, PyResult<&'static str>> =
+            tokio::time::sleep(timeout).map(|()| Ok("timer")).boxed();
+        let mut both: FuturesUnordered<_> = [call, timer].into_iter().collect();
+        both.next().await.unwrap_or(Ok("neither"))
+    })
+}
+
 /// The thread names where it was polled: at its start, after awaiting `factory()`,
 /// and after a 1 ms Tokio sleep (Tokio wakes it).
 #[pyfunction]
@@ -156,6 +207,8 @@ fn co_spawn_child<'py>(
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(co_call_python, m)?)?;
+    m.add_function(wrap_pyfunction!(co_await_python, m)?)?;
+    m.add_function(wrap_pyfunction!(co_race_unordered, m)?)?;
     m.add_function(wrap_pyfunction!(co_where_polled, m)?)?;
     m.add_function(wrap_pyfunction!(co_fail, m)?)?;
     m.add_function(wrap_pyfunction!(co_pending, m)?)?;
