@@ -259,10 +259,20 @@ impl RustCoroutine {
                 // The awaitable (a coroutine) took one step and waits again; the
                 // future was not woken, so it is not polled.
                 if let Some((deferred, keeps_rules)) = direct.wait.deferred(py) {
-                    if !keeps_rules {
-                        self.keep_rules_waiting(py, running)?;
-                    }
+                    let kept = if keeps_rules {
+                        Ok(())
+                    } else {
+                        self.keep_rules_waiting(py, running)
+                    };
                     running.direct = Some(direct);
+                    if let Err(err) = kept {
+                        if let State::Running(running) = std::mem::replace(&mut *state, State::Done)
+                        {
+                            drop(state);
+                            drop_in_runtime(running);
+                        }
+                        return Err(err);
+                    }
                     return Ok(Step::Wait(deferred.unbind()));
                 }
             }
@@ -292,12 +302,12 @@ impl RustCoroutine {
                     if std::mem::take(&mut running.wakeup.inner.lock().woken) {
                         continue;
                     }
-                    if let Some(wait) = wait {
-                        if let Some(deferred) = self.wait_directly(py, running, wait)? {
-                            return Ok(Step::Wait(deferred));
-                        }
-                    }
-                    match self.suspend(py, running) {
+                    let waited = match wait.map(|wait| self.wait_directly(py, running, wait)) {
+                        Some(Ok(Some(deferred))) => Ok(Some(deferred)),
+                        Some(Err(err)) => Err(err),
+                        Some(Ok(None)) | None => self.suspend(py, running),
+                    };
+                    match waited {
                         Ok(Some(deferred)) => return Ok(Step::Wait(deferred)),
                         // Woken as it suspended: poll again.
                         Ok(None) => continue,

@@ -453,3 +453,34 @@ def test_a_transaction_through_the_python_pool_is_charged_to_the_request(lc_reac
     # runInteraction ran in the request's context (a child of it on the pool's
     # thread), as it does when Python calls it.
     assert ctx.get_resource_usage().db_txn_count == 1
+
+
+def test_a_provider_that_fails_around_a_direct_wait_fails_the_await(monkeypatch, lc):
+    """The sentinel cannot be set as the caller starts waiting on a Python
+    Deferred: the await raises the provider's error and the future is dropped,
+    rather than the caller waiting with the request's context left current."""
+    real = lc.set_current_context
+    armed = []
+
+    def failing(context):
+        if armed and context is lc.SENTINEL_CONTEXT:
+            raise RuntimeError("the provider broke")
+        return real(context)
+
+    monkeypatch.setattr(lc, "set_current_context", failing)
+    with memory_reactor(logcontext=lc) as r:
+        pyo3_twisted.install(r, worker_threads=2, tokio="per_reactor", logcontext="pyo3_twisted.logcontext")
+        coroutine, flag = probes.co_await_python(r, defer.Deferred)
+
+        async def handler():
+            with lc.LoggingContext("request"):
+                armed.append(True)
+                try:
+                    return await coroutine
+                finally:
+                    armed.clear()
+
+        failure = r.get_failure(defer.ensureDeferred(handler()), RuntimeError)
+        assert "the provider broke" in str(failure.value)
+        assert flag.dropped
+        assert pyo3_twisted.stats(r)["tasks_in_flight"] == 0
