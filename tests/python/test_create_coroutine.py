@@ -203,14 +203,15 @@ def test_a_future_that_waits_on_more_than_python_gets_a_deferred_of_ours(reactor
     """A Tokio timer beside the Python awaitable, polled with the task's waker or
     behind a combinator's own: the caller waits on a Deferred the timer's wake can
     fire, so the timer wins without waiting for Python."""
-    for race in (probes.co_race, probes.co_race_unordered):
+    for unordered in (False, True):
         never = defer.Deferred()
-        coroutine = race(reactor, lambda: never, 3600.0)
+        coroutine = probes.co_race(reactor, lambda: never, 3600.0, unordered)
         yielded = coroutine.send(None)
         assert isinstance(yielded, defer.Deferred) and yielded is not never
         coroutine.close()
         never = defer.Deferred()
-        assert reactor.get_success(awaited(race(reactor, lambda: never, 0.01)), timeout=10.0) == "timer"
+        race = probes.co_race(reactor, lambda: never, 0.01, unordered)
+        assert reactor.get_success(awaited(race), timeout=10.0) == "timer"
     assert pyo3_twisted.stats(reactor)["tasks_in_flight"] == 0
 
 

@@ -51,33 +51,6 @@ fn co_await_python<'py>(
     Ok((coroutine, flag))
 }
 
-/// Races `factory()` against a Tokio sleep of `seconds` inside a
-/// `FuturesUnordered`, which polls each with a waker of its own: `"python"` or
-/// `"timer"`, whichever finishes first.
-#[pyfunction]
-fn co_race_unordered<'py>(
-    py: Python<'py>,
-    reactor: &Bound<'py, PyAny>,
-    factory: Py<PyAny>,
-    seconds: f64,
-) -> PyResult<Bound<'py, PyAny>> {
-    use futures_util::future::{BoxFuture, FutureExt};
-    use futures_util::stream::{FuturesUnordered, StreamExt};
-
-    let handle = reactor.clone().unbind();
-    let timeout = seconds_to_duration(seconds)?;
-    create_coroutine(py, reactor, async move {
-        let call: BoxFuture<'static, PyResult<&'static str>> =
-            run_python_awaitable(handle, move |py| factory.bind(py).call0())
-                .map(|answer| answer.map(|_| "python"))
-                .boxed();
-        let timer: BoxFuture<'static, PyResult<&'static str>> =
-            tokio::time::sleep(timeout).map(|()| Ok("timer")).boxed();
-        let mut both: FuturesUnordered<_> = [call, timer].into_iter().collect();
-        both.next().await.unwrap_or(Ok("neither"))
-    })
-}
-
 /// The thread names where it was polled: at its start, after awaiting `factory()`,
 /// and after a 1 ms Tokio sleep (Tokio wakes it).
 #[pyfunction]
@@ -129,24 +102,37 @@ fn co_pending<'py>(
 }
 
 /// Races `factory()` against a Tokio sleep of `seconds`: `"python"` or `"timer"`,
-/// whichever finishes first (the other is dropped).
+/// whichever finishes first (the other is dropped). With `unordered`, the two race
+/// inside a `FuturesUnordered`, which polls each with a waker of its own.
 #[pyfunction]
+#[pyo3(signature = (reactor, factory, seconds, unordered=false))]
 fn co_race<'py>(
     py: Python<'py>,
     reactor: &Bound<'py, PyAny>,
     factory: Py<PyAny>,
     seconds: f64,
+    unordered: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
+    use futures_util::future::{BoxFuture, FutureExt};
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+
     let handle = reactor.clone().unbind();
     let timeout = seconds_to_duration(seconds)?;
     create_coroutine(py, reactor, async move {
-        let call = std::pin::pin!(run_python_awaitable(handle, move |py| {
-            factory.bind(py).call0()
-        }));
-        let timer = std::pin::pin!(tokio::time::sleep(timeout));
-        match futures_util::future::select(call, timer).await {
-            futures_util::future::Either::Left((answer, _)) => answer.map(|_| "python"),
-            futures_util::future::Either::Right(_) => Ok("timer"),
+        let call: BoxFuture<'static, PyResult<&'static str>> =
+            run_python_awaitable(handle, move |py| factory.bind(py).call0())
+                .map(|answer| answer.map(|_| "python"))
+                .boxed();
+        let timer: BoxFuture<'static, PyResult<&'static str>> =
+            tokio::time::sleep(timeout).map(|()| Ok("timer")).boxed();
+        if unordered {
+            let mut both: FuturesUnordered<_> = [call, timer].into_iter().collect();
+            both.next().await.unwrap_or(Ok("neither"))
+        } else {
+            futures_util::future::select(call, timer)
+                .await
+                .factor_first()
+                .0
         }
     })
 }
@@ -208,7 +194,6 @@ fn co_spawn_child<'py>(
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(co_call_python, m)?)?;
     m.add_function(wrap_pyfunction!(co_await_python, m)?)?;
-    m.add_function(wrap_pyfunction!(co_race_unordered, m)?)?;
     m.add_function(wrap_pyfunction!(co_where_polled, m)?)?;
     m.add_function(wrap_pyfunction!(co_fail, m)?)?;
     m.add_function(wrap_pyfunction!(co_pending, m)?)?;
