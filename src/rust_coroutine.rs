@@ -244,12 +244,9 @@ impl RustCoroutine {
         };
         if bridge.is_stopped() {
             // Resumed by a Python awaitable after shutdown: Tokio is gone.
-            if let State::Running(running) = std::mem::replace(&mut *state, State::Done) {
-                drop(state);
-                drop_in_runtime(running);
-            }
-            return Err(RuntimeShutdown::new_err(
-                "the pyo3-twisted runtime has shut down",
+            return Err(give_up(
+                state,
+                RuntimeShutdown::new_err("the pyo3-twisted runtime has shut down"),
             ));
         }
         // A wake before this poll is answered by it.
@@ -266,12 +263,7 @@ impl RustCoroutine {
                     };
                     running.direct = Some(direct);
                     if let Err(err) = kept {
-                        if let State::Running(running) = std::mem::replace(&mut *state, State::Done)
-                        {
-                            drop(state);
-                            drop_in_runtime(running);
-                        }
-                        return Err(err);
+                        return Err(give_up(state, err));
                     }
                     return Ok(Step::Wait(deferred.unbind()));
                 }
@@ -311,15 +303,7 @@ impl RustCoroutine {
                         Ok(Some(deferred)) => return Ok(Step::Wait(deferred)),
                         // Woken as it suspended: poll again.
                         Ok(None) => continue,
-                        Err(err) => {
-                            if let State::Running(running) =
-                                std::mem::replace(&mut *state, State::Done)
-                            {
-                                drop(state);
-                                drop_in_runtime(running);
-                            }
-                            return Err(err);
-                        }
+                        Err(err) => return Err(give_up(state, err)),
                     }
                 }
                 Ok(Poll::Ready(outcome)) => outcome.map_err(Failure::Error),
@@ -498,6 +482,16 @@ impl RustCoroutine {
 enum Failure {
     Error(PyErr),
     Panic(String),
+}
+
+/// The step cannot go on: the coroutine is done, its future dropped (after the
+/// state's lock is released), and `err` is what the step raises.
+fn give_up(mut state: parking_lot::MutexGuard<'_, State>, err: PyErr) -> PyErr {
+    if let State::Running(running) = std::mem::replace(&mut *state, State::Done) {
+        drop(state);
+        drop_in_runtime(running);
+    }
+    err
 }
 
 /// Drops the future inside the Tokio runtime's context (what it holds may need it).
