@@ -35,12 +35,14 @@ use pyo3::{PyTraverseError, PyVisit};
 use tokio::sync::oneshot;
 
 use crate::bridge::Bridge;
-use crate::coroutine::{Driver, Started};
+use crate::coroutine::{resume, Driver, Input, Started, Stepped};
 use crate::errors::RuntimeShutdown;
 use crate::logcontext::Provider;
 use crate::scope::TaskScope;
 use crate::stats::Counters;
-use crate::twisted::{cancelled_error, failure_class, failure_to_pyerr, to_deferred};
+use crate::twisted::{
+    cancelled_error, deferred_class, failure_class, failure_to_pyerr, to_deferred,
+};
 
 type BoxedFactory = Box<dyn for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send>;
 type Completer = Box<dyn for<'py> FnOnce(Python<'py>, PyResult<Bound<'py, PyAny>>) + Send>;
@@ -58,6 +60,22 @@ struct Shared {
     /// follows the rules itself, as under a Python caller). [`NOT_DIRECT`],
     /// [`DIRECT_DEFERRED`] or [`DIRECT_COROUTINE`].
     direct: AtomicU8,
+    /// A coroutine awaitable stepped by the `create_coroutine` poll that started
+    /// it, and driven by nobody yet ([`Delegated`]).
+    delegated: Mutex<Option<Delegated>>,
+}
+
+/// A coroutine awaitable that a `create_coroutine` poll started by stepping it
+/// itself, in the caller's own context (as `await` would), and that waits. When the
+/// poll's step ends, either the caller drives it on (it is all the future waits on:
+/// the caller waits on what it yielded and its steps are forwarded to it, `yield
+/// from`), or a [`Driver`] takes it over ([`Delegations::settle`]). No driver, no
+/// context copy, no `addBoth` and no callback of ours on the direct path.
+struct Delegated {
+    coro: Py<PyAny>,
+    /// What it yielded (a Deferred), until the caller takes it to wait on.
+    yielded: Option<Py<PyAny>>,
+    resolver: Py<Resolver>,
 }
 
 const NOT_DIRECT: u8 = 0;
@@ -173,7 +191,8 @@ fn start(
         // factory runs in it as it is, and the coroutine's driver keeps the rules
         // around what is left waiting (`rust_coroutine`).
         Some(_) if crate::local_task::own_context_current(scope_address) => {
-            launch(py, bridge, factory(py), &resolver, &shared, None)?;
+            let delegate = watching();
+            launch(py, bridge, factory(py), &resolver, &shared, None, delegate)?;
             if !resolver.get().is_resolved() {
                 crate::local_task::own_context_unknown();
                 crate::cputime::meter_from_now();
@@ -194,7 +213,15 @@ fn start(
                         Some(provider.current(py)?)
                     },
                 };
-                launch(py, bridge, factory(py), &resolver, &shared, Some(rules))
+                launch(
+                    py,
+                    bridge,
+                    factory(py),
+                    &resolver,
+                    &shared,
+                    Some(rules),
+                    false,
+                )
             };
             let started = match scope {
                 Some(scope) => scope.with_context(py, begin),
@@ -205,7 +232,10 @@ fn start(
                 Ok(()) => Ok(()),
             }
         }
-        None => launch(py, bridge, factory(py), &resolver, &shared, None),
+        None => {
+            let delegate = watching();
+            launch(py, bridge, factory(py), &resolver, &shared, None, delegate)
+        }
     }
 }
 
@@ -222,6 +252,9 @@ struct Rules<'a, 'py> {
 /// or an exception at once, a coroutine driven here (no `ensureDeferred`), anything
 /// else as a Deferred. Reactor thread.
 ///
+/// With `delegate` (inside a `create_coroutine` poll, in the task's own context), a
+/// coroutine is stepped here, as `await` would, and left [`Delegated`] if it waits.
+///
 /// With a logcontext provider, `rules` holds it and the context the factory ran in.
 /// An awaitable still pending once started gets that context back now, and the
 /// context it left (the sentinel, for one that keeps the rules) is restored when it
@@ -232,8 +265,9 @@ fn launch(
     bridge: &Bridge,
     made: PyResult<Bound<'_, PyAny>>,
     resolver: &Bound<'_, Resolver>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     rules: Option<Rules<'_, '_>>,
+    delegate: bool,
 ) -> PyResult<()> {
     let value = match made.and_then(|made| crate::asyncio::prepare(bridge.asyncio(), made)) {
         Ok(value) => value,
@@ -248,6 +282,9 @@ fn launch(
         return Ok(());
     }
     let pending = if crate::coroutine::is_coroutine(&value)? {
+        if delegate {
+            return step_first(value, resolver, shared);
+        }
         let target = resolver.clone().into_any().unbind();
         match Driver::start(py, value, target, resolve_done)? {
             Started::Finished => return Ok(()),
@@ -278,6 +315,44 @@ fn launch(
     }
     *shared.deferred.lock() = Some(pending);
     Ok(())
+}
+
+/// The first step of a coroutine awaitable, taken by the `create_coroutine` poll
+/// that started it: its answer, or it is left [`Delegated`] on the Deferred it
+/// awaits. What it yields that is not a Deferred is sent straight back, as Twisted's
+/// driver does. Reactor thread.
+fn step_first(
+    coro: Bound<'_, PyAny>,
+    resolver: &Bound<'_, Resolver>,
+    shared: &Arc<Shared>,
+) -> PyResult<()> {
+    let py = coro.py();
+    let mut input = Input::Send(py.None());
+    loop {
+        let yielded = match resume(&coro, input) {
+            Stepped::Returned(value) => return resolver.get().resolve(py, Ok(value)),
+            Stepped::Raised(err) => return resolver.get().resolve(py, Err(err)),
+            Stepped::Yielded(yielded) => yielded,
+        };
+        match deferred_class(py).and_then(|class| yielded.is_instance(class)) {
+            Ok(true) => {}
+            Ok(false) => {
+                input = Input::Send(yielded.unbind());
+                continue;
+            }
+            Err(err) => {
+                input = Input::Throw(err);
+                continue;
+            }
+        }
+        *shared.delegated.lock() = Some(Delegated {
+            coro: coro.unbind(),
+            yielded: Some(yielded.unbind()),
+            resolver: resolver.clone().unbind(),
+        });
+        WATCH.with(|watch| watch.borrow_mut().delegated.push(Arc::clone(shared)));
+        return Ok(());
+    }
 }
 
 /// The coroutine driver's report: `target` is the call's [`Resolver`].
@@ -428,6 +503,12 @@ impl Resolver {
             if let Some(deferred) = self.shared.deferred.try_lock() {
                 visit.call(&*deferred)?;
             }
+            if let Some(delegated) = self.shared.delegated.try_lock() {
+                if let Some(delegated) = &*delegated {
+                    visit.call(&delegated.coro)?;
+                    visit.call(&delegated.yielded)?;
+                }
+            }
         }
         if let Some(restore) = self.restore.try_lock() {
             visit.call(&*restore)?;
@@ -440,9 +521,10 @@ impl Resolver {
     /// answer's channel are let go, after the locks are released.
     fn __clear__(&self) {
         let deferred = self.shared.deferred.lock().take();
+        let delegated = self.shared.delegated.lock().take();
         let restore = self.restore.lock().take();
         let complete = self.complete.lock().take();
-        drop((deferred, restore, complete));
+        drop((deferred, delegated, restore, complete));
     }
 
     fn __call__(&self, py: Python<'_>, result: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
@@ -488,6 +570,8 @@ struct Watch {
     /// Calls left pending in this poll with that waker, and the last of them.
     offers: u32,
     offer: Option<Arc<Shared>>,
+    /// Coroutine awaitables this poll started and left [`Delegated`].
+    delegated: Vec<Arc<Shared>>,
 }
 
 impl Watch {
@@ -496,6 +580,60 @@ impl Watch {
             task_waker,
             offers: 0,
             offer: None,
+            delegated: Vec::new(),
+        }
+    }
+}
+
+/// Whether a `create_coroutine` poll runs on this thread now: a coroutine awaitable
+/// it starts is stepped by it ([`Delegated`]).
+fn watching() -> bool {
+    WATCH.with(|watch| !watch.borrow().task_waker.is_null())
+}
+
+/// The coroutine awaitables a `create_coroutine` step left [`Delegated`]: before
+/// the step returns, [`Delegations::settle`] gives each one the caller does not
+/// drive a [`Driver`]. Reactor thread.
+#[derive(Default)]
+pub(crate) struct Delegations(Vec<Arc<Shared>>);
+
+impl Delegations {
+    /// A [`Driver`] takes over each delegated coroutine the caller does not wait on
+    /// directly (it may have been dropped: its cancel job, queued meanwhile, then
+    /// finds the driver and cancels what it awaits).
+    pub(crate) fn settle(&mut self, py: Python<'_>) {
+        for shared in self.0.drain(..) {
+            if shared.direct.load(Ordering::Acquire) != NOT_DIRECT {
+                continue;
+            }
+            let Some(delegated) = shared.delegated.lock().take() else {
+                continue;
+            };
+            let Delegated {
+                coro,
+                yielded,
+                resolver,
+            } = delegated;
+            let Some(yielded) = yielded else { continue };
+            let target = resolver.clone_ref(py).into_any();
+            let adopted = Driver::adopt(
+                py,
+                coro.into_bound(py),
+                yielded.into_bound(py),
+                target,
+                resolve_done,
+            );
+            let failed = match adopted {
+                Ok(Started::Waiting(driver)) => {
+                    *shared.deferred.lock() = Some(driver.into_any());
+                    Ok(())
+                }
+                Ok(Started::Finished) => Ok(()),
+                Err(err) => resolver.get().resolve(py, Err(err)),
+            };
+            if let Err(err) = failed {
+                crate::errors::report(py, err, "pyo3-twisted: driving a Python coroutine");
+            }
         }
     }
 }
@@ -519,14 +657,18 @@ fn offer(waker: &Waker, shared: &Arc<Shared>) {
 /// Runs `poll`, a poll of a `create_coroutine` task whose waker is `task_waker`,
 /// and returns the call it left waiting if exactly one was left pending with that
 /// waker itself (not a combinator's). Whether that is all the task waits on is the
-/// caller's to check (how many wakers exist). Reactor thread.
+/// caller's to check (how many wakers exist). Coroutine awaitables the poll left
+/// [`Delegated`] join `delegations`, to be settled before the step returns.
+/// Reactor thread.
 pub(crate) fn watching_waits<R>(
     task_waker: &Waker,
+    delegations: &mut Delegations,
     poll: impl FnOnce() -> R,
 ) -> (R, Option<PythonWait>) {
     let outer = WATCH.with(|w| w.replace(Watch::new(task_waker.data())));
     let result = poll();
-    let watched = WATCH.with(|w| w.replace(outer));
+    let mut watched = WATCH.with(|w| w.replace(outer));
+    delegations.0.append(&mut watched.delegated);
     let wait = match watched {
         Watch {
             offers: 1,
@@ -556,6 +698,13 @@ impl PythonWait {
         if self.shared.abandoned.load(Ordering::Acquire) {
             return None;
         }
+        if let Some(delegated) = &mut *self.shared.delegated.lock() {
+            let yielded = delegated.yielded.take()?;
+            self.shared
+                .direct
+                .store(DIRECT_COROUTINE, Ordering::Release);
+            return Some((yielded.into_bound(py), true));
+        }
         let pending = self.shared.deferred.lock().as_ref()?.bind(py).clone();
         let (deferred, kind) = match pending.cast::<Driver>() {
             Ok(driver) => (driver.get().waiting(py)?, DIRECT_COROUTINE),
@@ -563,6 +712,36 @@ impl PythonWait {
         };
         self.shared.direct.store(kind, Ordering::Release);
         Some((deferred, kind == DIRECT_COROUTINE))
+    }
+
+    /// Whether the caller drives the awaitable itself (a [`Delegated`] coroutine):
+    /// its steps go to [`PythonWait::forward`].
+    pub(crate) fn is_delegated(&self) -> bool {
+        self.shared.delegated.lock().is_some()
+    }
+
+    /// One step of a [`Delegated`] coroutine, with what the caller sent or threw:
+    /// what it awaits next, or its outcome handed to the Rust side (in the context
+    /// it left, as a coroutine awaited directly). A `CancelledError` it raises is
+    /// handed back instead (the caller then drops the future, as for any direct
+    /// wait).
+    pub(crate) fn forward<'py>(&self, py: Python<'py>, input: Input) -> Forwarded<'py> {
+        let coro = match &*self.shared.delegated.lock() {
+            Some(delegated) => delegated.coro.clone_ref(py).into_bound(py),
+            None => return Forwarded::Answered,
+        };
+        let outcome = match resume(&coro, input) {
+            Stepped::Yielded(yielded) => return Forwarded::Waits(yielded),
+            Stepped::Returned(value) => Ok(value),
+            Stepped::Raised(err) => Err(err),
+        };
+        let Some(delegated) = self.shared.delegated.lock().take() else {
+            return Forwarded::Answered;
+        };
+        match delegated.resolver.get().resolve(py, outcome) {
+            Ok(()) => Forwarded::Answered,
+            Err(err) => Forwarded::Raised(err),
+        }
     }
 
     /// The caller no longer waits on it (resumed, or gone).
@@ -574,10 +753,23 @@ impl PythonWait {
     /// not cancelled, as a Python coroutine closed while it awaits lets it go (its
     /// callbacks include the gone caller's, which a cancellation would run). The
     /// reference is dropped after the lock is released (dropping it may run Python).
-    pub(crate) fn release(&self) {
+    ///
+    /// A [`Delegated`] coroutine is closed with `close` (`close()` of the caller,
+    /// which `yield from` passes on), or else let go (collected: its own finalizer
+    /// closes it).
+    pub(crate) fn release(&self, py: Python<'_>, close: bool) {
         self.shared.abandoned.store(true, Ordering::Release);
         let pending = self.shared.deferred.lock().take();
+        let delegated = self.shared.delegated.lock().take();
         drop(pending);
+        if let Some(delegated) = delegated {
+            if close {
+                if let Err(err) = delegated.coro.bind(py).call_method0(intern!(py, "close")) {
+                    crate::errors::report(py, err, "pyo3-twisted: closing a Python coroutine");
+                }
+            }
+            drop(delegated);
+        }
     }
 
     /// For the collector: the awaitable (or the coroutine driving it), which the
@@ -588,6 +780,23 @@ impl PythonWait {
         if let Some(pending) = self.shared.deferred.try_lock() {
             visit.call(&*pending)?;
         }
+        if let Some(delegated) = self.shared.delegated.try_lock() {
+            if let Some(delegated) = &*delegated {
+                visit.call(&delegated.coro)?;
+                visit.call(&delegated.yielded)?;
+                visit.call(&delegated.resolver)?;
+            }
+        }
         Ok(())
     }
+}
+
+/// What a forwarded step of a [`Delegated`] coroutine came to.
+pub(crate) enum Forwarded<'py> {
+    /// It awaits this: the caller waits on it.
+    Waits(Bound<'py, PyAny>),
+    /// Its outcome went to the Rust side: poll the future.
+    Answered,
+    /// It raised `CancelledError`: the caller raises it and drops the future.
+    Raised(PyErr),
 }

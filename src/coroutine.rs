@@ -53,10 +53,58 @@ struct Coroutine {
     send: Py<PyAny>,
 }
 
-/// What goes into the coroutine next.
-enum Input {
+/// What goes into a coroutine next.
+pub(crate) enum Input {
     Send(Py<PyAny>),
     Throw(PyErr),
+}
+
+/// What one step of a coroutine came to.
+pub(crate) enum Stepped<'py> {
+    /// It awaits this (a Deferred, for a coroutine Twisted can drive).
+    Yielded(Bound<'py, PyAny>),
+    Returned(Bound<'py, PyAny>),
+    Raised(PyErr),
+}
+
+/// One step of `coro` in the current `contextvars` context, as `yield from` takes
+/// it: a value is sent with `PyIter_Send` (a return is handed back as it is, no
+/// `StopIteration` made), an exception thrown with `coro.throw`. Reactor thread.
+pub(crate) fn resume<'py>(coro: &Bound<'py, PyAny>, input: Input) -> Stepped<'py> {
+    let py = coro.py();
+    match input {
+        Input::Send(value) => {
+            let mut out = std::ptr::null_mut();
+            // SAFETY: both pointers are live objects (the GIL is held); `out` is
+            // set to a new reference unless the result is an error.
+            let sent = unsafe { pyo3::ffi::PyIter_Send(coro.as_ptr(), value.as_ptr(), &mut out) };
+            if sent == pyo3::ffi::PySendResult::PYGEN_ERROR {
+                return Stepped::Raised(PyErr::fetch(py));
+            }
+            // SAFETY: not an error, so `out` is a new reference.
+            let out = unsafe { Bound::from_owned_ptr(py, out) };
+            if sent == pyo3::ffi::PySendResult::PYGEN_RETURN {
+                Stepped::Returned(out)
+            } else {
+                Stepped::Yielded(out)
+            }
+        }
+        Input::Throw(err) => {
+            let thrown = coro
+                .getattr(intern!(py, "throw"))
+                .and_then(|throw| throw.call1((err.into_value(py),)));
+            match thrown {
+                Ok(yielded) => Stepped::Yielded(yielded),
+                Err(err) if err.is_instance_of::<PyStopIteration>(py) => {
+                    match err.value(py).getattr(intern!(py, "value")) {
+                        Ok(value) => Stepped::Returned(value),
+                        Err(err) => Stepped::Raised(err),
+                    }
+                }
+                Err(err) => Stepped::Raised(err),
+            }
+        }
+    }
 }
 
 /// The coroutine between steps. Also the callback added to each Deferred it awaits.
@@ -95,9 +143,45 @@ impl Driver {
         target: Py<PyAny>,
         done: Done,
     ) -> PyResult<Started> {
+        let driver = Self::new(py, coro, target, done)?;
+        match run(&driver, Input::Send(py.None())) {
+            // Nobody else waits on anything yet: nothing to hand back to.
+            Ran::Finished(_) => Ok(Started::Finished),
+            Ran::Waiting => Ok(Started::Waiting(driver.unbind())),
+        }
+    }
+
+    /// Takes over `coro`, which was stepped elsewhere (in the caller's own
+    /// context) and now awaits `yielded`, a Deferred: from here on it is driven as
+    /// [`Driver::start`] drives one, in a copy of the context current now.
+    /// Reactor thread.
+    pub(crate) fn adopt(
+        py: Python<'_>,
+        coro: Bound<'_, PyAny>,
+        yielded: Bound<'_, PyAny>,
+        target: Py<PyAny>,
+        done: Done,
+    ) -> PyResult<Started> {
+        let driver = Self::new(py, coro, target, done)?;
+        let ran = match wait_on(&driver, yielded) {
+            None => Ran::Waiting,
+            Some(input) => run(&driver, input),
+        };
+        match ran {
+            Ran::Finished(_) => Ok(Started::Finished),
+            Ran::Waiting => Ok(Started::Waiting(driver.unbind())),
+        }
+    }
+
+    fn new<'py>(
+        py: Python<'py>,
+        coro: Bound<'py, PyAny>,
+        target: Py<PyAny>,
+        done: Done,
+    ) -> PyResult<Bound<'py, Self>> {
         let context_run = copy_context(py)?.call0()?.getattr(intern!(py, "run"))?;
         let send = coro.getattr(intern!(py, "send"))?;
-        let driver = Bound::new(
+        Bound::new(
             py,
             Driver {
                 state: Mutex::new(State {
@@ -112,12 +196,7 @@ impl Driver {
                     arrived: None,
                 }),
             },
-        )?;
-        match run(&driver, Input::Send(py.None())) {
-            // Nobody else waits on anything yet: nothing to hand back to.
-            Ran::Finished(_) => Ok(Started::Finished),
-            Ran::Waiting => Ok(Started::Waiting(driver.unbind())),
-        }
+        )
     }
 
     /// The Deferred the coroutine awaits now, if it waits.
@@ -257,22 +336,33 @@ fn run(driver: &Bound<'_, Driver>, mut input: Input) -> Ran {
                 continue;
             }
         }
-        {
-            let mut state = driver.get().state.lock();
-            state.waiting = Some(yielded.clone().unbind());
-            state.adding = true;
+        match wait_on(driver, yielded) {
+            Some(next) => input = next,
+            None => return Ran::Waiting,
         }
-        let added = yielded.call_method1(intern!(py, "addBoth"), (driver,));
-        let arrived = {
-            let mut state = driver.get().state.lock();
-            state.adding = false;
-            state.arrived.take()
-        };
-        match (added, arrived) {
-            (_, Some(next)) => input = next,
-            (Ok(_), None) => return Ran::Waiting,
-            (Err(err), None) => input = Input::Throw(err),
-        }
+    }
+}
+
+/// Waits on `deferred`, a Deferred the coroutine yielded: `None` if it is pending
+/// now, else what goes into the coroutine next (it fired at once, or `addBoth`
+/// failed).
+fn wait_on(driver: &Bound<'_, Driver>, deferred: Bound<'_, PyAny>) -> Option<Input> {
+    let py = driver.py();
+    {
+        let mut state = driver.get().state.lock();
+        state.waiting = Some(deferred.clone().unbind());
+        state.adding = true;
+    }
+    let added = deferred.call_method1(intern!(py, "addBoth"), (driver,));
+    let arrived = {
+        let mut state = driver.get().state.lock();
+        state.adding = false;
+        state.arrived.take()
+    };
+    match (added, arrived) {
+        (_, Some(next)) => Some(next),
+        (Ok(_), None) => None,
+        (Err(err), None) => Some(Input::Throw(err)),
     }
 }
 

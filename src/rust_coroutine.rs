@@ -41,8 +41,9 @@ use pyo3::types::PyType;
 use pyo3::IntoPyObjectExt;
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::awaitable::{watching_waits, PythonWait};
+use crate::awaitable::{watching_waits, Delegations, Forwarded, PythonWait};
 use crate::bridge::Bridge;
+use crate::coroutine::Input;
 use crate::errors::{panic_message, report, RuntimeShutdown, RustPanicError};
 use crate::registry::Key;
 use crate::runtime::RuntimeRef;
@@ -197,6 +198,14 @@ impl DirectWait {
     }
 }
 
+impl DirectWait {
+    /// Whether the caller drives a Python coroutine through this one (`yield
+    /// from`): what it sends or throws goes to that coroutine.
+    fn delegates(&self) -> bool {
+        self.wait.is_delegated()
+    }
+}
+
 impl Drop for DirectWait {
     fn drop(&mut self) {
         self.wait.leave();
@@ -223,9 +232,22 @@ enum Step {
 }
 
 impl RustCoroutine {
-    /// Polls the future (until it waits with nobody having woken it meanwhile).
-    /// Reactor thread.
-    fn step(&self, py: Python<'_>) -> PyResult<Step> {
+    /// Resumes it with what the caller sent or threw (which only a Python coroutine
+    /// it drives for the future takes) and polls the future until it waits with
+    /// nobody having woken it meanwhile. Reactor thread.
+    fn step(&self, py: Python<'_>, input: Input) -> PyResult<Step> {
+        let mut delegations = Delegations::default();
+        let stepped = self.step_with(py, input, &mut delegations);
+        delegations.settle(py);
+        stepped
+    }
+
+    fn step_with(
+        &self,
+        py: Python<'_>,
+        input: Input,
+        delegations: &mut Delegations,
+    ) -> PyResult<Step> {
         let bridge = &self.bridge;
         bridge.check_reactor_thread("awaiting a create_coroutine coroutine")?;
         let Some(mut state) = self.state.try_lock() else {
@@ -242,6 +264,25 @@ impl RustCoroutine {
                 "cannot reuse already awaited coroutine",
             ));
         };
+        if let Some(direct) = running.direct.take() {
+            if direct.delegates() {
+                // As `yield from`: to the coroutine the future waits on alone.
+                match direct.wait.forward(py, input) {
+                    Forwarded::Waits(next) => {
+                        running.direct = Some(direct);
+                        return Ok(Step::Wait(next.unbind()));
+                    }
+                    Forwarded::Answered => drop(direct),
+                    Forwarded::Raised(err) => {
+                        drop(direct);
+                        Counters::bump(&bridge.counters().tasks_cancelled);
+                        return Err(give_up(state, err));
+                    }
+                }
+            } else {
+                running.direct = Some(direct);
+            }
+        }
         if bridge.is_stopped() {
             // Resumed by a Python awaitable after shutdown: Tokio is gone.
             return Err(give_up(
@@ -276,7 +317,7 @@ impl RustCoroutine {
         // charges this thread's CPU time itself.
         let charged = running.scope.context().is_some();
         loop {
-            let (poll, wait) = watching_waits(&waker, || {
+            let (poll, wait) = watching_waits(&waker, delegations, || {
                 crate::local_task::poll_here(&running.tokio, bridge.counters(), || {
                     crate::cputime::with_context_charging(charged, || {
                         crate::local_task::with_own_context_current(scope_address, || {
@@ -459,13 +500,14 @@ impl RustCoroutine {
     }
 
     /// The caller gave up on it (`throw`, `close`, or its wait was cancelled or
-    /// failed): the future is dropped here.
-    fn abandon(&self, py: Python<'_>) {
+    /// failed): the future is dropped here. With `close`, a Python coroutine the
+    /// caller drives for the future is closed first, as `yield from` closes it.
+    fn abandon(&self, py: Python<'_>, close: bool) {
         let state = std::mem::replace(&mut *self.state.lock(), State::Done);
         if let State::Running(mut running) = state {
             if let Some(direct) = running.direct.take() {
                 Counters::bump(&self.bridge.counters().tasks_cancelled);
-                direct.wait.release();
+                direct.wait.release(py, close);
             }
             let waiting = running.wakeup.inner.lock().waiting.take();
             // Still registered: nobody cancelled or failed its Deferred.
@@ -475,6 +517,26 @@ impl RustCoroutine {
                 self.bridge.entry_left(py);
             }
             drop_in_runtime(running);
+        }
+    }
+}
+
+impl RustCoroutine {
+    fn resume(&self, py: Python<'_>, input: Input) -> PyResult<Py<PyAny>> {
+        match self.step(py, input)? {
+            Step::Wait(deferred) => Ok(deferred),
+            Step::Finished(value) => Err(PyStopIteration::new_err((value,))),
+        }
+    }
+
+    /// Whether the caller drives a Python coroutine for the future now.
+    fn delegates(&self) -> bool {
+        match self.state.try_lock().as_deref() {
+            Some(State::Running(Running {
+                direct: Some(direct),
+                ..
+            })) => direct.delegates(),
+            _ => false,
         }
     }
 }
@@ -507,15 +569,14 @@ impl RustCoroutine {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        match self.step(py)? {
-            Step::Wait(deferred) => Ok(deferred),
-            Step::Finished(value) => Err(PyStopIteration::new_err((value,))),
-        }
+        self.resume(py, Input::Send(py.None()))
     }
 
-    /// Resumes it; what is sent is ignored (the wait's Deferred fires with `None`).
-    fn send(&self, py: Python<'_>, _value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        self.__next__(py)
+    /// Resumes it. What is sent goes to the Python coroutine the caller drives for
+    /// the future, if any; otherwise it is ignored (the wait's Deferred fires with
+    /// `None`).
+    fn send(&self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.resume(py, Input::Send(value.unbind()))
     }
 
     /// Drops the future and raises the exception in the awaiting coroutine: how
@@ -529,13 +590,18 @@ impl RustCoroutine {
         tb: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let err = thrown(py, typ, val, tb)?;
-        self.abandon(py);
+        if self.delegates() {
+            // Into the Python coroutine, which may catch it.
+            return self.resume(py, Input::Throw(err));
+        }
+        self.abandon(py, false);
         Err(err)
     }
 
-    /// Drops the future.
+    /// Drops the future (closing first the Python coroutine the caller drives for
+    /// it, if any).
     fn close(&self, py: Python<'_>) {
-        self.abandon(py);
+        self.abandon(py, true);
     }
 
     /// What the collector must see: while the caller waits on a Python awaitable's
@@ -557,7 +623,7 @@ impl RustCoroutine {
 
     /// Breaks an unreachable cycle: as `close()`.
     fn __clear__(&self) {
-        crate::threads::attach(|py| self.abandon(py));
+        crate::threads::attach(|py| self.abandon(py, false));
     }
 
     fn __repr__(&self) -> &'static str {
@@ -570,7 +636,7 @@ impl Drop for RustCoroutine {
     /// registry, so a shutdown does not wait for it.
     fn drop(&mut self) {
         if matches!(&*self.state.lock(), State::Running(_)) {
-            crate::threads::attach(|py| self.abandon(py));
+            crate::threads::attach(|py| self.abandon(py, false));
         }
     }
 }

@@ -7,6 +7,7 @@ by Tokio while it waits on Python is not stuck. Every reactor here is a memory
 reactor that is never run."""
 
 import collections.abc
+import contextvars
 import gc
 import logging
 import threading
@@ -197,6 +198,121 @@ def test_waiting_on_python_alone_the_caller_waits_on_its_deferred(reactor):
     assert stop.value.value == 3
     stats = pyo3_twisted.stats(reactor)
     assert stats["tasks_completed"] == 2 and stats["tasks_in_flight"] == 0
+
+
+def test_a_coroutine_waited_on_alone_is_driven_by_the_caller_as_yield_from(reactor):
+    """A coroutine awaitable the future waits on alone is driven by the caller's own
+    steps, as `await` inside a Python coroutine drives it: nothing of ours waits on
+    the Deferreds it awaits (it moves on only when the caller resumes), and it runs
+    in the caller's contextvars context."""
+    first, second = defer.Deferred(), defer.Deferred()
+    steps = []
+
+    async def two_steps():
+        one = await first
+        steps.append("past the first")
+        return one + (await second)
+
+    coroutine = probes.co_call_python(reactor, two_steps)
+    assert coroutine.send(None) is first
+    first.callback(1)
+    assert steps == []
+    assert coroutine.send(None) is second
+    assert steps == ["past the first"]
+    second.callback(2)
+    with pytest.raises(StopIteration) as stop:
+        coroutine.send(None)
+    assert stop.value.value == 3
+
+    var = contextvars.ContextVar("var")
+    gate = defer.Deferred()
+
+    async def sets_var():
+        var.set("before its wait")
+        await gate
+        var.set("after its wait")
+        return "done"
+
+    async def caller():
+        answer = await probes.co_call_python(reactor, sets_var)
+        return answer, var.get(None)
+
+    d = defer.ensureDeferred(caller())
+    gate.callback(None)
+    assert reactor.get_success(d) == ("done", "after its wait")
+    assert pyo3_twisted.stats(reactor)["tasks_in_flight"] == 0
+
+
+def test_what_the_caller_throws_and_closes_reaches_the_coroutine_it_drives(reactor):
+    """As `yield from`: an exception thrown into the caller goes into the coroutine
+    awaitable, which may catch it and wait again (the future goes on with its
+    answer); closing the caller closes the coroutine and drops the future."""
+    first, second = defer.Deferred(), defer.Deferred()
+
+    async def stubborn():
+        try:
+            await first
+        except CancelledError:
+            return await second
+
+    coroutine, flag = probes.co_await_python(reactor, stubborn)
+    assert coroutine.send(None) is first
+    assert coroutine.throw(CancelledError()) is second
+    assert not flag.dropped
+    second.callback("second's answer")
+    with pytest.raises(StopIteration) as stop:
+        coroutine.send(None)
+    assert stop.value.value == "second's answer"
+    assert flag.dropped
+
+    seen = []
+
+    async def records_its_end():
+        try:
+            await defer.Deferred()
+        except GeneratorExit:
+            seen.append("closed")
+            raise
+
+    coroutine, flag = probes.co_await_python(reactor, records_its_end)
+    coroutine.send(None)
+    coroutine.close()
+    assert seen == ["closed"] and flag.dropped
+    stats = pyo3_twisted.stats(reactor)
+    assert stats["tasks_in_flight"] == 0 and stats["tasks_completed"] == 1
+
+
+def test_a_coroutine_beside_a_timer_is_driven_by_a_driver_of_ours(reactor):
+    """Not all the future waits on: the coroutine awaitable, started in the poll,
+    is taken over by a driver of ours before the step ends. It runs on when its
+    Deferred fires and answers the future; dropped by the future (the timer won),
+    it is cancelled where it waits."""
+    answered = defer.Deferred()
+    started = []
+
+    async def answers():
+        started.append(True)
+        await answered
+
+    d = awaited(probes.co_race(reactor, answers, 3600.0, False))
+    assert started == [True]
+    answered.callback(None)
+    assert reactor.get_success(d) == "python"
+
+    seen = []
+
+    async def never_answers():
+        try:
+            await defer.Deferred()
+        except CancelledError:
+            seen.append("cancelled")
+            raise
+
+    d = awaited(probes.co_race(reactor, never_answers, 0.01, True))
+    assert reactor.get_success(d, timeout=10.0) == "timer"
+    reactor.pump_until(lambda: seen, timeout=5.0)
+    assert seen == ["cancelled"]
+    assert pyo3_twisted.stats(reactor)["tasks_in_flight"] == 0
 
 
 def test_a_future_that_waits_on_more_than_python_gets_a_deferred_of_ours(reactor):
