@@ -4,7 +4,9 @@
 //!  Tokio task (no GIL)                       reactor thread (mailbox job, or inline
 //!                                            in a reactor-thread poll)
 //!  run_python_awaitable(f) ──start job────▶  with the task's logcontext active: v = f()
-//!                                              a coroutine: driven here (`coroutine`)
+//!                                              a coroutine: driven here (`coroutine`),
+//!                                                or, in a `create_coroutine` poll,
+//!                                                stepped by it (`Delegated`)
 //!                                              anything else: as a Deferred, + Resolver
 //!                                            still pending: the provider's rules (`launch`)
 //!  .await ◀─────────── oneshot ───────────── Resolver: value or exception, converted here

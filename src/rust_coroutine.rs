@@ -6,7 +6,9 @@
 //!  send(None): poll fut here, in the caller's logging context
 //!    Ready    → StopIteration(value) / the future's exception / RustPanicError
 //!    Pending, waiting on one Python awaitable alone (its channel holds the only
-//!             waker): yield that awaitable's own Deferred, the sentinel current
+//!             waker): yield that awaitable's own Deferred, the sentinel current;
+//!             a coroutine awaitable (stepped by the poll) is driven from here on
+//!             by the caller's send/throw/close, forwarded to it (`yield from`)
 //!    Pending  otherwise: yield a Deferred `wake` (registered), the sentinel current
 //!  the awaitable's Deferred fires: its answer handed over, the caller's context
 //!             set; the driver sends: poll again (its CancelledError: thrown in)
@@ -93,8 +95,10 @@ type Erased = Pin<Box<dyn Future<Output = PyResult<Box<dyn Deliver>>> + Send>>;
 ///   logcontext rules (the sentinel is current meanwhile; the caller's context is
 ///   set back before it resumes). Where the future waits on one Python awaitable
 ///   ([`run_python_awaitable`]) and nothing else, that is the awaitable's own
-///   Deferred (for a coroutine, the one it awaits), as when a Python coroutine
-///   awaits it; otherwise it is one of ours, which any wake fires.
+///   Deferred, as when a Python coroutine awaits it; a coroutine awaitable is then
+///   driven by the caller's own steps, as `yield from` drives it (what the caller
+///   sends, throws or closes reaches it; it runs in the caller's contextvars
+///   context). Otherwise it is one of ours, which any wake fires.
 /// - Cancelling the caller (the Deferred of `ensureDeferred`) cancels what it waits
 ///   on. Ours: the future is dropped and the `await` raises `CancelledError`. A
 ///   Python awaitable's: it is cancelled as under a Python coroutine; if it ends
@@ -522,7 +526,8 @@ impl RustCoroutine {
 }
 
 impl RustCoroutine {
-    fn resume(&self, py: Python<'_>, input: Input) -> PyResult<Py<PyAny>> {
+    /// One step, as Python sees it: what to wait on, or `StopIteration(value)`.
+    fn advance(&self, py: Python<'_>, input: Input) -> PyResult<Py<PyAny>> {
         match self.step(py, input)? {
             Step::Wait(deferred) => Ok(deferred),
             Step::Finished(value) => Err(PyStopIteration::new_err((value,))),
@@ -569,14 +574,14 @@ impl RustCoroutine {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.resume(py, Input::Send(py.None()))
+        self.advance(py, Input::Send(py.None()))
     }
 
     /// Resumes it. What is sent goes to the Python coroutine the caller drives for
     /// the future, if any; otherwise it is ignored (the wait's Deferred fires with
     /// `None`).
     fn send(&self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        self.resume(py, Input::Send(value.unbind()))
+        self.advance(py, Input::Send(value.unbind()))
     }
 
     /// Drops the future and raises the exception in the awaiting coroutine: how
@@ -592,7 +597,7 @@ impl RustCoroutine {
         let err = thrown(py, typ, val, tb)?;
         if self.delegates() {
             // Into the Python coroutine, which may catch it.
-            return self.resume(py, Input::Throw(err));
+            return self.advance(py, Input::Throw(err));
         }
         self.abandon(py, false);
         Err(err)

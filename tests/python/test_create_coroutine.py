@@ -357,18 +357,23 @@ def test_a_wait_on_python_nobody_can_answer_is_collected(reactor):
     """Waiting on a Python Deferred only the wait refers to, the caller and the
     coroutine are garbage, as a Python coroutine awaiting it would be: the
     collector frees them (the future is dropped), and nothing is cancelled into the
-    gone caller."""
-    coroutine, flag = probes.co_await_python(reactor, defer.Deferred)
-    d = awaited(coroutine)
-    failures = []
-    d.addErrback(failures.append)
-    assert pyo3_twisted.stats(reactor)["tasks_in_flight"] == 1
-    del coroutine, d
-    gc.collect()
-    assert flag.dropped
-    reactor.advance(0)
-    assert failures == []
-    assert pyo3_twisted.stats(reactor)["tasks_in_flight"] == 0
+    gone caller. Likewise for a coroutine awaitable the caller drives."""
+
+    async def waits_forever():
+        await defer.Deferred()
+
+    for factory in (defer.Deferred, waits_forever):
+        coroutine, flag = probes.co_await_python(reactor, factory)
+        d = awaited(coroutine)
+        failures = []
+        d.addErrback(failures.append)
+        assert pyo3_twisted.stats(reactor)["tasks_in_flight"] == 1
+        del coroutine, d
+        gc.collect()
+        assert flag.dropped
+        reactor.advance(0)
+        assert failures == []
+        assert pyo3_twisted.stats(reactor)["tasks_in_flight"] == 0
 
 
 def test_a_tokio_timer_wins_a_race_against_python_without_waiting_for_it(reactor):
