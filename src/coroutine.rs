@@ -7,6 +7,7 @@
 //!  driver(result)      ─ context.run(coro.send, result)      (a Failure: coro.throw(exception))
 //!                        ─▶ yields again … ─▶ StopIteration(v) / exception ─▶ done(outcome)
 //!  Driver::cancel      ─ d.cancel() on the Deferred it waits for (the coroutine sees CancelledError)
+//!  Driver::adopt(coro, d) ─ a coroutine stepped elsewhere (`resume`) that awaits d: as above from there
 //! ```
 //!
 //! It keeps the rules of Twisted's `ensureDeferred` (inlineCallbacks) that a coroutine
