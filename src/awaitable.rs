@@ -37,14 +37,12 @@ use pyo3::{PyTraverseError, PyVisit};
 use tokio::sync::oneshot;
 
 use crate::bridge::Bridge;
-use crate::coroutine::{resume, Driver, Input, Started, Stepped};
+use crate::coroutine::{as_wait, resume, Driver, Input, Started, Stepped};
 use crate::errors::RuntimeShutdown;
 use crate::logcontext::Provider;
 use crate::scope::TaskScope;
 use crate::stats::Counters;
-use crate::twisted::{
-    cancelled_error, deferred_class, failure_class, failure_to_pyerr, to_deferred,
-};
+use crate::twisted::{cancelled_error, failure_class, failure_to_pyerr, to_deferred};
 
 type BoxedFactory = Box<dyn for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send>;
 type Completer = Box<dyn for<'py> FnOnce(Python<'py>, PyResult<Bound<'py, PyAny>>) + Send>;
@@ -336,20 +334,16 @@ fn step_first(
             Stepped::Raised(err) => return resolver.get().resolve(py, Err(err)),
             Stepped::Yielded(yielded) => yielded,
         };
-        match deferred_class(py).and_then(|class| yielded.is_instance(class)) {
-            Ok(true) => {}
-            Ok(false) => {
-                input = Input::Send(yielded.unbind());
+        let deferred = match as_wait(yielded) {
+            Ok(deferred) => deferred,
+            Err(next) => {
+                input = next;
                 continue;
             }
-            Err(err) => {
-                input = Input::Throw(err);
-                continue;
-            }
-        }
+        };
         *shared.delegated.lock() = Some(Delegated {
             coro: coro.unbind(),
-            yielded: Some(yielded.unbind()),
+            yielded: Some(deferred.unbind()),
             resolver: resolver.clone().unbind(),
         });
         WATCH.with(|watch| watch.borrow_mut().delegated.push(Arc::clone(shared)));

@@ -325,22 +325,28 @@ fn run(driver: &Bound<'_, Driver>, mut input: Input) -> Ran {
             }
             Err(err) => return Ran::Finished(finish(driver, Err(err))),
         };
-        match deferred_class(py).and_then(|class| yielded.is_instance(class)) {
-            Ok(true) => {}
-            // Not a Deferred: sent straight back, as inlineCallbacks does.
-            Ok(false) => {
-                input = Input::Send(yielded.unbind());
+        let deferred = match as_wait(yielded) {
+            Ok(deferred) => deferred,
+            Err(next) => {
+                input = next;
                 continue;
             }
-            Err(err) => {
-                input = Input::Throw(err);
-                continue;
-            }
-        }
-        match wait_on(driver, yielded) {
+        };
+        match wait_on(driver, deferred) {
             Some(next) => input = next,
             None => return Ran::Waiting,
         }
+    }
+}
+
+/// What a coroutine yielded, as Twisted's driver takes it: a Deferred to wait on,
+/// or else what goes back into the coroutine at once (the value itself, as
+/// inlineCallbacks sends it straight back).
+pub(crate) fn as_wait(yielded: Bound<'_, PyAny>) -> Result<Bound<'_, PyAny>, Input> {
+    match deferred_class(yielded.py()).and_then(|class| yielded.is_instance(class)) {
+        Ok(true) => Ok(yielded),
+        Ok(false) => Err(Input::Send(yielded.unbind())),
+        Err(err) => Err(Input::Throw(err)),
     }
 }
 

@@ -200,9 +200,7 @@ impl DirectWait {
             bridge: Arc::clone(bridge),
         }
     }
-}
 
-impl DirectWait {
     /// Whether the caller drives a Python coroutine through this one (`yield
     /// from`): what it sends or throws goes to that coroutine.
     fn delegates(&self) -> bool {
@@ -246,6 +244,8 @@ impl RustCoroutine {
         stepped
     }
 
+    /// [`RustCoroutine::step`], noting in `delegations` the Python coroutines its
+    /// polls started and left waiting.
     fn step_with(
         &self,
         py: Python<'_>,
@@ -523,9 +523,7 @@ impl RustCoroutine {
             drop_in_runtime(running);
         }
     }
-}
 
-impl RustCoroutine {
     /// One step, as Python sees it: what to wait on, or `StopIteration(value)`.
     fn advance(&self, py: Python<'_>, input: Input) -> PyResult<Py<PyAny>> {
         match self.step(py, input)? {
