@@ -78,6 +78,25 @@ struct Delegated {
     resolver: Py<Resolver>,
 }
 
+impl Shared {
+    /// For the collector: what the call waits on (a Deferred or the driver of a
+    /// coroutine), or the [`Delegated`] coroutine, what it yielded and its
+    /// resolver. A lock held now is skipped (the cycle is kept this time).
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(pending) = self.deferred.try_lock() {
+            visit.call(&*pending)?;
+        }
+        if let Some(delegated) = self.delegated.try_lock() {
+            if let Some(delegated) = &*delegated {
+                visit.call(&delegated.coro)?;
+                visit.call(&delegated.yielded)?;
+                visit.call(&delegated.resolver)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 const NOT_DIRECT: u8 = 0;
 const DIRECT_DEFERRED: u8 = 1;
 const DIRECT_COROUTINE: u8 = 2;
@@ -191,8 +210,7 @@ fn start(
         // factory runs in it as it is, and the coroutine's driver keeps the rules
         // around what is left waiting (`rust_coroutine`).
         Some(_) if crate::local_task::own_context_current(scope_address) => {
-            let delegate = watching();
-            launch(py, bridge, factory(py), &resolver, &shared, None, delegate)?;
+            launch(py, bridge, factory(py), &resolver, &shared, None)?;
             if !resolver.get().is_resolved() {
                 crate::local_task::own_context_unknown();
                 crate::cputime::meter_from_now();
@@ -213,15 +231,7 @@ fn start(
                         Some(provider.current(py)?)
                     },
                 };
-                launch(
-                    py,
-                    bridge,
-                    factory(py),
-                    &resolver,
-                    &shared,
-                    Some(rules),
-                    false,
-                )
+                launch(py, bridge, factory(py), &resolver, &shared, Some(rules))
             };
             let started = match scope {
                 Some(scope) => scope.with_context(py, begin),
@@ -232,10 +242,7 @@ fn start(
                 Ok(()) => Ok(()),
             }
         }
-        None => {
-            let delegate = watching();
-            launch(py, bridge, factory(py), &resolver, &shared, None, delegate)
-        }
+        None => launch(py, bridge, factory(py), &resolver, &shared, None),
     }
 }
 
@@ -252,8 +259,9 @@ struct Rules<'a, 'py> {
 /// or an exception at once, a coroutine driven here (no `ensureDeferred`), anything
 /// else as a Deferred. Reactor thread.
 ///
-/// With `delegate` (inside a `create_coroutine` poll, in the task's own context), a
-/// coroutine is stepped here, as `await` would, and left [`Delegated`] if it waits.
+/// Inside a `create_coroutine` poll with no `rules` (the task's own context is
+/// current, or there is no provider), a coroutine is stepped here, as `await`
+/// would, and left [`Delegated`] if it waits.
 ///
 /// With a logcontext provider, `rules` holds it and the context the factory ran in.
 /// An awaitable still pending once started gets that context back now, and the
@@ -267,7 +275,6 @@ fn launch(
     resolver: &Bound<'_, Resolver>,
     shared: &Arc<Shared>,
     rules: Option<Rules<'_, '_>>,
-    delegate: bool,
 ) -> PyResult<()> {
     let value = match made.and_then(|made| crate::asyncio::prepare(bridge.asyncio(), made)) {
         Ok(value) => value,
@@ -282,7 +289,7 @@ fn launch(
         return Ok(());
     }
     let pending = if crate::coroutine::is_coroutine(&value)? {
-        if delegate {
+        if rules.is_none() && watching() {
             return step_first(value, resolver, shared);
         }
         let target = resolver.clone().into_any().unbind();
@@ -496,15 +503,7 @@ impl Resolver {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         // Read with the GIL held: once it is 1 nobody can clone another.
         if Arc::strong_count(&self.shared) == 1 {
-            if let Some(deferred) = self.shared.deferred.try_lock() {
-                visit.call(&*deferred)?;
-            }
-            if let Some(delegated) = self.shared.delegated.try_lock() {
-                if let Some(delegated) = &*delegated {
-                    visit.call(&delegated.coro)?;
-                    visit.call(&delegated.yielded)?;
-                }
-            }
+            self.shared.traverse(&visit)?;
         }
         if let Some(restore) = self.restore.try_lock() {
             visit.call(&*restore)?;
@@ -773,17 +772,7 @@ impl PythonWait {
     /// Visited by the waiting coroutine; the [`Resolver`] does not visit it while
     /// anyone but itself holds the call, so it is visited once. Skipped if locked.
     pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Some(pending) = self.shared.deferred.try_lock() {
-            visit.call(&*pending)?;
-        }
-        if let Some(delegated) = self.shared.delegated.try_lock() {
-            if let Some(delegated) = &*delegated {
-                visit.call(&delegated.coro)?;
-                visit.call(&delegated.yielded)?;
-                visit.call(&delegated.resolver)?;
-            }
-        }
-        Ok(())
+        self.shared.traverse(visit)
     }
 }
 

@@ -268,23 +268,19 @@ impl RustCoroutine {
                 "cannot reuse already awaited coroutine",
             ));
         };
-        if let Some(direct) = running.direct.take() {
-            if direct.delegates() {
-                // As `yield from`: to the coroutine the future waits on alone.
-                match direct.wait.forward(py, input) {
-                    Forwarded::Waits(next) => {
-                        running.direct = Some(direct);
-                        return Ok(Step::Wait(next.unbind()));
-                    }
-                    Forwarded::Answered => drop(direct),
-                    Forwarded::Raised(err) => {
-                        drop(direct);
-                        Counters::bump(&bridge.counters().tasks_cancelled);
-                        return Err(give_up(state, err));
-                    }
+        if let Some(direct) = running.direct.take_if(|direct| direct.delegates()) {
+            // As `yield from`: to the coroutine the future waits on alone.
+            match direct.wait.forward(py, input) {
+                Forwarded::Waits(next) => {
+                    running.direct = Some(direct);
+                    return Ok(Step::Wait(next.unbind()));
                 }
-            } else {
-                running.direct = Some(direct);
+                Forwarded::Answered => drop(direct),
+                Forwarded::Raised(err) => {
+                    drop(direct);
+                    Counters::bump(&bridge.counters().tasks_cancelled);
+                    return Err(give_up(state, err));
+                }
             }
         }
         if bridge.is_stopped() {
