@@ -663,7 +663,12 @@ pub(crate) fn watching_waits<R>(
     let outer = WATCH.with(|w| w.replace(Watch::new(task_waker.data())));
     let result = poll();
     let mut watched = WATCH.with(|w| w.replace(outer));
-    delegations.0.append(&mut watched.delegated);
+    if delegations.0.is_empty() {
+        // Usually the first (and only) poll of the step: its list, as it is.
+        std::mem::swap(&mut delegations.0, &mut watched.delegated);
+    } else {
+        delegations.0.append(&mut watched.delegated);
+    }
     let wait = match watched {
         Watch {
             offers: 1,

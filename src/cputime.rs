@@ -14,7 +14,6 @@
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::Poll;
 
 /// User and system CPU microseconds used and not yet charged, and the total.
@@ -114,11 +113,16 @@ pub(crate) fn with_context_charging<R>(charged_by_context: bool, f: impl FnOnce(
     result
 }
 
-/// `fut`, adding the CPU time of each poll to `meter` (none: not metered).
-pub(crate) async fn metered<F: Future>(fut: F, meter: Option<Arc<CpuMeter>>) -> F::Output {
+/// `fut`, adding the CPU time of each poll to `meter` (none: not metered). The
+/// meter is reached through `M` (its owner, which the future keeps alive).
+pub(crate) async fn metered<F, M>(fut: F, meter: Option<M>) -> F::Output
+where
+    F: Future,
+    M: std::ops::Deref<Target = Option<CpuMeter>>,
+{
     let mut fut = pin!(fut);
     std::future::poll_fn(move |cx| {
-        let Some(meter) = &meter else {
+        let Some(meter) = meter.as_deref().and_then(Option::as_ref) else {
             return fut.as_mut().poll(cx);
         };
         if CHARGED_BY_CONTEXT.with(std::cell::Cell::get) {
@@ -159,14 +163,13 @@ mod tests {
 
     #[test]
     fn busy_polls_are_metered() {
-        let meter = CpuMeter::default();
+        let meter = Some(CpuMeter::default());
         let busy = async {
             let start = thread_usage().unwrap();
             while thread_usage().unwrap().0 - start.0 < 50_000 {}
         };
-        let meter = Arc::new(meter);
-        futures_util::FutureExt::now_or_never(metered(busy, Some(Arc::clone(&meter)))).unwrap();
-        let (user, _) = meter.take_seconds().unwrap();
+        futures_util::FutureExt::now_or_never(metered(busy, Some(&meter))).unwrap();
+        let (user, _) = meter.as_ref().and_then(CpuMeter::take_seconds).unwrap();
         assert!(user >= 0.05, "{user}");
     }
 }

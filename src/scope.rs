@@ -28,7 +28,8 @@ use crate::errors::report;
 pub(crate) struct TaskScope {
     pub bridge: Arc<Bridge>,
     context: Option<Py<PyAny>>,
-    cpu: Option<Arc<CpuMeter>>,
+    /// Inline, not behind its own `Arc`: the metered future holds the scope.
+    cpu: Option<CpuMeter>,
 }
 
 impl crate::live_tasks::HasLiveTasks for TaskScope {
@@ -43,8 +44,7 @@ tokio::task_local! {
 
 impl TaskScope {
     pub(crate) fn new(bridge: Arc<Bridge>, context: Option<Py<PyAny>>) -> Self {
-        let cpu = (context.is_some() && bridge.config().track_cpu_time)
-            .then(|| Arc::new(CpuMeter::default()));
+        let cpu = (context.is_some() && bridge.config().track_cpu_time).then(CpuMeter::default);
         Self {
             bridge,
             context,
@@ -75,7 +75,7 @@ impl TaskScope {
         scope: Arc<TaskScope>,
         fut: F,
     ) -> impl std::future::Future<Output = F::Output> {
-        let meter = scope.cpu.clone();
+        let meter = scope.cpu.is_some().then(|| ScopeMeter(Arc::clone(&scope)));
         SCOPE.scope(scope, crate::cputime::metered(fut, meter))
     }
 
@@ -111,17 +111,33 @@ impl TaskScope {
 }
 
 fn charge(py: Python<'_>, context: &Py<PyAny>, meter: &CpuMeter) {
-    if let Some((user, system)) = meter.take_seconds() {
-        if let Err(err) = context
-            .bind(py)
-            .call_method1(intern!(py, "add_cputime"), (user, system))
-        {
-            report(
-                py,
-                err,
-                "pyo3-twisted: charging Rust CPU time to the logcontext",
-            );
-        }
+    if let Some(seconds) = meter.take_seconds() {
+        charge_seconds(py, context, seconds);
+    }
+}
+
+/// Adds `(user, system)` seconds to the context's CPU time.
+fn charge_seconds(py: Python<'_>, context: &Py<PyAny>, (user, system): (f64, f64)) {
+    if let Err(err) = context
+        .bind(py)
+        .call_method1(intern!(py, "add_cputime"), (user, system))
+    {
+        report(
+            py,
+            err,
+            "pyo3-twisted: charging Rust CPU time to the logcontext",
+        );
+    }
+}
+
+/// A scope's meter, reached through the scope.
+struct ScopeMeter(Arc<TaskScope>);
+
+impl std::ops::Deref for ScopeMeter {
+    type Target = Option<CpuMeter>;
+
+    fn deref(&self) -> &Option<CpuMeter> {
+        &self.0.cpu
     }
 }
 
@@ -132,10 +148,11 @@ impl Drop for TaskScope {
         let Some(context) = self.context.take() else {
             return;
         };
-        let meter = self.cpu.take();
+        // The last task is done: nothing adds to the meter any more.
+        let owed = self.cpu.as_ref().and_then(CpuMeter::take_seconds);
         let job = move |py: Python<'_>| {
-            if let Some(meter) = &meter {
-                charge(py, &context, meter);
+            if let Some(seconds) = owed {
+                charge_seconds(py, &context, seconds);
             }
             drop(context);
             Ok(())

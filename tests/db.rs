@@ -140,6 +140,53 @@ fn python_pool_runs_rust_transactions_and_reports_commit_failures() {
     })
 }
 
+/// Records the thread it is dropped on.
+struct DropsOn(std::sync::Arc<std::sync::Mutex<Option<std::thread::ThreadId>>>);
+
+impl Drop for DropsOn {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap() = Some(std::thread::current().id());
+    }
+}
+
+#[test]
+fn python_pool_drops_the_closure_where_the_caller_awaits_not_on_the_db_thread() {
+    with_python(|py| {
+        let (reactor, pool) = python_pool(py)?;
+        let db = std::sync::Arc::new(PythonDatabasePool::new(
+            pool.clone().unbind(),
+            reactor.clone().unbind(),
+        ));
+        let dropped_on = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let ran_on = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let (guard, ran) = (DropsOn(dropped_on.clone()), ran_on.clone());
+        let for_task = std::sync::Arc::clone(&db);
+        let d = create_deferred(py, &reactor, async move {
+            let counted = for_task
+                .run_interaction("drop_thread", move |txn| {
+                    let _held = &guard;
+                    *ran.lock().unwrap() = Some(std::thread::current().id());
+                    async move { txn.query("SELECT 1", &[]).await?[0].try_get::<i64>(0) }.boxed()
+                })
+                .await;
+            // Still on the thread that awaited: the closure is gone by now.
+            let awaited_on = std::thread::current().id();
+            let counted = counted.map_or_else(|e| format!("error {e:#}"), |n| format!("ok {n}"));
+            Ok((counted, format!("{awaited_on:?}")))
+        })?;
+        let (counted, awaited_on): (String, String) = get_success(&reactor, &d)?.extract()?;
+        assert_eq!(counted, "ok 1");
+        let ran_on = ran_on.lock().unwrap().expect("the closure ran");
+        let dropped_on = dropped_on.lock().unwrap().expect("the closure was dropped");
+        assert_ne!(dropped_on, ran_on, "dropped on the DB thread that ran it");
+        assert_eq!(format!("{dropped_on:?}"), awaited_on);
+        drop(db);
+        reactor.call_method0("shutdown")?;
+        pool.call_method0("close")?;
+        Ok(())
+    })
+}
+
 #[cfg(feature = "postgres")]
 mod native {
     use super::*;

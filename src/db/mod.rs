@@ -44,7 +44,6 @@ use std::future::Future;
 #[cfg(feature = "postgres")]
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 #[cfg(feature = "postgres")]
 use std::task::Poll;
 
@@ -212,17 +211,6 @@ pub(crate) fn unerase<R: 'static>(name: &str, result: ErasedResult) -> anyhow::R
 }
 
 impl<P: DatabasePool + ?Sized> DatabasePoolExt for P {}
-
-/// `func`, counting the attempts it is called for.
-pub(crate) fn counted(func: ErasedInteraction) -> (ErasedInteraction, Arc<AtomicU32>) {
-    let attempts = Arc::new(AtomicU32::new(0));
-    let count = Arc::clone(&attempts);
-    let counted: ErasedInteraction = Box::new(move |txn| {
-        count.fetch_add(1, Ordering::Relaxed);
-        func(txn)
-    });
-    (counted, attempts)
-}
 
 /// Counts one whole transaction (every attempt) in `bridge`'s histograms:
 /// `committed` at the first attempt, `retried` when it committed after reruns,

@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -475,6 +475,17 @@ impl Drop for OpenTransaction {
     }
 }
 
+/// `func`, counting the attempts it is called for.
+fn counted(func: ErasedInteraction) -> (ErasedInteraction, Arc<AtomicU32>) {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let count = Arc::clone(&attempts);
+    let counted: ErasedInteraction = Box::new(move |txn| {
+        count.fetch_add(1, Ordering::Relaxed);
+        func(txn)
+    });
+    (counted, attempts)
+}
+
 #[async_trait::async_trait]
 impl super::DatabasePool for PostgresPool {
     async fn run_interaction_erased(
@@ -492,7 +503,7 @@ impl super::DatabasePool for PostgresPool {
         options: InteractionOptions,
         func: ErasedInteraction,
     ) -> ErasedResult {
-        let (func, attempts) = super::counted(func);
+        let (func, attempts) = counted(func);
         let started = std::time::Instant::now();
         let result = self.run_counted(name, options, func).await;
         let bridge = crate::scope::TaskScope::current_bridge();

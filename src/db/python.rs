@@ -19,6 +19,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -135,22 +136,50 @@ impl super::DatabasePool for PythonDatabasePool {
         name: &'static str,
         func: ErasedInteraction,
     ) -> ErasedResult {
-        let (func, attempts) = super::counted(func);
         let started = std::time::Instant::now();
-        let result = self.run_counted(name, func).await;
+        let interaction = Arc::new(Interaction {
+            func: Mutex::new(Some(func)),
+            attempts: AtomicU32::new(0),
+            last_attempt: Mutex::new(None),
+        });
+        let result = self.run_attempts(name, &interaction).await;
+        // Dropped here, where it was made (the awaiting task's thread), rather than
+        // on the DB thread with the Python callback.
+        drop(interaction.func.lock().take());
         let bridge = self
             .runtime
             .as_ref()
             .map(|runtime| runtime.bridge().as_ref());
-        super::record_interaction(bridge, "python", name, &attempts, result.is_ok(), started);
+        super::record_interaction(
+            bridge,
+            "python",
+            name,
+            &interaction.attempts,
+            result.is_ok(),
+            started,
+        );
         result
     }
 }
 
+/// One `run_interaction` call: the closure, how often it ran, and what its last
+/// run returned. Shared by the awaiting task and the callback on the DB thread, in
+/// one allocation.
+struct Interaction {
+    func: Mutex<Option<ErasedInteraction>>,
+    attempts: AtomicU32,
+    /// Each attempt overwrites it; read once the Deferred has fired.
+    last_attempt: Mutex<Option<ErasedResult>>,
+}
+
 impl PythonDatabasePool {
-    /// The transaction through `runInteraction`, which reruns `func` on a
+    /// The transaction through `runInteraction`, which reruns the closure on a
     /// serialization failure.
-    async fn run_counted(&self, name: &'static str, func: ErasedInteraction) -> ErasedResult {
+    async fn run_attempts(
+        &self,
+        name: &'static str,
+        interaction: &Arc<Interaction>,
+    ) -> ErasedResult {
         let Some(handle) = &self.runtime else {
             let reason = match &*self.pool {
                 PoolRef::Broken(reason) => reason.clone(),
@@ -159,12 +188,9 @@ impl PythonDatabasePool {
             anyhow::bail!("PythonDatabasePool has no pyo3-twisted runtime: {reason}");
         };
         let runtime = handle.tokio_handle()?;
-        // Each attempt overwrites it; read once the Deferred has fired.
-        let last_attempt: Arc<Mutex<Option<ErasedResult>>> = Arc::default();
         let callback = TransactionCallback {
             name,
-            func: Mutex::new(func),
-            last_attempt: Arc::clone(&last_attempt),
+            interaction: Arc::clone(interaction),
             runtime,
         };
         let pool = Arc::clone(&self.pool);
@@ -178,7 +204,7 @@ impl PythonDatabasePool {
                 |_| Ok(()),
             )
             .await;
-        let last = last_attempt.lock().take();
+        let last = interaction.last_attempt.lock().take();
         match (outcome, last) {
             (Ok(()), Some(Ok(value))) => Ok(value),
             (Ok(()), Some(Err(err))) => Err(err),
@@ -199,8 +225,7 @@ impl PythonDatabasePool {
 #[pyclass(frozen, module = "pyo3_twisted")]
 struct TransactionCallback {
     name: &'static str,
-    func: Mutex<ErasedInteraction>,
-    last_attempt: Arc<Mutex<Option<ErasedResult>>>,
+    interaction: Arc<Interaction>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -212,7 +237,15 @@ impl TransactionCallback {
             // Inside the runtime's context, Tokio leaf futures (timers...) return
             // Pending instead of panicking, and Pending is what we report.
             let _runtime = self.runtime.enter();
-            let func = self.func.lock();
+            let func = self.interaction.func.lock();
+            let Some(func) = &*func else {
+                // The awaiting task took it: it has given up on this transaction.
+                return Poll::Ready(Err(anyhow::anyhow!(
+                    "run_interaction({}): the caller has gone",
+                    self.name
+                )));
+            };
+            self.interaction.attempts.fetch_add(1, Ordering::Relaxed);
             let mut fut = func(&mut transaction);
             let waker = futures_util::task::noop_waker();
             fut.as_mut().poll(&mut Context::from_waker(&waker))
@@ -237,7 +270,7 @@ impl TransactionCallback {
                 (Err(err), Some(RustPanicError::new_err(message)))
             }
         };
-        *self.last_attempt.lock() = Some(outcome);
+        *self.interaction.last_attempt.lock() = Some(outcome);
         // Raising makes the pool roll back, and lets it retry database errors.
         match raised {
             Some(err) => Err(err),
