@@ -9,7 +9,7 @@
 //!                                                stepped by it (`Delegated`)
 //!                                              anything else: as a Deferred, + Resolver
 //!                                            still pending: the provider's rules (`launch`)
-//!  .await ◀─────────── oneshot ───────────── Resolver: value or exception, converted here
+//!  .await ◀──────── the call's slot ────────── Resolver: value or exception, converted here
 //!  future dropped early ──cancel job──────▶  cancel() what it waits on (the Python side
 //!                                            sees CancelledError)
 //! ```
@@ -24,17 +24,15 @@
 //! coroutine awaiting it would.
 
 use std::cell::RefCell;
-use std::future::Future;
-use std::pin::Pin;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::Waker;
+use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
-use tokio::sync::oneshot;
 
 use crate::bridge::Bridge;
 use crate::coroutine::{as_wait, resume, Driver, Input, Started, Stepped};
@@ -43,9 +41,6 @@ use crate::logcontext::Provider;
 use crate::scope::TaskScope;
 use crate::stats::Counters;
 use crate::twisted::{cancelled_error, failure_class, failure_to_pyerr, to_deferred};
-
-type BoxedFactory = Box<dyn for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send>;
-type Completer = Box<dyn for<'py> FnOnce(Python<'py>, PyResult<Bound<'py, PyAny>>) + Send>;
 
 /// State shared by the Tokio side and the reactor side of one call.
 #[derive(Default)]
@@ -101,16 +96,202 @@ const NOT_DIRECT: u8 = 0;
 const DIRECT_DEFERRED: u8 = 1;
 const DIRECT_COROUTINE: u8 = 2;
 
+/// One call in one allocation: its [`Shared`] state, the factory until the start job
+/// takes it, the conversion until the answer takes it, and the answer's slot, which
+/// the Rust side polls (what a oneshot channel, a boxed factory and a boxed
+/// completer each allocated before). The Rust side holds it typed; the reactor side
+/// and the `create_coroutine` poll watching it hold a [`CallRef`].
+struct Call<F, C, T> {
+    shared: Shared,
+    factory: Mutex<Option<F>>,
+    convert: Mutex<Option<C>>,
+    slot: Mutex<Slot<T>>,
+}
+
+enum Slot<T> {
+    /// No answer yet; the Rust side's waker, once it polled.
+    Waiting(Option<Waker>),
+    Answered(PyResult<T>),
+    /// The answer was taken, or none will come.
+    Closed,
+}
+
+/// A [`Call`] as the reactor side sees it, whatever its types.
+trait Answer: Send + Sync {
+    fn shared(&self) -> &Shared;
+    /// Runs the factory (once; again: an error). Reactor thread.
+    fn make<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>>;
+    /// Converts the outcome and hands it to the Rust side, unless it was answered or
+    /// closed already. Reactor thread.
+    fn answer(&self, py: Python<'_>, outcome: PyResult<Bound<'_, PyAny>>);
+    /// No answer will come: the Rust side hears `RuntimeShutdown`; the factory and
+    /// the conversion, if still held, are dropped here. A no-op once answered.
+    fn close(&self);
+    /// Whether it was answered or closed.
+    fn is_settled(&self) -> bool;
+    /// The Rust side is gone: nothing is started for it any more, an answer is
+    /// dropped on arrival, and its waker is let go now.
+    fn abandon(&self);
+}
+
+impl<F, C, T> Answer for Call<F, C, T>
+where
+    F: for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send + 'static,
+    C: for<'py> FnOnce(&Bound<'py, PyAny>) -> PyResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn make<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let factory = self.factory.lock().take();
+        match factory {
+            Some(factory) => factory(py),
+            None => Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "pyo3-twisted: a Python awaitable's factory ran twice",
+            )),
+        }
+    }
+
+    fn answer(&self, _py: Python<'_>, outcome: PyResult<Bound<'_, PyAny>>) {
+        let Some(convert) = self.convert.lock().take() else {
+            return;
+        };
+        let answer = outcome.and_then(|obj| convert(&obj));
+        if self.shared.abandoned.load(Ordering::Acquire) {
+            // The Rust side is gone: the value is dropped here, on the reactor thread.
+            return;
+        }
+        let waker = match std::mem::replace(&mut *self.slot.lock(), Slot::Answered(answer)) {
+            Slot::Waiting(waker) => waker,
+            Slot::Answered(_) | Slot::Closed => None,
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn close(&self) {
+        let Some(convert) = self.convert.lock().take() else {
+            // Answered (the factory ran) or closed already: the usual case, as the
+            // resolver goes.
+            return;
+        };
+        let factory = self.factory.lock().take();
+        let waker = match std::mem::replace(&mut *self.slot.lock(), Slot::Closed) {
+            Slot::Waiting(waker) => waker,
+            Slot::Answered(_) | Slot::Closed => None,
+        };
+        drop((convert, factory));
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn is_settled(&self) -> bool {
+        self.convert.lock().is_none()
+    }
+
+    fn abandon(&self) {
+        self.shared.abandoned.store(true, Ordering::Release);
+        let waker = match &mut *self.slot.lock() {
+            Slot::Waiting(waker) => waker.take(),
+            Slot::Answered(_) | Slot::Closed => None,
+        };
+        drop(waker);
+    }
+}
+
+impl<F, C, T> Call<F, C, T> {
+    /// The Rust side's poll: the answer, `RuntimeShutdown` if none will come, or
+    /// pending (the waker kept).
+    fn poll_answer(&self, cx: &Context<'_>) -> Poll<PyResult<T>> {
+        let mut slot = self.slot.lock();
+        match &mut *slot {
+            Slot::Waiting(waker) => {
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            Slot::Answered(_) => match std::mem::replace(&mut *slot, Slot::Closed) {
+                Slot::Answered(answer) => Poll::Ready(answer),
+                Slot::Waiting(_) | Slot::Closed => unreachable!("matched above"),
+            },
+            Slot::Closed => Poll::Ready(Err(RuntimeShutdown::new_err(
+                "the Python awaitable never completed: the reactor stopped before it could \
+                 run or finish",
+            ))),
+        }
+    }
+}
+
+/// A call as the reactor side and the watching poll hold it: its [`Shared`] state
+/// (through `Deref`) and its [`Answer`] side.
+#[derive(Clone)]
+struct CallRef(Arc<dyn Answer>);
+
+impl Deref for CallRef {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        self.0.shared()
+    }
+}
+
+impl CallRef {
+    /// How many hold the call, the Rust side included while it lives.
+    fn strong_count(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+
+    fn make<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.0.make(py)
+    }
+
+    fn answer(&self, py: Python<'_>, outcome: PyResult<Bound<'_, PyAny>>) {
+        self.0.answer(py, outcome);
+    }
+
+    fn close(&self) {
+        self.0.close();
+    }
+
+    fn is_settled(&self) -> bool {
+        self.0.is_settled()
+    }
+}
+
+/// The reactor side's hold on a call (the start job's, then the [`Resolver`]'s):
+/// if it goes unanswered, the call is closed.
+struct Answering(CallRef);
+
+impl Deref for Answering {
+    type Target = CallRef;
+
+    fn deref(&self) -> &CallRef {
+        &self.0
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// The call itself. `keep` (the caller's reactor reference, if any) is released on
 /// the reactor thread.
-pub(crate) async fn run<K, C, T>(
+pub(crate) async fn run<K, F, C, T>(
     bridge: Arc<Bridge>,
     keep: K,
-    factory: BoxedFactory,
+    factory: F,
     convert: C,
 ) -> PyResult<T>
 where
     K: Send + 'static,
+    F: for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send + 'static,
     C: for<'py> FnOnce(&Bound<'py, PyAny>) -> PyResult<T> + Send + 'static,
     T: Send + 'static,
 {
@@ -119,29 +300,23 @@ where
             "the pyo3-twisted runtime has shut down",
         ));
     }
-    let (tx, rx) = oneshot::channel::<PyResult<T>>();
-    let complete: Completer = Box::new(move |_py, result| {
-        // If the Rust side is gone the value is dropped here, on the reactor thread.
-        let _ = tx.send(result.and_then(|obj| convert(&obj)));
+    let call = Arc::new(Call {
+        shared: Shared::default(),
+        factory: Mutex::new(Some(factory)),
+        convert: Mutex::new(Some(convert)),
+        slot: Mutex::new(Slot::Waiting(None)),
     });
-    let shared = Arc::new(Shared::default());
+    let shared = CallRef(Arc::clone(&call) as Arc<dyn Answer>);
     let scope = TaskScope::current();
     // Entered on the reactor thread while the factory runs: Rust it calls back into
     // (a `create_deferred`) starts under the calling task's span.
     let span = tracing::Span::current();
-    let job_shared = Arc::clone(&shared);
+    let job_call = Answering(shared.clone());
     let job_bridge = Arc::clone(&bridge);
     let job = move |py: Python<'_>| {
         drop(keep);
         let _entered = span.enter();
-        start(
-            py,
-            &job_bridge,
-            scope.as_deref(),
-            factory,
-            complete,
-            job_shared,
-        )
+        start(py, &job_bridge, scope.as_deref(), job_call)
     };
     if crate::local_task::polling_on_reactor() && bridge.is_reactor_thread() {
         // Polled on the reactor thread (reactor_polls), GIL held: start it now.
@@ -161,9 +336,8 @@ where
         shared,
         armed: true,
     };
-    let mut rx = rx;
     let result = std::future::poll_fn(|cx| {
-        let polled = Pin::new(&mut rx).poll(cx);
+        let polled = call.poll_answer(cx);
         if polled.is_pending() {
             offer(cx.waker(), &guard.shared);
         }
@@ -171,12 +345,7 @@ where
     })
     .await;
     guard.armed = false;
-    result.unwrap_or_else(|_| {
-        Err(RuntimeShutdown::new_err(
-            "the Python awaitable never completed: the reactor stopped before it could \
-             run or finish",
-        ))
-    })
+    result
 }
 
 /// The start job. Reactor thread.
@@ -184,21 +353,20 @@ fn start(
     py: Python<'_>,
     bridge: &Arc<Bridge>,
     scope: Option<&TaskScope>,
-    factory: BoxedFactory,
-    complete: Completer,
-    shared: Arc<Shared>,
+    call: Answering,
 ) -> PyResult<()> {
     // Abandoned, or reached in the last drain of a stopped runtime: never start it
-    // (dropping `complete` tells a waiting caller `RuntimeShutdown`).
-    if shared.abandoned.load(Ordering::Acquire) || bridge.is_stopped() {
+    // (dropping `call` unanswered tells a waiting caller `RuntimeShutdown`).
+    if call.abandoned.load(Ordering::Acquire) || bridge.is_stopped() {
         return Ok(());
     }
+    let shared = CallRef::clone(&call);
+    let factory = |py| shared.make(py);
     Counters::bump(&bridge.counters().awaitables_started);
     let resolver = Bound::new(
         py,
         Resolver {
-            complete: Mutex::new(Some(complete)),
-            shared: Arc::clone(&shared),
+            shared: call,
             bridge: Arc::downgrade(bridge),
             restore: Mutex::new(None),
             task_context: scope.and_then(TaskScope::context).map(|c| c.clone_ref(py)),
@@ -273,7 +441,7 @@ fn launch(
     bridge: &Bridge,
     made: PyResult<Bound<'_, PyAny>>,
     resolver: &Bound<'_, Resolver>,
-    shared: &Arc<Shared>,
+    shared: &CallRef,
     rules: Option<Rules<'_, '_>>,
 ) -> PyResult<()> {
     let value = match made.and_then(|made| crate::asyncio::prepare(bridge.asyncio(), made)) {
@@ -331,7 +499,7 @@ fn launch(
 fn step_first(
     coro: Bound<'_, PyAny>,
     resolver: &Bound<'_, Resolver>,
-    shared: &Arc<Shared>,
+    shared: &CallRef,
 ) -> PyResult<()> {
     let py = coro.py();
     let mut input = Input::Send(py.None());
@@ -353,7 +521,7 @@ fn step_first(
             yielded: Some(deferred.unbind()),
             resolver: resolver.clone().unbind(),
         });
-        WATCH.with(|watch| watch.borrow_mut().delegated.push(Arc::clone(shared)));
+        WATCH.with(|watch| watch.borrow_mut().delegated.push(shared.clone()));
         return Ok(());
     }
 }
@@ -386,8 +554,8 @@ fn is_plain_value(value: &Bound<'_, PyAny>) -> bool {
 /// it, so a failure never reaches "Unhandled error in Deferred".
 #[pyclass(frozen, module = "pyo3_twisted")]
 struct Resolver {
-    complete: Mutex<Option<Completer>>,
-    shared: Arc<Shared>,
+    /// The call; dropped unanswered (the Deferred never fired), it is closed.
+    shared: Answering,
     bridge: std::sync::Weak<Bridge>,
     /// With a provider: the context to set once the awaitable's answer is handed
     /// over.
@@ -398,7 +566,7 @@ struct Resolver {
 
 impl Resolver {
     fn is_resolved(&self) -> bool {
-        self.complete.lock().is_none()
+        self.shared.is_settled()
     }
 
     /// Hands `outcome` to the Rust side; an `Err` is a cancellation to pass on to
@@ -418,12 +586,11 @@ impl Resolver {
             }
             outcome => outcome,
         };
-        let complete = self.complete.lock().take();
         let deferred = self.shared.deferred.lock().take();
         drop(deferred);
-        let Some(complete) = complete else {
+        if self.is_resolved() {
             return Ok(());
-        };
+        }
         let bridge = self.bridge.upgrade();
         // Waited on directly: the caller resumes (its coroutine, then the task) as
         // soon as this returns, in the task's context, which a coroutine that keeps
@@ -454,7 +621,7 @@ impl Resolver {
         };
         let polls = crate::local_task::polls_run();
         let ((), owed) = crate::lazy_restore::collecting(|| {
-            crate::cputime::with_context_charging(charged, || complete(py, outcome))
+            crate::cputime::with_context_charging(charged, || self.shared.answer(py, outcome))
         });
         match (provider, restore) {
             // What the task's poll left owed is overwritten by this: both skipped.
@@ -502,7 +669,7 @@ impl Resolver {
     /// time).
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         // Read with the GIL held: once it is 1 nobody can clone another.
-        if Arc::strong_count(&self.shared) == 1 {
+        if self.shared.strong_count() == 1 {
             self.shared.traverse(&visit)?;
         }
         if let Some(restore) = self.restore.try_lock() {
@@ -518,8 +685,8 @@ impl Resolver {
         let deferred = self.shared.deferred.lock().take();
         let delegated = self.shared.delegated.lock().take();
         let restore = self.restore.lock().take();
-        let complete = self.complete.lock().take();
-        drop((deferred, delegated, restore, complete));
+        drop((deferred, delegated, restore));
+        self.shared.close();
     }
 
     fn __call__(&self, py: Python<'_>, result: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
@@ -536,7 +703,7 @@ impl Resolver {
 /// Cancels the Python side when the Rust future is dropped before it resolved.
 struct CancelOnDrop {
     bridge: Arc<Bridge>,
-    shared: Arc<Shared>,
+    shared: CallRef,
     armed: bool,
 }
 
@@ -545,9 +712,9 @@ impl Drop for CancelOnDrop {
         if !self.armed {
             return;
         }
-        self.shared.abandoned.store(true, Ordering::Release);
+        self.shared.0.abandon();
         // Queued after the start job, so it finds the Deferred if one was made.
-        let shared = Arc::clone(&self.shared);
+        let shared = self.shared.clone();
         self.bridge.mailbox().push(Box::new(move |py| {
             let deferred = shared.deferred.lock().take();
             if let Some(deferred) = deferred {
@@ -564,9 +731,9 @@ struct Watch {
     task_waker: *const (),
     /// Calls left pending in this poll with that waker, and the last of them.
     offers: u32,
-    offer: Option<Arc<Shared>>,
+    offer: Option<CallRef>,
     /// Coroutine awaitables this poll started and left [`Delegated`].
-    delegated: Vec<Arc<Shared>>,
+    delegated: Vec<CallRef>,
 }
 
 impl Watch {
@@ -590,7 +757,7 @@ fn watching() -> bool {
 /// the step returns, [`Delegations::settle`] gives each one the caller does not
 /// drive a [`Driver`]. Reactor thread.
 #[derive(Default)]
-pub(crate) struct Delegations(Vec<Arc<Shared>>);
+pub(crate) struct Delegations(Vec<CallRef>);
 
 impl Delegations {
     /// A [`Driver`] takes over each delegated coroutine the caller does not wait on
@@ -639,12 +806,12 @@ thread_local! {
 
 /// A call left pending with `waker`. Reactor thread, or a Tokio worker (where no
 /// poll is watched).
-fn offer(waker: &Waker, shared: &Arc<Shared>) {
+fn offer(waker: &Waker, shared: &CallRef) {
     WATCH.with(|watch| {
         let mut watch = watch.borrow_mut();
         if !watch.task_waker.is_null() && waker.data() == watch.task_waker {
             watch.offers += 1;
-            watch.offer = Some(Arc::clone(shared));
+            watch.offer = Some(shared.clone());
         }
     });
 }
@@ -687,7 +854,7 @@ pub(crate) fn watching_waits<R>(
 /// the caller, which drops the future: a coroutine that does not catch it ends the
 /// same way. Reactor thread.
 pub(crate) struct PythonWait {
-    shared: Arc<Shared>,
+    shared: CallRef,
 }
 
 impl PythonWait {

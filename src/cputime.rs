@@ -14,7 +14,6 @@
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
 
 /// User and system CPU microseconds used and not yet charged, and the total.
 #[derive(Default, Debug)]
@@ -122,30 +121,39 @@ where
 {
     let mut fut = pin!(fut);
     std::future::poll_fn(move |cx| {
-        let Some(meter) = meter.as_deref().and_then(Option::as_ref) else {
-            return fut.as_mut().poll(cx);
-        };
-        if CHARGED_BY_CONTEXT.with(std::cell::Cell::get) {
-            let poll = fut.as_mut().poll(cx);
-            // The context stopped charging partway (`meter_from_now`): the rest is ours.
-            if let Some(from) = METER_FROM.with(|from| from.take()) {
-                let nanos = from.elapsed().as_nanos().saturating_add(500);
-                let micros = u64::try_from(nanos / 1000).unwrap_or(u64::MAX);
-                meter.add(micros, 0);
-            }
-            return poll;
-        }
-        let before = thread_usage();
-        let poll: Poll<F::Output> = fut.as_mut().poll(cx);
-        if let (Some(before), Some(after)) = (before, thread_usage()) {
-            meter.add(
-                after.0.saturating_sub(before.0),
-                after.1.saturating_sub(before.1),
-            );
-        }
-        poll
+        meter_poll(meter.as_deref().and_then(Option::as_ref), || {
+            fut.as_mut().poll(cx)
+        })
     })
     .await
+}
+
+/// Runs `poll` (one poll of a task), adding the thread CPU time it used to `meter`
+/// (none: not metered): read around it, or, where the logging context charges the
+/// poll itself, from the [`meter_from_now`] mark it left, if any.
+pub(crate) fn meter_poll<R>(meter: Option<&CpuMeter>, poll: impl FnOnce() -> R) -> R {
+    let Some(meter) = meter else {
+        return poll();
+    };
+    if CHARGED_BY_CONTEXT.with(std::cell::Cell::get) {
+        let result = poll();
+        // The context stopped charging partway (`meter_from_now`): the rest is ours.
+        if let Some(from) = METER_FROM.with(|from| from.take()) {
+            let nanos = from.elapsed().as_nanos().saturating_add(500);
+            let micros = u64::try_from(nanos / 1000).unwrap_or(u64::MAX);
+            meter.add(micros, 0);
+        }
+        return result;
+    }
+    let before = thread_usage();
+    let result = poll();
+    if let (Some(before), Some(after)) = (before, thread_usage()) {
+        meter.add(
+            after.0.saturating_sub(before.0),
+            after.1.saturating_sub(before.1),
+        );
+    }
+    result
 }
 
 #[cfg(all(test, target_os = "linux"))]

@@ -201,7 +201,7 @@ impl Runtime {
         crate::awaitable::run(
             Arc::clone(&self.bridge),
             (),
-            Box::new(make_awaitable),
+            make_awaitable,
             |obj: &Bound<'_, PyAny>| Ok(obj.clone().unbind()),
         )
         .await
@@ -220,13 +220,7 @@ impl Runtime {
         C: for<'py> FnOnce(&Bound<'py, PyAny>) -> PyResult<T> + Send + 'static,
         T: Send + 'static,
     {
-        crate::awaitable::run(
-            Arc::clone(&self.bridge),
-            (),
-            Box::new(make_awaitable),
-            convert,
-        )
-        .await
+        crate::awaitable::run(Arc::clone(&self.bridge), (), make_awaitable, convert).await
     }
 }
 
@@ -352,12 +346,9 @@ where
     F: for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send + 'static,
 {
     let bridge = Arc::clone(runtime.runtime_without_gil()?.bridge());
-    crate::awaitable::run(
-        bridge,
-        runtime,
-        Box::new(make_awaitable),
-        |obj: &Bound<'_, PyAny>| Ok(obj.clone().unbind()),
-    )
+    crate::awaitable::run(bridge, runtime, make_awaitable, |obj: &Bound<'_, PyAny>| {
+        Ok(obj.clone().unbind())
+    })
     .await
 }
 

@@ -53,23 +53,9 @@ use crate::scope::TaskScope;
 use crate::stats::Counters;
 use crate::twisted::{already_called_error, deferred_class};
 
-/// The future's value, made a Python object on the reactor thread.
-trait Deliver: Send {
-    fn into_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>>;
-}
-
-struct Value<O>(O);
-
-impl<O> Deliver for Value<O>
-where
-    for<'a> O: IntoPyObject<'a> + Send,
-{
-    fn into_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.0.into_py_any(py)
-    }
-}
-
-type Erased = Pin<Box<dyn Future<Output = PyResult<Box<dyn Deliver>>> + Send>>;
+/// The future, its value made a Python object by its last poll (which runs on the
+/// reactor thread, GIL held): one allocation per coroutine, none for the value.
+type Erased = Pin<Box<dyn Future<Output = PyResult<Py<PyAny>>> + Send>>;
 
 /// Runs `fut` as a Python coroutine: awaiting the returned object polls `fut` on the
 /// reactor thread, inside the awaiting coroutine's own steps, and evaluates to its
@@ -155,8 +141,12 @@ where
     let bridge = Arc::clone(runtime.bridge());
     bridge.check_reactor_thread("create_coroutine")?;
     let erased: Erased = Box::pin(async move {
-        fut.await
-            .map(|value| Box::new(Value(value)) as Box<dyn Deliver>)
+        let value = fut.await?;
+        crate::threads::attach(|py| value.into_py_any(py)).unwrap_or_else(|| {
+            Err(RuntimeShutdown::new_err(
+                "the Python interpreter is shutting down",
+            ))
+        })
     });
     Ok(Bound::new(
         py,
@@ -176,9 +166,11 @@ enum State {
 }
 
 struct Running {
-    /// The future, inside its scope.
+    /// The future; each poll enters its scope and span.
     future: Erased,
     scope: Arc<TaskScope>,
+    /// The span current where it was first awaited.
+    span: tracing::Span,
     tokio: tokio::runtime::Handle,
     wakeup: Arc<Wakeup>,
     /// The caller waits on a Python awaitable's own Deferred.
@@ -323,7 +315,9 @@ impl RustCoroutine {
                         crate::local_task::with_own_context_current(scope_address, || {
                             crate::cputime::with_own_meter_mark(|| {
                                 catch_unwind(AssertUnwindSafe(|| {
-                                    running.future.as_mut().poll(&mut cx)
+                                    running.scope.poll_inside(&running.span, || {
+                                        running.future.as_mut().poll(&mut cx)
+                                    })
                                 }))
                             })
                         })
@@ -375,14 +369,10 @@ impl RustCoroutine {
             None => None,
         };
         let scope = Arc::new(TaskScope::new(Arc::clone(bridge), context));
-        let span = tracing::Span::current();
-        let future: Erased = Box::pin(TaskScope::enter(
-            Arc::clone(&scope),
-            tracing::Instrument::instrument(future, span),
-        ));
         Counters::bump(&bridge.counters().tasks_spawned);
         Ok(Running {
             future,
+            span: tracing::Span::current(),
             wakeup: Arc::new(Wakeup {
                 scope: Arc::clone(&scope),
                 inner: Mutex::new(WakeInner::default()),
@@ -477,12 +467,12 @@ impl RustCoroutine {
         &self,
         py: Python<'_>,
         running: Running,
-        outcome: Result<Box<dyn Deliver>, Failure>,
+        outcome: Result<Py<PyAny>, Failure>,
     ) -> PyResult<Step> {
         let counters = self.bridge.counters();
         running.scope.charge_cpu(py);
         let result = match outcome {
-            Ok(value) => value.into_py(py),
+            Ok(value) => Ok(value),
             Err(Failure::Error(err)) => Err(err),
             Err(Failure::Panic(message)) => {
                 Counters::bump(&counters.tasks_panicked);
@@ -555,10 +545,17 @@ fn give_up(mut state: parking_lot::MutexGuard<'_, State>, err: PyErr) -> PyErr {
     err
 }
 
-/// Drops the future inside the Tokio runtime's context (what it holds may need it).
+/// Drops the future inside the Tokio runtime's context, its scope and its span, as
+/// it was polled (what it holds may need them).
 fn drop_in_runtime(running: Running) {
     let _runtime = running.tokio.enter();
-    drop(running.future);
+    let Running {
+        future,
+        scope,
+        span,
+        ..
+    } = running;
+    scope.poll_inside(&span, move || drop(future));
 }
 
 #[pymethods]

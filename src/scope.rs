@@ -79,6 +79,22 @@ impl TaskScope {
         SCOPE.scope(scope, crate::cputime::metered(fut, meter))
     }
 
+    /// One poll (or the drop) of a future that no [`TaskScope::enter`] wraps: inside
+    /// this scope and `span`, its CPU time metered as `enter` meters it. What a
+    /// `create_coroutine` coroutine polls with, so its future takes one box, not two.
+    pub(crate) fn poll_inside<R>(
+        self: &Arc<Self>,
+        span: &tracing::Span,
+        poll: impl FnOnce() -> R,
+    ) -> R {
+        SCOPE.sync_scope(Arc::clone(self), || {
+            crate::cputime::meter_poll(self.cpu.as_ref(), || {
+                let _entered = span.enter();
+                poll()
+            })
+        })
+    }
+
     /// The thread CPU time this scope's tasks used, where it is metered.
     pub(crate) fn cpu_total(&self) -> Option<std::time::Duration> {
         self.cpu.as_ref().map(|meter| meter.total())

@@ -163,3 +163,58 @@ fn unknown_reactor_is_a_clear_error() {
         .unwrap_err();
     assert!(err.to_string().contains("no pyo3-twisted runtime"), "{err}");
 }
+
+/// Records the thread it is dropped on.
+struct DropsOn(std::sync::Arc<std::sync::Mutex<Option<std::thread::ThreadId>>>);
+
+impl Drop for DropsOn {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap() = Some(std::thread::current().id());
+    }
+}
+
+#[test]
+fn a_call_dropped_before_it_starts_drops_its_closures_on_the_reactor_thread() {
+    with_python(|py| {
+        let reactor = memory_reactor(py, true)?;
+        install_runtime(&reactor, config())?;
+        let factory_dropped = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let convert_dropped = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let (in_factory, in_convert) = (
+            DropsOn(factory_dropped.clone()),
+            DropsOn(convert_dropped.clone()),
+        );
+        let d = create_deferred(py, &reactor, async move {
+            let handle = ReactorHandle::current().expect("in a bridged task");
+            let mut call = Box::pin(handle.run_python_awaitable_map(
+                move |py| {
+                    let _keep = &in_factory;
+                    Ok(py.None().into_bound(py))
+                },
+                move |_value| {
+                    let _keep = &in_convert;
+                    Ok(())
+                },
+            ));
+            // The first poll queues the start job; the reactor has not run it (it
+            // runs jobs only when the test lets it).
+            let first = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(std::future::Future::poll(call.as_mut(), cx))
+            })
+            .await;
+            let pending = first.is_pending();
+            drop(call);
+            Ok(pending)
+        })?;
+        assert!(get_success(&reactor, &d)?.extract::<bool>()?);
+        // The start job found the call abandoned: nothing started, and what the call
+        // held went on this (the reactor's) thread, not on the Tokio worker that
+        // dropped the future.
+        let here = std::thread::current().id();
+        assert_eq!(*factory_dropped.lock().unwrap(), Some(here));
+        assert_eq!(*convert_dropped.lock().unwrap(), Some(here));
+        assert_eq!(stat(&reactor, "awaitables_started"), 0);
+        reactor.call_method0("shutdown")?;
+        Ok(())
+    })
+}
