@@ -166,13 +166,11 @@ enum State {
 }
 
 struct Running {
-    /// The future; each poll enters its scope and span.
+    /// The future; each poll enters its scope and span (the waker's).
     future: Erased,
-    scope: Arc<TaskScope>,
-    /// The span current where it was first awaited.
-    span: tracing::Span,
-    tokio: tokio::runtime::Handle,
-    wakeup: Arc<Wakeup>,
+    /// Its waker, which holds what every poll needs. Kept small: a step moves this
+    /// struct in and out of the coroutine's state.
+    task: Arc<Wakeup>,
     /// The caller waits on a Python awaitable's own Deferred.
     direct: Option<DirectWait>,
 }
@@ -283,7 +281,7 @@ impl RustCoroutine {
             ));
         }
         // A wake before this poll is answered by it.
-        let woken = std::mem::take(&mut running.wakeup.inner.lock().woken);
+        let woken = std::mem::take(&mut running.task.inner.lock().woken);
         if let Some(direct) = running.direct.take() {
             if !woken {
                 // The awaitable (a coroutine) took one step and waits again; the
@@ -302,20 +300,20 @@ impl RustCoroutine {
                 }
             }
         }
-        let waker = Waker::from(Arc::clone(&running.wakeup));
+        let waker = Waker::from(Arc::clone(&running.task));
         let mut cx = Context::from_waker(&waker);
-        let scope_address = Arc::as_ptr(&running.scope) as usize;
+        let scope_address = Arc::as_ptr(&running.task.scope) as usize;
         // The caller's context is current (it was set back before this step), and
         // charges this thread's CPU time itself.
-        let charged = running.scope.context().is_some();
+        let charged = running.task.scope.context().is_some();
         loop {
             let (poll, wait) = watching_waits(&waker, delegations, || {
-                crate::local_task::poll_here(&running.tokio, bridge.counters(), || {
+                crate::local_task::poll_here(&running.task.tokio, bridge.counters(), || {
                     crate::cputime::with_context_charging(charged, || {
                         crate::local_task::with_own_context_current(scope_address, || {
                             crate::cputime::with_own_meter_mark(|| {
                                 catch_unwind(AssertUnwindSafe(|| {
-                                    running.scope.poll_inside(&running.span, || {
+                                    running.task.scope.poll_inside(&running.task.span, || {
                                         running.future.as_mut().poll(&mut cx)
                                     })
                                 }))
@@ -326,7 +324,7 @@ impl RustCoroutine {
             });
             let outcome = match poll {
                 Ok(Poll::Pending) => {
-                    if std::mem::take(&mut running.wakeup.inner.lock().woken) {
+                    if std::mem::take(&mut running.task.inner.lock().woken) {
                         continue;
                     }
                     let waited = match wait.map(|wait| self.wait_directly(py, running, wait)) {
@@ -372,13 +370,12 @@ impl RustCoroutine {
         Counters::bump(&bridge.counters().tasks_spawned);
         Ok(Running {
             future,
-            span: tracing::Span::current(),
-            wakeup: Arc::new(Wakeup {
-                scope: Arc::clone(&scope),
+            task: Arc::new(Wakeup {
+                scope,
+                span: tracing::Span::current(),
+                tokio: engine.handle().clone(),
                 inner: Mutex::new(WakeInner::default()),
             }),
-            scope,
-            tokio: engine.handle().clone(),
             direct: None,
         })
     }
@@ -392,10 +389,10 @@ impl RustCoroutine {
         running: &mut Running,
         wait: PythonWait,
     ) -> PyResult<Option<Py<PyAny>>> {
-        if Arc::strong_count(&running.wakeup) != WAKERS_OF_ONE_WAIT {
+        if Arc::strong_count(&running.task) != WAKERS_OF_ONE_WAIT {
             return Ok(None);
         }
-        let has_rules = match (running.scope.context(), self.bridge.provider()) {
+        let has_rules = match (running.task.scope.context(), self.bridge.provider()) {
             (Some(_), Some(provider)) => provider.names_sentinel(),
             _ => true,
         };
@@ -418,7 +415,7 @@ impl RustCoroutine {
 
     /// The rules for a coroutine that waits: the reactor gets the sentinel back.
     fn keep_rules_waiting(&self, py: Python<'_>, running: &Running) -> PyResult<()> {
-        if running.scope.context().is_some() {
+        if running.task.scope.context().is_some() {
             if let Some(provider) = self.bridge.provider() {
                 provider.set_sentinel(py)?;
             }
@@ -441,7 +438,7 @@ impl RustCoroutine {
         // future.
         let key = bridge.register(deferred.clone().unbind(), AbortHandle::new_pair().0);
         {
-            let mut inner = running.wakeup.inner.lock();
+            let mut inner = running.task.inner.lock();
             if std::mem::take(&mut inner.woken) {
                 drop(inner);
                 drop(bridge.take_entry(key));
@@ -450,7 +447,7 @@ impl RustCoroutine {
             inner.waiting = Some(key);
         }
         // The rules for a coroutine that waits: the reactor gets the sentinel back.
-        if running.scope.context().is_some() {
+        if running.task.scope.context().is_some() {
             if let Some(provider) = bridge.provider() {
                 if !provider.set_sentinel(py)? {
                     return provider
@@ -470,7 +467,7 @@ impl RustCoroutine {
         outcome: Result<Py<PyAny>, Failure>,
     ) -> PyResult<Step> {
         let counters = self.bridge.counters();
-        running.scope.charge_cpu(py);
+        running.task.scope.charge_cpu(py);
         let result = match outcome {
             Ok(value) => Ok(value),
             Err(Failure::Error(err)) => Err(err),
@@ -485,7 +482,10 @@ impl RustCoroutine {
         } else {
             &counters.tasks_failed
         });
-        drop_in_runtime(running);
+        // It returned: the async block around the caller's future dropped that
+        // future (and everything it held) before its last poll ended, inside the
+        // runtime's context, so only the box is left to free; no context needed.
+        drop(running);
         result.map(Step::Finished)
     }
 
@@ -499,7 +499,7 @@ impl RustCoroutine {
                 Counters::bump(&self.bridge.counters().tasks_cancelled);
                 direct.wait.release(py, close);
             }
-            let waiting = running.wakeup.inner.lock().waiting.take();
+            let waiting = running.task.inner.lock().waiting.take();
             // Still registered: nobody cancelled or failed its Deferred.
             if let Some(entry) = waiting.and_then(|key| self.bridge.take_entry(key)) {
                 Counters::bump(&self.bridge.counters().tasks_cancelled);
@@ -548,14 +548,10 @@ fn give_up(mut state: parking_lot::MutexGuard<'_, State>, err: PyErr) -> PyErr {
 /// Drops the future inside the Tokio runtime's context, its scope and its span, as
 /// it was polled (what it holds may need them).
 fn drop_in_runtime(running: Running) {
-    let _runtime = running.tokio.enter();
-    let Running {
-        future,
-        scope,
-        span,
-        ..
-    } = running;
-    scope.poll_inside(&span, move || drop(future));
+    let task = &running.task;
+    let _runtime = task.tokio.enter();
+    let future = running.future;
+    task.scope.poll_inside(&task.span, move || drop(future));
 }
 
 #[pymethods]
@@ -671,6 +667,10 @@ fn thrown(
 struct Wakeup {
     /// The task's scope: its runtime and the caller's context.
     scope: Arc<TaskScope>,
+    /// The span current where it was first awaited, entered by each poll.
+    span: tracing::Span,
+    /// The runtime whose context each poll enters.
+    tokio: tokio::runtime::Handle,
     inner: Mutex<WakeInner>,
 }
 

@@ -581,3 +581,90 @@ mod native {
         });
     }
 }
+
+/// `fetchall` results of every shape a DB-API driver may return read the same: a
+/// list of tuples (read in place), rows that are lists or other sequences, and an
+/// iterator of rows.
+#[test]
+fn python_pool_reads_rows_of_any_shape() {
+    with_python(|py| {
+        let reactor = memory_reactor(py, true)?;
+        install_runtime(
+            &reactor,
+            RuntimeConfig {
+                worker_threads: 2,
+                tokio: pyo3_twisted::TokioRuntime::PerReactor,
+                ..RuntimeConfig::default()
+            },
+        )?;
+        let shapes = define_module(
+            py,
+            "pyo3_twisted_test_row_shapes",
+            r#"
+from twisted.internet import defer
+
+class Row:
+    """A sequence that is not a tuple, as sqlite3.Row is."""
+    def __init__(self, *cells):
+        self.cells = cells
+    def __iter__(self):
+        return iter(self.cells)
+
+SHAPES = {
+    "tuples": lambda: [(1, "a"), (2, None)],
+    "lists": lambda: [[1, "a"], [2, None]],
+    "sequences": lambda: [Row(1, "a"), Row(2, None)],
+    "iterator": lambda: iter([(1, "a"), (2, None)]),
+}
+
+class Txn:
+    description = None
+    rowcount = -1
+    def __init__(self, rows):
+        self.rows = rows
+    def execute(self, sql, params):
+        pass
+    def fetchall(self):
+        return self.rows()
+
+class Pool:
+    def __init__(self, shape):
+        self.shape = shape
+    def runInteraction(self, desc, func, *args):
+        return defer.maybeDeferred(func, Txn(SHAPES[self.shape]), *args)
+"#,
+        )?;
+        let names = ["tuples", "lists", "sequences", "iterator"];
+        // The pools are held weakly: kept alive here.
+        let py_pools: Vec<_> = names
+            .iter()
+            .map(|name| shapes.getattr("Pool")?.call1((*name,)))
+            .collect::<PyResult<_>>()?;
+        let pools: Vec<_> = py_pools
+            .iter()
+            .map(|pool| PythonDatabasePool::new(pool.clone().unbind(), reactor.clone().unbind()))
+            .collect();
+        let d = create_deferred(py, &reactor, async move {
+            let mut read = Vec::new();
+            for pool in &pools {
+                let rows = pool
+                    .run_interaction("shape", |txn| {
+                        async move { txn.query("SELECT id, name FROM t", &[]).await }.boxed()
+                    })
+                    .await;
+                read.push(match rows {
+                    Ok(rows) => format!("{rows:?}"),
+                    Err(err) => format!("error {err:#}"),
+                });
+            }
+            Ok(read)
+        })?;
+        let read: Vec<String> = get_success(&reactor, &d)?.extract()?;
+        let expected = r#"[[Int(1), Text("a")], [Int(2), Null]]"#;
+        for (name, rows) in names.iter().zip(&read) {
+            assert_eq!(rows, expected, "{name}");
+        }
+        reactor.call_method0("shutdown")?;
+        Ok(())
+    })
+}

@@ -28,7 +28,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{
-    PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyMemoryView, PyString, PyTuple,
+    PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyList, PyMemoryView, PyString, PyTuple,
     PyWeakrefReference,
 };
 
@@ -365,20 +365,33 @@ impl Transaction for PyTransaction {
         self.run(sql, params, |txn| {
             let py = txn.py();
             let rows = txn.call_method0(intern!(py, "fetchall"))?;
+            let cell = |index: usize, cell: &Bound<'_, PyAny>| match from_python(cell, index, &[]) {
+                Ok(value) => Ok(value),
+                // Column names only for the message: not read per query.
+                Err(_) => from_python(cell, index, &column_names(txn)?),
+            };
+            // What DB-API drivers return (sqlite3, psycopg2): a list of tuples, read
+            // in place, with no iterator object per row.
+            if let Ok(rows) = rows.cast::<PyList>() {
+                let mut out = Vec::with_capacity(rows.len());
+                for row in rows.iter() {
+                    let values = match row.cast::<PyTuple>() {
+                        Ok(row) => {
+                            let mut values = Vec::with_capacity(row.len());
+                            for (index, value) in row.iter_borrowed().enumerate() {
+                                values.push(cell(index, &value)?);
+                            }
+                            values
+                        }
+                        Err(_) => row_values(&row, cell)?,
+                    };
+                    out.push(values);
+                }
+                return Ok(out);
+            }
             let mut out = Vec::new();
             for row in rows.try_iter()? {
-                let row = row?;
-                let mut values = Vec::new();
-                for (index, cell) in row.try_iter()?.enumerate() {
-                    let cell = cell?;
-                    let value = match from_python(&cell, index, &[]) {
-                        Ok(value) => value,
-                        // Column names only for the message: not read per query.
-                        Err(_) => from_python(&cell, index, &column_names(txn)?)?,
-                    };
-                    values.push(value);
-                }
-                out.push(values);
+                out.push(row_values(&row?, cell)?);
             }
             Ok(out)
         })
@@ -424,6 +437,18 @@ fn to_python<'py>(py: Python<'py>, value: &DbValue) -> Bound<'py, PyAny> {
         DbValue::Text(s) => PyString::new(py, s).into_any(),
         DbValue::Bytes(b) => PyBytes::new(py, b).into_any(),
     }
+}
+
+/// A row of any iterable type, converted cell by cell.
+fn row_values(
+    row: &Bound<'_, PyAny>,
+    cell: impl Fn(usize, &Bound<'_, PyAny>) -> anyhow::Result<DbValue>,
+) -> anyhow::Result<Vec<DbValue>> {
+    let mut values = Vec::new();
+    for (index, value) in row.try_iter()?.enumerate() {
+        values.push(cell(index, &value?)?);
+    }
+    Ok(values)
 }
 
 fn column_names(txn: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
