@@ -733,7 +733,7 @@ struct Watch {
     offers: u32,
     offer: Option<CallRef>,
     /// Coroutine awaitables this poll started and left [`Delegated`].
-    delegated: Vec<CallRef>,
+    delegated: CallList,
 }
 
 impl Watch {
@@ -742,7 +742,7 @@ impl Watch {
             task_waker,
             offers: 0,
             offer: None,
-            delegated: Vec::new(),
+            delegated: CallList::new(),
         }
     }
 }
@@ -757,14 +757,53 @@ fn watching() -> bool {
 /// the step returns, [`Delegations::settle`] gives each one the caller does not
 /// drive a [`Driver`]. Reactor thread.
 #[derive(Default)]
-pub(crate) struct Delegations(Vec<CallRef>);
+pub(crate) struct Delegations(CallList);
+
+/// Calls, the first held inline: a step usually leaves one coroutine awaitable
+/// delegated, and then its list allocates nothing.
+#[derive(Default)]
+struct CallList {
+    first: Option<CallRef>,
+    /// Only ever non-empty after `first`.
+    more: Vec<CallRef>,
+}
+
+impl CallList {
+    const fn new() -> Self {
+        Self {
+            first: None,
+            more: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, call: CallRef) {
+        match self.first {
+            None => self.first = Some(call),
+            Some(_) => self.more.push(call),
+        }
+    }
+
+    /// Moves `other`'s calls to the end of this list.
+    fn append(&mut self, other: &mut CallList) {
+        if self.first.is_none() {
+            std::mem::swap(self, other);
+        } else {
+            other.drain().for_each(|call| self.more.push(call));
+        }
+    }
+
+    /// The calls, in order, leaving the list empty.
+    fn drain(&mut self) -> impl Iterator<Item = CallRef> + '_ {
+        self.first.take().into_iter().chain(self.more.drain(..))
+    }
+}
 
 impl Delegations {
     /// A [`Driver`] takes over each delegated coroutine the caller does not wait on
     /// directly (it may have been dropped: its cancel job, queued meanwhile, then
     /// finds the driver and cancels what it awaits).
     pub(crate) fn settle(&mut self, py: Python<'_>) {
-        for shared in self.0.drain(..) {
+        for shared in self.0.drain() {
             if shared.direct.load(Ordering::Acquire) != NOT_DIRECT {
                 continue;
             }
@@ -830,12 +869,7 @@ pub(crate) fn watching_waits<R>(
     let outer = WATCH.with(|w| w.replace(Watch::new(task_waker.data())));
     let result = poll();
     let mut watched = WATCH.with(|w| w.replace(outer));
-    if delegations.0.is_empty() {
-        // Usually the first (and only) poll of the step: its list, as it is.
-        std::mem::swap(&mut delegations.0, &mut watched.delegated);
-    } else {
-        delegations.0.append(&mut watched.delegated);
-    }
+    delegations.0.append(&mut watched.delegated);
     let wait = match watched {
         Watch {
             offers: 1,

@@ -514,7 +514,7 @@ impl RustCoroutine {
     fn advance(&self, py: Python<'_>, input: Input) -> PyResult<Py<PyAny>> {
         match self.step(py, input)? {
             Step::Wait(deferred) => Ok(deferred),
-            Step::Finished(value) => Err(PyStopIteration::new_err((value,))),
+            Step::Finished(value) => Err(stop_iteration(py, value)),
         }
     }
 
@@ -527,6 +527,15 @@ impl RustCoroutine {
             })) => direct.delegates(),
             _ => false,
         }
+    }
+}
+
+/// `StopIteration(value)`, made now: the trampoline raises it as it is, where a
+/// lazy `PyStopIteration::new_err` would box its arguments first.
+fn stop_iteration(py: Python<'_>, value: Py<PyAny>) -> PyErr {
+    match py.get_type::<PyStopIteration>().call1((value,)) {
+        Ok(exception) => PyErr::from_value(exception),
+        Err(err) => err,
     }
 }
 
