@@ -32,13 +32,8 @@ async fn insert_and_count(pool: &dyn DatabasePool, user: &'static str) -> anyhow
     .await
 }
 
-fn python_pool(py: Python<'_>) -> PyResult<(Bound<'_, PyAny>, Bound<'_, PyAny>)> {
-    let lc = logcontext(py)?;
-    let source = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("python_shim/python/pyo3_twisted/database.py"),
-    )?;
-    let database = define_module(py, "pyo3_twisted_test_database", &source)?;
+/// A running memory reactor with a runtime of its own.
+fn reactor_with_runtime(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     let reactor = memory_reactor(py, true)?;
     install_runtime(
         &reactor,
@@ -48,6 +43,17 @@ fn python_pool(py: Python<'_>) -> PyResult<(Bound<'_, PyAny>, Bound<'_, PyAny>)>
             ..RuntimeConfig::default()
         },
     )?;
+    Ok(reactor)
+}
+
+fn python_pool(py: Python<'_>) -> PyResult<(Bound<'_, PyAny>, Bound<'_, PyAny>)> {
+    let lc = logcontext(py)?;
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("python_shim/python/pyo3_twisted/database.py"),
+    )?;
+    let database = define_module(py, "pyo3_twisted_test_database", &source)?;
+    let reactor = reactor_with_runtime(py)?;
     let kwargs = pyo3::types::PyDict::new(py);
     kwargs.set_item("logcontext", lc)?;
     let pool = database
@@ -138,15 +144,6 @@ fn python_pool_runs_rust_transactions_and_reports_commit_failures() {
         pool.call_method0("close")?;
         Ok(())
     })
-}
-
-/// Records the thread it is dropped on.
-struct DropsOn(std::sync::Arc<std::sync::Mutex<Option<std::thread::ThreadId>>>);
-
-impl Drop for DropsOn {
-    fn drop(&mut self) {
-        *self.0.lock().unwrap() = Some(std::thread::current().id());
-    }
 }
 
 #[test]
@@ -588,15 +585,7 @@ mod native {
 #[test]
 fn python_pool_reads_rows_of_any_shape() {
     with_python(|py| {
-        let reactor = memory_reactor(py, true)?;
-        install_runtime(
-            &reactor,
-            RuntimeConfig {
-                worker_threads: 2,
-                tokio: pyo3_twisted::TokioRuntime::PerReactor,
-                ..RuntimeConfig::default()
-            },
-        )?;
+        let reactor = reactor_with_runtime(py)?;
         let shapes = define_module(
             py,
             "pyo3_twisted_test_row_shapes",

@@ -164,15 +164,6 @@ fn unknown_reactor_is_a_clear_error() {
     assert!(err.to_string().contains("no pyo3-twisted runtime"), "{err}");
 }
 
-/// Records the thread it is dropped on.
-struct DropsOn(std::sync::Arc<std::sync::Mutex<Option<std::thread::ThreadId>>>);
-
-impl Drop for DropsOn {
-    fn drop(&mut self) {
-        *self.0.lock().unwrap() = Some(std::thread::current().id());
-    }
-}
-
 #[test]
 fn a_call_dropped_before_it_starts_drops_its_closures_on_the_reactor_thread() {
     with_python(|py| {
