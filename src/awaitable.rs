@@ -261,6 +261,10 @@ impl CallRef {
     fn is_settled(&self) -> bool {
         self.0.is_settled()
     }
+
+    fn abandon(&self) {
+        self.0.abandon();
+    }
 }
 
 /// The reactor side's hold on a call (the start job's, then the [`Resolver`]'s):
@@ -360,8 +364,6 @@ fn start(
     if call.abandoned.load(Ordering::Acquire) || bridge.is_stopped() {
         return Ok(());
     }
-    let shared = CallRef::clone(&call);
-    let factory = |py| shared.make(py);
     Counters::bump(&bridge.counters().awaitables_started);
     let resolver = Bound::new(
         py,
@@ -372,13 +374,16 @@ fn start(
             task_context: scope.and_then(TaskScope::context).map(|c| c.clone_ref(py)),
         },
     )?;
+    // The resolver holds the call now; the factory runs from there.
+    let shared: &CallRef = &resolver.get().shared;
+    let factory = |py| shared.make(py);
     let scope_address = scope.map_or(0, |scope| scope as *const TaskScope as usize);
     match bridge.provider() {
         // A `create_coroutine` poll with the task's own context current: the
         // factory runs in it as it is, and the coroutine's driver keeps the rules
         // around what is left waiting (`rust_coroutine`).
         Some(_) if crate::local_task::own_context_current(scope_address) => {
-            launch(py, bridge, factory(py), &resolver, &shared, None)?;
+            launch(py, bridge, factory(py), &resolver, shared, None)?;
             if !resolver.get().is_resolved() {
                 crate::local_task::own_context_unknown();
                 crate::cputime::meter_from_now();
@@ -399,7 +404,7 @@ fn start(
                         Some(provider.current(py)?)
                     },
                 };
-                launch(py, bridge, factory(py), &resolver, &shared, Some(rules))
+                launch(py, bridge, factory(py), &resolver, shared, Some(rules))
             };
             let started = match scope {
                 Some(scope) => scope.with_context(py, begin),
@@ -410,7 +415,7 @@ fn start(
                 Ok(()) => Ok(()),
             }
         }
-        None => launch(py, bridge, factory(py), &resolver, &shared, None),
+        None => launch(py, bridge, factory(py), &resolver, shared, None),
     }
 }
 
@@ -712,7 +717,7 @@ impl Drop for CancelOnDrop {
         if !self.armed {
             return;
         }
-        self.shared.0.abandon();
+        self.shared.abandon();
         // Queued after the start job, so it finds the Deferred if one was made.
         let shared = self.shared.clone();
         self.bridge.mailbox().push(Box::new(move |py| {
@@ -788,7 +793,7 @@ impl CallList {
         if self.first.is_none() {
             std::mem::swap(self, other);
         } else {
-            other.drain().for_each(|call| self.more.push(call));
+            self.more.extend(other.drain());
         }
     }
 

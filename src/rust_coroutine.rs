@@ -141,6 +141,7 @@ where
     let bridge = Arc::clone(runtime.bridge());
     bridge.check_reactor_thread("create_coroutine")?;
     let erased: Erased = Box::pin(async move {
+        // `fut` is dropped as its await ends, inside this poll: `finish` relies on it.
         let value = fut.await?;
         crate::threads::attach(|py| value.into_py_any(py)).unwrap_or_else(|| {
             Err(RuntimeShutdown::new_err(
