@@ -10,6 +10,7 @@ use pyo3_twisted::{
     create_deferred, install_runtime, run_python_awaitable, LogContextProvider, ReactorHandle,
     RuntimeConfig,
 };
+use std::time::Duration;
 
 const HELPERS: &str = r#"
 from twisted.internet import defer
@@ -175,6 +176,9 @@ fn a_call_dropped_before_it_starts_drops_its_closures_on_the_reactor_thread() {
             DropsOn(factory_dropped.clone()),
             DropsOn(convert_dropped.clone()),
         );
+        // The reactor thread drains the mailbox only while the test pumps it: it
+        // waits on this before pumping, so the start job finds the call dropped.
+        let (dropped_tx, dropped_rx) = crossbeam_channel::bounded(1);
         let d = create_deferred(py, &reactor, async move {
             let handle = ReactorHandle::current().expect("in a bridged task");
             let mut call = Box::pin(handle.run_python_awaitable_map(
@@ -187,16 +191,18 @@ fn a_call_dropped_before_it_starts_drops_its_closures_on_the_reactor_thread() {
                     Ok(())
                 },
             ));
-            // The first poll queues the start job; the reactor has not run it (it
-            // runs jobs only when the test lets it).
+            // The first poll queues the start job; the reactor has not run it: the
+            // test pumps it only once the call is dropped.
             let first = std::future::poll_fn(|cx| {
                 std::task::Poll::Ready(std::future::Future::poll(call.as_mut(), cx))
             })
             .await;
             let pending = first.is_pending();
             drop(call);
+            let _ = dropped_tx.send(());
             Ok(pending)
         })?;
+        assert!(recv_detached(py, &dropped_rx, Duration::from_secs(10)).is_some());
         assert!(get_success(&reactor, &d)?.extract::<bool>()?);
         // The start job found the call abandoned: nothing started, and what the call
         // held went on this (the reactor's) thread, not on the Tokio worker that
