@@ -15,14 +15,13 @@ builds can be compared where wall time cannot tell them apart.
     python benches/cost_model.py [--variants python,rust_coroutine] [--connections 16]
         [--seconds 15] [--database sqlite|postgresql|DSN]
 
-`--database postgresql` takes the server from `PYO3_TWISTED_TEST_PG_DSN` (as `make
-bench-http` sets it: run it under `make postgres`'s environment).
+`--database postgresql` takes the server from `PYO3_TWISTED_TEST_PG_DSN`:
+`PYO3_TWISTED_TEST_PG_DSN=$(cat target/pg-dsn)` after `make postgres`.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -38,7 +37,7 @@ WEIGHTS = {"Ir": 1, "I1mr": 12, "D1mr": 12, "D1mw": 12, "ILmr": 100, "DLmr": 100
 def per_thread(variant: str, database: str, connections: int, seconds: int) -> dict[int, dict[str, float]]:
     """Events per request of each busy thread (callgrind's thread number: 1 is the
     reactor thread), over `seconds` of load after a warm-up."""
-    path, extra = {name: (p, e) for name, p, e in wrk_versions.VARIANTS + wrk_versions.NATIVE_VARIANTS}[variant]
+    path, extra = {name: (p, e) for name, p, e in wrk_versions.ALL_VARIANTS}[variant]
     out = Path(tempfile.mkdtemp(prefix="pyo3-twisted-cost-")) / "callgrind.out"
     wrapper = [
         "valgrind",
@@ -84,18 +83,10 @@ def main() -> int:
     parser.add_argument("--variants", default="python,rust_coroutine")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--seconds", type=int, default=15)
-    parser.add_argument("--database", default="sqlite", help="sqlite, postgresql (the test server's DSN) or a DSN")
+    parser.add_argument("--database", default="sqlite", help="sqlite, postgresql (the server in PYO3_TWISTED_TEST_PG_DSN) or a DSN")
     args = parser.parse_args()
     variants = args.variants.split(",")
-    if args.database == "sqlite":
-        database, label = str(Path(tempfile.mkdtemp(prefix="pyo3-twisted-cost-")) / "demo.sqlite3"), "SQLite"
-    elif args.database == "postgresql":
-        dsn = os.environ.get("PYO3_TWISTED_TEST_PG_DSN")
-        if not dsn:
-            parser.error("--database postgresql needs PYO3_TWISTED_TEST_PG_DSN (make postgres writes it to target/pg-dsn)")
-        database, label = dsn, "PostgreSQL"
-    else:
-        database, label = args.database, "PostgreSQL"
+    database, label = wrk_versions.database_option(args.database, "pyo3-twisted-cost-")
     results = {v: per_thread(v, database, args.connections, args.seconds) for v in variants}
     base = results[variants[0]]
     print(f"per request, {args.connections} connections, {label}; ratios against {variants[0]}")

@@ -7,7 +7,10 @@ threads and of the Tokio workers, with the process's user and system split. The
 medians of the windows, and of the per-window ratios against the first variant.
 
     python benches/thread_cpu.py [--variants python,rust_coroutine] [--connections 16]
-        [--seconds 4] [--rounds 6]
+        [--seconds 4] [--rounds 6] [--database sqlite|postgresql|DSN]
+
+`--database postgresql` takes the server from `PYO3_TWISTED_TEST_PG_DSN`:
+`PYO3_TWISTED_TEST_PG_DSN=$(cat target/pg-dsn)` after `make postgres`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import collections
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -47,10 +49,11 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--database", default="sqlite", help="sqlite, postgresql (the server in PYO3_TWISTED_TEST_PG_DSN) or a DSN")
     args = parser.parse_args()
     names = args.variants.split(",")
-    paths = {n: (p, e) for n, p, e in wrk_versions.VARIANTS}
-    database = str(Path(tempfile.mkdtemp(prefix="pyo3-twisted-threads-")) / "demo.sqlite3")
+    paths = {n: (p, e) for n, p, e in wrk_versions.ALL_VARIANTS}
+    database, label = wrk_versions.database_option(args.database, "pyo3-twisted-threads-")
     running = {}
     windows: dict[str, list[collections.Counter[str]]] = collections.defaultdict(list)
     try:
@@ -78,7 +81,7 @@ def main() -> int:
             proc.terminate()
             proc.wait(timeout=30)
     keys = ["rps", "reactor", "pool", "tokio", "user", "sys"]
-    print(f"{args.connections} connections, {args.rounds} windows of {args.seconds} s each; µs per request")
+    print(f"{label}, {args.connections} connections, {args.rounds} windows of {args.seconds} s each; µs per request")
     for name in names:
         print(f"{name:16}", "  ".join(f"{k} {statistics.median(w[k] for w in windows[name]):7.1f}" for k in keys))
     base = windows[names[0]]

@@ -67,6 +67,23 @@ GOAL_VARIANTS = ["rust_polls", "rust_coroutine", "rust_native", "rust_native_pol
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def database_option(choice: str, prefix: str) -> tuple[str, str]:
+    """The demo's `--database` for a bench script's `--database` choice, and its
+    label: `sqlite` (a fresh file), `postgresql` (the server in
+    `PYO3_TWISTED_TEST_PG_DSN`, as `make postgres` sets it up) or a DSN."""
+    if choice == "sqlite":
+        return str(Path(tempfile.mkdtemp(prefix=prefix)) / "demo.sqlite3"), "SQLite"
+    if choice == "postgresql":
+        dsn = os.environ.get("PYO3_TWISTED_TEST_PG_DSN")
+        if not dsn:
+            raise SystemExit("--database postgresql needs PYO3_TWISTED_TEST_PG_DSN (make postgres writes it to target/pg-dsn)")
+        return dsn, "PostgreSQL"
+    return choice, "PostgreSQL"
+
+
+ALL_VARIANTS = VARIANTS + NATIVE_VARIANTS
+
+
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
