@@ -101,18 +101,46 @@ pub trait DbRowExt {
     /// assert!(row.try_get::<i64>(0).is_err());
     /// ```
     fn try_get<T: FromDbValue>(&self, index: usize) -> anyhow::Result<T>;
+
+    /// The value at `index`, moved out of the row and converted to `T`: no copy of
+    /// its text or bytes, where [`DbRowExt::try_get`] clones them. The cell is left
+    /// [`DbValue::Null`], also when the conversion fails (the error names the
+    /// column index and what was there).
+    ///
+    /// ```
+    /// use pyo3_twisted::db::{DbRowExt, DbValue};
+    ///
+    /// let rows = vec![vec![DbValue::Text("dark_mode".into()), DbValue::Int(1)]];
+    /// let flags: Vec<(String, bool)> = rows
+    ///     .into_iter()
+    ///     .map(|mut row| Ok((row.try_take(0)?, row.try_take(1)?)))
+    ///     .collect::<anyhow::Result<_>>()
+    ///     .unwrap();
+    /// assert_eq!(flags, [("dark_mode".to_string(), true)]);
+    /// ```
+    fn try_take<T: FromDbValue>(&mut self, index: usize) -> anyhow::Result<T>;
 }
 
 impl DbRowExt for DbRow {
     fn try_get<T: FromDbValue>(&self, index: usize) -> anyhow::Result<T> {
-        let value = self.get(index).ok_or_else(|| {
-            anyhow::anyhow!(
-                "column {index} is out of range: the row has {} column(s)",
-                self.len()
-            )
-        })?;
+        let value = self
+            .get(index)
+            .ok_or_else(|| out_of_range(index, self.len()))?;
         T::from_value(value.clone()).map_err(|err| anyhow::anyhow!("column {index}: {err}"))
     }
+
+    fn try_take<T: FromDbValue>(&mut self, index: usize) -> anyhow::Result<T> {
+        let columns = self.len();
+        let cell = self
+            .get_mut(index)
+            .ok_or_else(|| out_of_range(index, columns))?;
+        T::from_value(std::mem::replace(cell, DbValue::Null))
+            .map_err(|err| anyhow::anyhow!("column {index}: {err}"))
+    }
+}
+
+fn out_of_range(index: usize, columns: usize) -> anyhow::Error {
+    anyhow::anyhow!("column {index} is out of range: the row has {columns} column(s)")
 }
 
 /// Converts a [`DbValue`] into a Rust type; the analogue of tokio-postgres'
@@ -215,6 +243,26 @@ impl<T: FromDbValue> FromDbValue for Option<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn try_take_moves_the_value_out_and_explains_what_it_cannot_convert() {
+        let mut row: DbRow = vec![DbValue::Text("dark_mode".into()), DbValue::Int(7)];
+        let text = match &row[0] {
+            DbValue::Text(s) => s.as_ptr(),
+            _ => unreachable!(),
+        };
+        let taken: String = row.try_take(0).unwrap();
+        assert_eq!(taken, "dark_mode");
+        assert_eq!(taken.as_ptr(), text, "moved, not copied");
+        assert_eq!(row[0], DbValue::Null);
+        let err = row.try_take::<String>(1).unwrap_err().to_string();
+        assert!(err.starts_with("column 1:") && err.contains('7'), "{err}");
+        assert_eq!(row[1], DbValue::Null);
+        let err = row.try_take::<i64>(2).unwrap_err().to_string();
+        assert_eq!(err, "column 2 is out of range: the row has 2 column(s)");
+        // Taken twice: the second sees the NULL left behind.
+        assert_eq!(row.try_take::<Option<String>>(0).unwrap(), None);
+    }
 
     #[test]
     fn integers_are_range_checked() {

@@ -21,8 +21,8 @@ pub async fn get_flags(
                     &[user_id.into()],
                 )
                 .await?;
-            rows.iter()
-                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            rows.into_iter()
+                .map(|mut row| Ok((row.try_take(0)?, row.try_take(1)?)))
                 .collect()
         }
         .boxed()
