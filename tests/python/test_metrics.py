@@ -52,7 +52,9 @@ def run_known_work(reactor, completed=30, cancelled=5, panicked=4, failed=3):
 
 def test_a_scrape_after_known_work_shows_exact_figures():
     with memory_reactor() as reactor:
-        pyo3_twisted.install(reactor, worker_threads=2, tokio="per_reactor")
+        # No linger: results that a linger catches wake nobody, so how many drains a
+        # wake-up caused would depend on the machine's load.
+        pyo3_twisted.install(reactor, worker_threads=2, tokio="per_reactor", linger=0)
         registry = registry_for(reactor)
         run_known_work(reactor)
         samples = scrape(registry)
@@ -73,7 +75,7 @@ def test_a_scrape_after_known_work_shows_exact_figures():
     assert value(samples, "pyo3_twisted_drain_batch_size_count") == stats["mailbox_batches"]
     assert value(samples, "pyo3_twisted_drain_batch_size_sum") == stats["mailbox_jobs"]
     # Each drain a wake-up caused measured its latency.
-    assert 0 < value(samples, "pyo3_twisted_wake_to_drain_seconds_count") <= stats["mailbox_drains"]
+    assert 0 < value(samples, "pyo3_twisted_wake_to_drain_seconds_count") <= stats["mailbox_drains"], stats
     # No logcontext provider: CPU time is not metered.
     assert value(samples, "pyo3_twisted_task_cpu_seconds_count") == 0
 
