@@ -6,10 +6,12 @@
 //!
 //! A poll the logging context charges itself (on the reactor thread) is not read
 //! at all, except for the rest of it once a Python call it started has left the
-//! context (`meter_from_now`): that stretch, usually a microsecond or two of Rust
-//! returning `Pending`, is timed by the monotonic clock (a vDSO read) and charged as
-//! user time, where `getrusage` would cost two system calls (~0.8 µs each here) per
-//! request to measure it; a preemption inside it would be counted too.
+//! context (`meter_from_now`): that stretch is read the same way, from the mark to
+//! the end of the poll. It is usually a microsecond or two of Rust returning
+//! `Pending`, but it is the future's code, which may run on (a `join` beside the
+//! Python call); timing it by the monotonic clock instead, as an earlier version
+//! did to spare the two system calls (~0.14 µs each here), charged a machine's load
+//! as CPU time: twice what was burned, and more, with four busy processes beside.
 
 use std::future::Future;
 use std::pin::pin;
@@ -76,14 +78,45 @@ thread_local! {
     /// Inside a poll charged by the context: when the context stopped being
     /// current (a Python call left waiting, or a restore left owed,
     /// `lazy_restore`). The poll's task meters the rest of the poll from there.
-    static METER_FROM: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+    static METER_FROM: std::cell::Cell<Option<Mark>> = const { std::cell::Cell::new(None) };
+}
+
+/// Where a [`meter_from_now`] stretch starts: the thread's CPU time, or, where the
+/// OS does not tell it, the clock.
+#[derive(Clone, Copy)]
+enum Mark {
+    Usage(u64, u64),
+    Clock(std::time::Instant),
+}
+
+impl Mark {
+    fn now() -> Self {
+        match thread_usage() {
+            Some((user, system)) => Mark::Usage(user, system),
+            None => Mark::Clock(std::time::Instant::now()),
+        }
+    }
+
+    /// `(user, system)` microseconds used since the mark.
+    fn used_since(self) -> (u64, u64) {
+        match (self, thread_usage()) {
+            (Mark::Usage(user, system), Some(now)) => {
+                (now.0.saturating_sub(user), now.1.saturating_sub(system))
+            }
+            (Mark::Usage(..), None) => (0, 0),
+            (Mark::Clock(from), _) => {
+                let nanos = from.elapsed().as_nanos().saturating_add(500);
+                (u64::try_from(nanos / 1000).unwrap_or(u64::MAX), 0)
+            }
+        }
+    }
 }
 
 /// The context charging the poll running now stops being current: meter the rest
 /// of the poll. No-op in a poll that is metered anyway, or if already noted.
 pub(crate) fn meter_from_now() {
     if charged_by_context() && METER_FROM.with(std::cell::Cell::get).is_none() {
-        METER_FROM.with(|from| from.set(Some(std::time::Instant::now())));
+        METER_FROM.with(|from| from.set(Some(Mark::now())));
     }
 }
 
@@ -139,9 +172,8 @@ pub(crate) fn meter_poll<R>(meter: Option<&CpuMeter>, poll: impl FnOnce() -> R) 
         let result = poll();
         // The context stopped charging partway (`meter_from_now`): the rest is ours.
         if let Some(from) = METER_FROM.with(|from| from.take()) {
-            let nanos = from.elapsed().as_nanos().saturating_add(500);
-            let micros = u64::try_from(nanos / 1000).unwrap_or(u64::MAX);
-            meter.add(micros, 0);
+            let (user, system) = from.used_since();
+            meter.add(user, system);
         }
         return result;
     }

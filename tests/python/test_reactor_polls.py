@@ -228,6 +228,17 @@ def test_cpu_time_beside_a_waiting_awaitable_is_charged_once(polls):
     assert 0.055 <= charged < 0.11, (charged, burned)
 
 
+def test_time_beside_a_waiting_awaitable_is_charged_as_cpu_time_not_wall_time(polls):
+    """The stretch of a poll after the awaitable it started left the context is
+    metered by the thread's CPU time: 50 ms blocked there (what a preempted thread
+    looks like to the meter) are not charged. The monotonic clock used to time it,
+    and a busy machine's load was charged as CPU time."""
+    charged, slept = charged_for(polls, lambda r: probes.sleep_beside(r, answered_later(r), 0.05))
+    assert slept >= 0.05
+    # The handler's own few milliseconds, not the 50 ms.
+    assert charged < 0.02, (charged, slept)
+
+
 def test_a_rust_handler_pays_the_logcontext_switches_a_python_handler_pays(monkeypatch):
     """Two awaits of a Python coroutine that waits for the reactor, from a Rust
     handler (create_deferred, reactor_polls) and from its Python twin: the same

@@ -148,6 +148,30 @@ fn burn_cpu_beside<'py>(
     })
 }
 
+/// Awaits `factory()` and, in the same poll, once it waits, blocks the thread for
+/// `seconds` without using CPU (a thread preempted by a busy machine, as far as the
+/// CPU meter can tell); fires with the seconds slept.
+#[pyfunction]
+fn sleep_beside<'py>(
+    py: Python<'py>,
+    reactor: &Bound<'py, PyAny>,
+    factory: Py<PyAny>,
+    seconds: f64,
+) -> PyResult<Bound<'py, PyAny>> {
+    create_deferred(py, reactor, async move {
+        let handle = ReactorHandle::current().expect("inside a bridged task");
+        let call = handle.run_python_awaitable(move |py| factory.bind(py).call0());
+        let slept = async {
+            let started = std::time::Instant::now();
+            std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+            started.elapsed().as_secs_f64()
+        };
+        let (answer, slept) = futures_util::future::join(call, slept).await;
+        answer?;
+        Ok(slept)
+    })
+}
+
 /// Spends `seconds` of this thread's CPU time; returns the CPU seconds measured.
 pub(super) fn burn(seconds: f64) -> f64 {
     let start = thread_cpu_seconds();
@@ -366,6 +390,7 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(burn_cpu, m)?)?;
     m.add_function(wrap_pyfunction!(burn_cpu_after, m)?)?;
     m.add_function(wrap_pyfunction!(burn_cpu_beside, m)?)?;
+    m.add_function(wrap_pyfunction!(sleep_beside, m)?)?;
     m.add_function(wrap_pyfunction!(log_messages, m)?)?;
     m.add_function(wrap_pyfunction!(call_python_many, m)?)?;
     m.add_function(wrap_pyfunction!(call_python_in_thread, m)?)?;
