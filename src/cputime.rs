@@ -75,48 +75,20 @@ thread_local! {
 }
 
 thread_local! {
-    /// Inside a poll charged by the context: when the context stopped being
-    /// current (a Python call left waiting, or a restore left owed,
-    /// `lazy_restore`). The poll's task meters the rest of the poll from there.
-    static METER_FROM: std::cell::Cell<Option<Mark>> = const { std::cell::Cell::new(None) };
-}
-
-/// Where a [`meter_from_now`] stretch starts: the thread's CPU time, or, where the
-/// OS does not tell it, the clock.
-#[derive(Clone, Copy)]
-enum Mark {
-    Usage(u64, u64),
-    Clock(std::time::Instant),
-}
-
-impl Mark {
-    fn now() -> Self {
-        match thread_usage() {
-            Some((user, system)) => Mark::Usage(user, system),
-            None => Mark::Clock(std::time::Instant::now()),
-        }
-    }
-
-    /// `(user, system)` microseconds used since the mark.
-    fn used_since(self) -> (u64, u64) {
-        match (self, thread_usage()) {
-            (Mark::Usage(user, system), Some(now)) => {
-                (now.0.saturating_sub(user), now.1.saturating_sub(system))
-            }
-            (Mark::Usage(..), None) => (0, 0),
-            (Mark::Clock(from), _) => {
-                let nanos = from.elapsed().as_nanos().saturating_add(500);
-                (u64::try_from(nanos / 1000).unwrap_or(u64::MAX), 0)
-            }
-        }
-    }
+    /// Inside a poll charged by the context: the thread's `(user, system)` CPU
+    /// microseconds when the context stopped being current (a Python call left
+    /// waiting, or a restore left owed, `lazy_restore`). The poll's task meters the
+    /// rest of the poll from there.
+    static METER_FROM: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
 }
 
 /// The context charging the poll running now stops being current: meter the rest
-/// of the poll. No-op in a poll that is metered anyway, or if already noted.
+/// of the poll, from the thread's CPU time now. No-op in a poll that is metered
+/// anyway, if already noted, or where the OS does not tell a thread's CPU time
+/// (nothing is metered there).
 pub(crate) fn meter_from_now() {
     if charged_by_context() && METER_FROM.with(std::cell::Cell::get).is_none() {
-        METER_FROM.with(|from| from.set(Some(Mark::now())));
+        METER_FROM.with(|from| from.set(thread_usage()));
     }
 }
 
@@ -171,9 +143,8 @@ pub(crate) fn meter_poll<R>(meter: Option<&CpuMeter>, poll: impl FnOnce() -> R) 
     if CHARGED_BY_CONTEXT.with(std::cell::Cell::get) {
         let result = poll();
         // The context stopped charging partway (`meter_from_now`): the rest is ours.
-        if let Some(from) = METER_FROM.with(|from| from.take()) {
-            let (user, system) = from.used_since();
-            meter.add(user, system);
+        if let (Some(from), Some(now)) = (METER_FROM.with(|from| from.take()), thread_usage()) {
+            meter.add(now.0.saturating_sub(from.0), now.1.saturating_sub(from.1));
         }
         return result;
     }

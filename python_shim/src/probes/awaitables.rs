@@ -135,17 +135,23 @@ fn burn_cpu_beside<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let factory = Arc::new(factory);
     create_deferred(py, reactor, async move {
-        let handle = ReactorHandle::current().expect("inside a bridged task");
         let mut burned = 0.0;
         for _ in 0..times {
-            let factory = Arc::clone(&factory);
-            let call = handle.run_python_awaitable(move |py| factory.bind(py).call0());
-            let (answer, spent) = futures_util::future::join(call, async { burn(seconds) }).await;
-            answer?;
-            burned += spent;
+            burned += beside(&factory, || burn(seconds)).await?;
         }
         Ok(burned)
     })
+}
+
+/// Awaits `factory()` and, in the same polls, runs `work` once it waits (joined
+/// with it); what `work` returned.
+async fn beside(factory: &Arc<Py<PyAny>>, work: impl FnOnce() -> f64) -> PyResult<f64> {
+    let handle = ReactorHandle::current().expect("inside a bridged task");
+    let factory = Arc::clone(factory);
+    let call = handle.run_python_awaitable(move |py| factory.bind(py).call0());
+    let (answer, done) = futures_util::future::join(call, async { work() }).await;
+    answer?;
+    Ok(done)
 }
 
 /// Awaits `factory()` and, in the same poll, once it waits, blocks the thread for
@@ -158,17 +164,14 @@ fn sleep_beside<'py>(
     factory: Py<PyAny>,
     seconds: f64,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let factory = Arc::new(factory);
     create_deferred(py, reactor, async move {
-        let handle = ReactorHandle::current().expect("inside a bridged task");
-        let call = handle.run_python_awaitable(move |py| factory.bind(py).call0());
-        let slept = async {
+        beside(&factory, || {
             let started = std::time::Instant::now();
             std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
             started.elapsed().as_secs_f64()
-        };
-        let (answer, slept) = futures_util::future::join(call, slept).await;
-        answer?;
-        Ok(slept)
+        })
+        .await
     })
 }
 
