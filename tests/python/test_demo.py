@@ -154,6 +154,34 @@ def test_the_rust_handler_on_the_native_pool_reads_what_python_wrote(pg_dsn, mod
     assert any("its pool: native" in line for line in demo.stderr_lines), demo.stderr_lines
 
 
+@pytest.mark.parametrize("mode", ["tokio_polls", "coroutine"])
+def test_extra_features_are_answered_alike_by_both_handlers(tmp_path, mode):
+    demo = Demo(str(tmp_path / "demo.sqlite3"), "--extra-features", "3", *MODES[mode])
+    try:
+        extra = ["org.example.feature_000", "org.example.feature_001", "org.example.feature_002"]
+        body = json.dumps({"enabled": True}).encode()
+        assert demo.request("PUT", f"/features/@bob:example.org/{extra[1]}", body) == (200, {})
+        # Not a known feature: one past the three.
+        assert demo.request("PUT", "/features/@bob:example.org/org.example.feature_003", body)[0] == 404
+        rust = demo.request("GET", "/versions?user_id=@bob:example.org")
+        assert rust == demo.request("GET", "/versions_py?user_id=@bob:example.org")
+        features = rust[1]["unstable_features"]
+        assert list(features) == sorted(features) and len(features) == 7
+        assert [features[name] for name in extra] == [False, True, False]
+    finally:
+        assert demo.stop() == 0
+
+
+def test_extra_features_must_not_be_negative(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyo3_twisted_demo", "--port", "0", "--extra-features", "-1",
+         "--database", str(tmp_path / "demo.sqlite3")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "--extra-features must be 0 or more" in proc.stderr
+
+
 def test_the_native_pool_needs_postgresql(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pyo3_twisted_demo", "--port", "0", "--native-pool",

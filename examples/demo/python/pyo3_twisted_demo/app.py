@@ -32,7 +32,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 from urllib.parse import unquote
 
 from twisted.internet import defer
@@ -95,10 +95,21 @@ def select_flags(txn: Any, user_id: str) -> list[tuple[str, bool]]:
     return [(feature, bool(enabled)) for feature, enabled in txn.fetchall()]
 
 
-async def python_versions(pool: DatabasePool, user_id: str) -> dict[str, Any]:
+def known_features(extra: int = 0) -> list[str]:
+    """The features the demo knows: ``KNOWN_FEATURES`` and ``extra`` more, named
+    ``org.example.feature_NNN`` and set for nobody (Synapse's ``/versions`` answers
+    ~40 flags; the demo's default four make the handlers as small as they get)."""
+    if extra < 0:
+        raise ValueError(f"extra features must be 0 or more, not {extra}")
+    return KNOWN_FEATURES + [f"org.example.feature_{i:03}" for i in range(extra)]
+
+
+async def python_versions(
+    pool: DatabasePool, user_id: str, known: Sequence[str] = KNOWN_FEATURES
+) -> dict[str, Any]:
     """``GET /versions`` in Python: the Rust handler's twin."""
     flags = await pool.runInteraction("get_feature_flags", select_flags, user_id)
-    features = {name: False for name in KNOWN_FEATURES}
+    features = {name: False for name in known}
     for name, enabled in flags:
         if name in features:
             features[name] = enabled
@@ -124,14 +135,17 @@ class DemoApp:
         shutdown_timeout: float,
         native_dsn: Optional[str] = None,
         coroutine: bool = False,
+        known: Sequence[str] = KNOWN_FEATURES,
     ) -> None:
         self.reactor = reactor
         self.pool = pool
+        self.known = list(known)
+        self.known_set = frozenset(self.known)
         # The native pool gets as many connections as the Python pool has threads.
         self.versions = VersionsHandler(
             pool,
             reactor,
-            KNOWN_FEATURES,
+            self.known,
             rust_work_ms,
             native_dsn=native_dsn,
             native_connections=pool.max_connections,
@@ -194,13 +208,13 @@ class DemoApp:
             if not user_id:
                 raise HTTPError(400, "M_MISSING_PARAM", "Missing user_id query parameter")
             if segments == ["versions_py"]:
-                return await python_versions(self.pool, user_id)
+                return await python_versions(self.pool, user_id, self.known)
             return await self.versions.handle(self.reactor, user_id)
         if len(segments) == 3 and segments[0] == "features" and all(segments[1:]):
             if method != "PUT":
                 raise HTTPError(405, "M_UNRECOGNIZED", "Use PUT on /features/{user_id}/{feature}")
             user_id, feature = segments[1], segments[2]
-            if feature not in KNOWN_FEATURES:
+            if feature not in self.known_set:
                 raise HTTPError(404, "M_NOT_FOUND", f"Unknown feature {feature!r}")
             enabled = self.parse_enabled(request)
             await self.pool.runInteraction("set_feature", set_feature, user_id, feature, enabled)
@@ -336,10 +350,18 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         action="store_true",
         help="the Rust handler reads through the native PostgreSQL pool (same database; needs a postgresql:// DSN)",
     )
+    parser.add_argument(
+        "--extra-features",
+        type=int,
+        default=0,
+        help="known features beyond the demo's four, set for nobody (org.example.feature_NNN; Synapse answers ~40)",
+    )
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only (no access log)")
     args = parser.parse_args(argv)
     if args.native_pool and not args.database.startswith(("postgresql://", "postgres://")):
         parser.error("--native-pool needs --database postgresql://...")
+    if args.extra_features < 0:
+        parser.error("--extra-features must be 0 or more")
     return args
 
 
@@ -377,6 +399,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.shutdown_timeout,
         native_dsn=args.database if args.native_pool else None,
         coroutine=args.rust_coroutine,
+        known=known_features(args.extra_features),
     )
     site = Site(DemoResource(app))  # type: ignore[no-untyped-call]
     # Twisted declares Site.protocol as a method; it is the channel class.
