@@ -13,7 +13,7 @@ It is a model, not a measurement, but it does not move with this VM's load, so t
 builds can be compared where wall time cannot tell them apart.
 
     python benches/cost_model.py [--variants python,rust_coroutine] [--connections 16]
-        [--seconds 15] [--database sqlite|postgresql|DSN]
+        [--seconds 15] [--database sqlite|postgresql|DSN] [--extra-features N]
 
 `--database postgresql` takes the server from `PYO3_TWISTED_TEST_PG_DSN`:
 `PYO3_TWISTED_TEST_PG_DSN=$(cat target/pg-dsn)` after `make postgres`.
@@ -34,7 +34,9 @@ import wrk_versions  # noqa: E402
 WEIGHTS = {"Ir": 1, "I1mr": 12, "D1mr": 12, "D1mw": 12, "ILmr": 100, "DLmr": 100, "DLmw": 100, "Bcm": 15, "Bim": 15}
 
 
-def per_thread(variant: str, database: str, connections: int, seconds: int) -> dict[int, dict[str, float]]:
+def per_thread(
+    variant: str, database: str, connections: int, seconds: int, demo_args: list[str] = []
+) -> dict[int, dict[str, float]]:
     """Events per request of each busy thread (callgrind's thread number: 1 is the
     reactor thread), over `seconds` of load after a warm-up."""
     path, extra = {name: (p, e) for name, p, e in wrk_versions.ALL_VARIANTS}[variant]
@@ -49,7 +51,7 @@ def per_thread(variant: str, database: str, connections: int, seconds: int) -> d
         f"--callgrind-out-file={out}",
         f"--log-file={out.parent / 'valgrind.log'}",
     ]
-    proc, port = wrk_versions.start_demo(database, extra, wrapper)
+    proc, port = wrk_versions.start_demo(database, extra + demo_args, wrapper)
     url = f"http://127.0.0.1:{port}{path}?user_id={wrk_versions.USER}"
     try:
         subprocess.run(["wrk", "-t1", "-c1", "-d3s", "--timeout", "10s", url], capture_output=True, check=True)
@@ -84,10 +86,14 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--database", default="sqlite", help="sqlite, postgresql (the server in PYO3_TWISTED_TEST_PG_DSN) or a DSN")
+    parser.add_argument(
+        "--extra-features", type=int, default=0, help="known features beyond the demo's four (the demo's --extra-features)"
+    )
     args = parser.parse_args()
     variants = args.variants.split(",")
     database, label = wrk_versions.database_option(args.database, "pyo3-twisted-cost-")
-    results = {v: per_thread(v, database, args.connections, args.seconds) for v in variants}
+    demo_args = ["--extra-features", str(args.extra_features)] if args.extra_features else []
+    results = {v: per_thread(v, database, args.connections, args.seconds, demo_args) for v in variants}
     base = results[variants[0]]
     print(f"per request, {args.connections} connections, {label}; ratios against {variants[0]}")
     for variant, threads in results.items():

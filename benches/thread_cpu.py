@@ -7,7 +7,7 @@ threads and of the Tokio workers, with the process's user and system split. The
 medians of the windows, and of the per-window ratios against the first variant.
 
     python benches/thread_cpu.py [--variants python,rust_coroutine] [--connections 16]
-        [--seconds 4] [--rounds 6] [--database sqlite|postgresql|DSN]
+        [--seconds 4] [--rounds 6] [--database sqlite|postgresql|DSN] [--extra-features N]
 
 `--database postgresql` takes the server from `PYO3_TWISTED_TEST_PG_DSN`:
 `PYO3_TWISTED_TEST_PG_DSN=$(cat target/pg-dsn)` after `make postgres`.
@@ -50,6 +50,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--database", default="sqlite", help="sqlite, postgresql (the server in PYO3_TWISTED_TEST_PG_DSN) or a DSN")
+    parser.add_argument(
+        "--extra-features", type=int, default=0, help="known features beyond the demo's four (the demo's --extra-features)"
+    )
     args = parser.parse_args()
     names = args.variants.split(",")
     paths = {n: (p, e) for n, p, e in wrk_versions.ALL_VARIANTS}
@@ -59,7 +62,8 @@ def main() -> int:
     try:
         for name in names:
             path, extra = paths[name]
-            proc, port = wrk_versions.start_demo(database, extra)
+            demo_args = ["--extra-features", str(args.extra_features)] if args.extra_features else []
+            proc, port = wrk_versions.start_demo(database, extra + demo_args)
             running[name] = (proc, f"http://127.0.0.1:{port}{path}?user_id={wrk_versions.USER}")
             wrk_versions.wrk(running[name][1], 4, 1)  # warm-up
         for round_ in range(args.rounds):

@@ -23,6 +23,12 @@ bench-http` starts the server).
 
     python benches/wrk_versions.py [--seconds 3] [--procs 2] [--rounds 3]
         [--connections 1,16,64] [--instructions-seconds 15] [--out FILE]
+        [--variants rust_coroutine,...] [--databases sqlite,postgresql]
+        [--extra-features N]
+
+`--variants` runs those and the `python` baseline only; `--extra-features N` gives
+both handlers N more known features to answer (Synapse's `/versions` answers ~40;
+the default four make the handlers as small as they get).
 
 This VM's figures drift by ±30% over minutes, more than the variants differ, so
 the variants are measured side by side: all their demo processes run at once, and
@@ -47,6 +53,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 USER = "%40alice%3Aexample.org"
 VARIANTS = [
@@ -111,7 +118,7 @@ def to_ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(url: str, connections: int, seconds: int) -> dict:
+def wrk(url: str, connections: int, seconds: int) -> dict[str, Any]:
     threads = 1 if connections < 16 else 2
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
@@ -131,7 +138,7 @@ def wrk(url: str, connections: int, seconds: int) -> dict:
     }
 
 
-def window(proc: subprocess.Popen[str], url: str, connections: int, seconds: int) -> dict:
+def window(proc: subprocess.Popen[str], url: str, connections: int, seconds: int) -> dict[str, Any]:
     """One wrk window against a running demo: its figures and the process's CPU time
     per request over it."""
     before = cpu_seconds(proc.pid)
@@ -142,14 +149,14 @@ def window(proc: subprocess.Popen[str], url: str, connections: int, seconds: int
 
 def measure_paired(
     database: str, variants: list[tuple[str, str, list[str]]], connections: list[int], seconds: int, procs: int, rounds: int
-) -> dict[str, dict[int, list[dict]]]:
+) -> dict[str, dict[int, list[dict[str, Any]]]]:
     """Every variant's windows, paired: all variants' demo processes run side by
     side (idle but for the one under load), and each round loads each of them in
     turn for `seconds` at each connection count, the order rotating. Window i of a
     variant ran next to window i of every other, so their ratio is free of this VM's
     drift, which moves every figure by ±30% over minutes. `procs` fresh sets of
     processes, `rounds` rounds each."""
-    runs: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in connections} for name, _, _ in variants}
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {name: {c: [] for c in connections} for name, _, _ in variants}
     for set_ in range(procs):
         running: dict[str, tuple[subprocess.Popen[str], str]] = {}
         try:
@@ -215,17 +222,52 @@ def main() -> int:
         default=15,
         help="seconds of load under callgrind per variant for instructions per request (0: skip)",
     )
+    parser.add_argument(
+        "--extra-features",
+        type=int,
+        default=0,
+        help="known features beyond the demo's four, in both handlers (the demo's --extra-features)",
+    )
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated variants to run (python always runs: the baseline); default all",
+    )
+    parser.add_argument(
+        "--databases",
+        default="sqlite,postgresql",
+        help="comma-separated: sqlite, postgresql (the latter only with PYO3_TWISTED_TEST_PG_DSN)",
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent.parent / "target" / "bench-http.json"))
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
-    databases = {"sqlite": str(Path(tempfile.mkdtemp(prefix="pyo3-twisted-http-")) / "demo.sqlite3")}
-    if os.environ.get("PYO3_TWISTED_TEST_PG_DSN"):
+    wanted_dbs = set(args.databases.split(","))
+    if not wanted_dbs <= {"sqlite", "postgresql"}:
+        parser.error(f"--databases: unknown {sorted(wanted_dbs - {'sqlite', 'postgresql'})}")
+    wanted = set(args.variants.split(",")) - {""}
+    if wanted - {name for name, _, _ in ALL_VARIANTS}:
+        parser.error(f"--variants: unknown {sorted(wanted - {name for name, _, _ in ALL_VARIANTS})}")
+    extra_args = ["--extra-features", str(args.extra_features)] if args.extra_features else []
+    databases = {}
+    if "sqlite" in wanted_dbs:
+        databases["sqlite"] = str(Path(tempfile.mkdtemp(prefix="pyo3-twisted-http-")) / "demo.sqlite3")
+    if "postgresql" in wanted_dbs and os.environ.get("PYO3_TWISTED_TEST_PG_DSN"):
         databases["postgresql"] = os.environ["PYO3_TWISTED_TEST_PG_DSN"]
-    report: dict = {"when": time.strftime("%Y-%m-%d %H:%M"), "seconds": args.seconds, "results": {}}
+    report: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "seconds": args.seconds,
+        "extra_features": args.extra_features,
+        "results": {},
+    }
     for db, database in databases.items():
-        variants = VARIANTS + (NATIVE_VARIANTS if db == "postgresql" else [])
+        variants = [
+            (name, path, extra + extra_args)
+            for name, path, extra in VARIANTS + (NATIVE_VARIANTS if db == "postgresql" else [])
+            if not wanted or name == "python" or name in wanted
+        ]
         runs = measure_paired(database, variants, connections, args.seconds, args.procs, args.rounds)
-        results = report["results"][db] = {}
+        results: dict[str, Any] = {}
+        report["results"][db] = results
         for name in runs:
             results[name] = {}
             for c in connections:
@@ -241,7 +283,7 @@ def main() -> int:
         if args.instructions_seconds:
             for name, path, extra in variants:
                 ipr = instructions_per_request(database, path, extra, args.instructions_seconds)
-                results[name]["instructions_per_request"] = ipr  # type: ignore[index]
+                results[name]["instructions_per_request"] = ipr
         print(f"\n{db}: requests/s, p50/p99 ms, CPU µs per request (medians of {args.procs * args.rounds} "
               "paired windows; ratios: medians of the per-window ratios against python)")
         print(f"{'variant':<12}{'conns':>6}{'req/s':>10}{'p50':>8}{'p99':>8}{'cpu µs':>9}{'÷rps':>7}{'÷cpu':>7}")
@@ -254,10 +296,10 @@ def main() -> int:
                     f"{row['cpu_ratio']:>7.2f}"
                 )
         if args.instructions_seconds:
-            base_ipr = results["python"]["instructions_per_request"]  # type: ignore[index]
+            base_ipr = results["python"]["instructions_per_request"]
             print(f"instructions per request (callgrind, 1 connection, {args.instructions_seconds} s):")
             for name, _, _ in variants:
-                ipr = results[name]["instructions_per_request"]  # type: ignore[index]
+                ipr = results[name]["instructions_per_request"]
                 print(f"  {name:<12}{ipr:>12,.0f}{ipr / base_ipr:>7.2f}")
     print("\ngoal (issue 17): the Rust handler >= 0.95x python's requests/s at no more CPU per request")
     for db, results in report["results"].items():
