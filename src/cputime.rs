@@ -49,6 +49,8 @@ impl CpuMeter {
 /// `(user, system)` CPU microseconds of the calling thread.
 #[cfg(target_os = "linux")]
 pub(crate) fn thread_usage() -> Option<(u64, u64)> {
+    #[cfg(test)]
+    tests::READS.with(|n| n.set(n.get() + 1));
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
     // SAFETY: getrusage fills the struct it is given; checked before reading.
     let usage = unsafe {
@@ -143,8 +145,11 @@ pub(crate) fn meter_poll<R>(meter: Option<&CpuMeter>, poll: impl FnOnce() -> R) 
     if CHARGED_BY_CONTEXT.with(std::cell::Cell::get) {
         let result = poll();
         // The context stopped charging partway (`meter_from_now`): the rest is ours.
-        if let (Some(from), Some(now)) = (METER_FROM.with(|from| from.take()), thread_usage()) {
-            meter.add(now.0.saturating_sub(from.0), now.1.saturating_sub(from.1));
+        // Read only then: a poll the context charged throughout makes no system call.
+        if let Some(from) = METER_FROM.with(std::cell::Cell::take) {
+            if let Some(now) = thread_usage() {
+                meter.add(now.0.saturating_sub(from.0), now.1.saturating_sub(from.1));
+            }
         }
         return result;
     }
@@ -162,6 +167,47 @@ pub(crate) fn meter_poll<R>(meter: Option<&CpuMeter>, poll: impl FnOnce() -> R) 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// `thread_usage` calls (system calls) made on this thread.
+        pub(super) static READS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    fn reads() -> usize {
+        READS.with(std::cell::Cell::get)
+    }
+
+    #[test]
+    fn a_poll_the_context_charges_throughout_reads_nothing() {
+        let meter = CpuMeter::default();
+        let before = reads();
+        with_context_charging(true, || {
+            with_own_meter_mark(|| meter_poll(Some(&meter), || ()))
+        });
+        assert_eq!(reads(), before);
+        assert_eq!(meter.take_seconds(), None);
+    }
+
+    #[test]
+    fn the_rest_of_a_poll_after_the_context_left_is_metered() {
+        let meter = CpuMeter::default();
+        let before = reads();
+        with_context_charging(true, || {
+            with_own_meter_mark(|| {
+                meter_poll(Some(&meter), || {
+                    meter_from_now();
+                    // Noted once: a second switch in the same poll reads nothing.
+                    meter_from_now();
+                    let start = thread_usage().unwrap();
+                    while thread_usage().unwrap().0 - start.0 < 20_000 {}
+                })
+            })
+        });
+        let (user, _) = meter.take_seconds().unwrap();
+        assert!(user >= 0.02, "{user}");
+        // The mark, the end, and the busy loop's own reads.
+        assert!(reads() - before >= 2);
+    }
 
     #[test]
     fn meter_takes_and_resets() {
