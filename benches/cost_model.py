@@ -35,7 +35,7 @@ WEIGHTS = {"Ir": 1, "I1mr": 12, "D1mr": 12, "D1mw": 12, "ILmr": 100, "DLmr": 100
 
 
 def per_thread(
-    variant: str, database: str, connections: int, seconds: int, demo_args: list[str] = []
+    variant: str, database: str, connections: int, seconds: int, demo_args: list[str]
 ) -> dict[int, dict[str, float]]:
     """Events per request of each busy thread (callgrind's thread number: 1 is the
     reactor thread), over `seconds` of load after a warm-up."""
@@ -92,7 +92,7 @@ def main() -> int:
     args = parser.parse_args()
     variants = args.variants.split(",")
     database, label = wrk_versions.database_option(args.database, "pyo3-twisted-cost-")
-    demo_args = ["--extra-features", str(args.extra_features)] if args.extra_features else []
+    demo_args = wrk_versions.extra_features_args(args.extra_features)
     results = {v: per_thread(v, database, args.connections, args.seconds, demo_args) for v in variants}
     base = results[variants[0]]
     print(f"per request, {args.connections} connections, {label}; ratios against {variants[0]}")

@@ -55,6 +55,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     names = args.variants.split(",")
+    demo_args = wrk_versions.extra_features_args(args.extra_features)
     paths = {n: (p, e) for n, p, e in wrk_versions.ALL_VARIANTS}
     database, label = wrk_versions.database_option(args.database, "pyo3-twisted-threads-")
     running = {}
@@ -62,7 +63,6 @@ def main() -> int:
     try:
         for name in names:
             path, extra = paths[name]
-            demo_args = ["--extra-features", str(args.extra_features)] if args.extra_features else []
             proc, port = wrk_versions.start_demo(database, extra + demo_args)
             running[name] = (proc, f"http://127.0.0.1:{port}{path}?user_id={wrk_versions.USER}")
             wrk_versions.wrk(running[name][1], 4, 1)  # warm-up

@@ -91,6 +91,11 @@ def database_option(choice: str, prefix: str) -> tuple[str, str]:
 ALL_VARIANTS = VARIANTS + NATIVE_VARIANTS
 
 
+def extra_features_args(extra_features: int) -> list[str]:
+    """The demo's arguments for a bench script's `--extra-features`."""
+    return ["--extra-features", str(extra_features)] if extra_features else []
+
+
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -247,7 +252,7 @@ def main() -> int:
     wanted = set(args.variants.split(",")) - {""}
     if wanted - {name for name, _, _ in ALL_VARIANTS}:
         parser.error(f"--variants: unknown {sorted(wanted - {name for name, _, _ in ALL_VARIANTS})}")
-    extra_args = ["--extra-features", str(args.extra_features)] if args.extra_features else []
+    extra_args = extra_features_args(args.extra_features)
     databases = {}
     if "sqlite" in wanted_dbs:
         databases["sqlite"] = str(Path(tempfile.mkdtemp(prefix="pyo3-twisted-http-")) / "demo.sqlite3")
