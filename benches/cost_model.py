@@ -12,6 +12,12 @@ estimate weighs each simulated event by a typical cost:
 It is a model, not a measurement, but it does not move with this VM's load, so two
 builds can be compared where wall time cannot tell them apart.
 
+Python's cyclic garbage collector is counted apart (`gc`, the cost inside
+`gc_collect_main`) and left out of the totals and ratios: a full collection walks
+every object of the process, ~13k instructions per request of a 15-second window,
+and whether one falls inside the window is chance. How often each handler makes the
+collector run is a wall-time question (`gc.get_stats()` over a long run).
+
     python benches/cost_model.py [--variants python,rust_coroutine] [--connections 16]
         [--seconds 15] [--database sqlite|postgresql|DSN] [--extra-features N]
 
@@ -48,6 +54,7 @@ def per_thread(
         "--separate-threads=yes",
         "--cache-sim=yes",
         "--branch-sim=yes",
+        "--collect-bus=yes",
         f"--callgrind-out-file={out}",
         f"--log-file={out.parent / 'valgrind.log'}",
     ]
@@ -73,11 +80,37 @@ def per_thread(
         text = dump.read_text()
         events = re.search(r"^events: (.*)$", text, re.M).group(1).split()  # type: ignore[union-attr]
         totals = re.search(r"^summary: (.*)$", text, re.M).group(1).split()  # type: ignore[union-attr]
-        counts = {e: int(n) / requests for e, n in zip(events, totals)}
+        gc = collector_cost(text, len(events))
+        counts = {e: (int(n) - g) / requests for e, n, g in zip(events, totals, gc)}
         if counts["Ir"] > 1000:  # idle threads (Tokio workers here) left out
             counts["cycles"] = sum(w * counts[e] for e, w in WEIGHTS.items())
+            counts["gc"] = sum(w * g / requests for e, w in WEIGHTS.items() for name, g in zip(events, gc) if name == e)
             threads[int(dump.name.rsplit("-", 1)[1])] = counts
     return threads
+
+
+def collector_cost(text: str, n_events: int) -> list[int]:
+    """The events inside calls to CPython's `gc_collect_main` (inclusive), from a
+    callgrind dump: each `calls=` line is followed by the call's inclusive cost."""
+    names: dict[str, str] = {}
+    total = [0] * n_events
+    callee = ""
+    inclusive_next = False
+    for line in text.splitlines():
+        if line.startswith(("cfn=", "fn=")):
+            match = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line)
+            if match:
+                if match.group(2) is not None:
+                    names[match.group(1)] = match.group(2)
+                if line.startswith("cfn="):
+                    callee = names.get(match.group(1), "")
+        elif line.startswith("calls="):
+            inclusive_next = callee == "gc_collect_main"
+        elif inclusive_next:
+            inclusive_next = False
+            for i, n in enumerate(line.split()[1:]):
+                total[i] += int(n)
+    return total
 
 
 def main() -> int:
@@ -103,7 +136,8 @@ def main() -> int:
             ratio = f"  ({c['Ir'] / b['Ir']:.3f}x / {c['cycles'] / b['cycles']:.3f}x)" if b else ""
             print(
                 f"{variant:16} {name:10} Ir {c['Ir']:9,.0f}  L1 misses {c['I1mr']:6,.0f} i {c['D1mr'] + c['D1mw']:6,.0f} d"
-                f"  mispredicts {c['Bcm'] + c['Bim']:6,.0f}  cycles~ {c['cycles']:10,.0f}{ratio}"
+                f"  mispredicts {c['Bcm'] + c['Bim']:6,.0f}  atomics {c.get('Ge', 0):5,.0f}"
+                f"  cycles~ {c['cycles']:10,.0f}{ratio}  gc cycles~ {c['gc']:7,.0f}"
             )
     return 0
 
