@@ -1,0 +1,48 @@
+"""The benchmark scripts' parsers, on made-up input: a wrong parse would print
+plausible figures, and nothing else would notice."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benches"))
+
+import cost_model  # noqa: E402
+import perf_share  # noqa: E402
+
+# A callgrind dump of one thread: `main` calls the collector twice and something
+# else once; `visit` calls it once more, naming it by number only.
+DUMP = """\
+events: Ir Dr
+fn=(1) main
+0 100 10
+cfn=(2) gc_collect_main
+calls=2 0
+0 50 5
+cfn=(3) other
+calls=1 0
+0 7 1
+fn=(2)
+0 50 5
+fn=(4) visit
+0 1 0
+cfn=(2)
+calls=1 0
+0 3 0
+summary: 211 21
+"""
+
+
+def test_the_collector_cost_is_what_its_callers_spent_inside_it():
+    assert cost_model.collector_cost(DUMP, 2) == [53, 5]
+
+
+def test_a_dump_without_the_collector_costs_nothing():
+    assert cost_model.collector_cost(DUMP.replace("gc_collect_main", "gc_something_else"), 2) == [0, 0]
+
+
+def test_perf_samples_are_grouped_by_shared_object():
+    assert perf_share.category("_native.abi3.so") == "extension"
+    assert perf_share.category("libpython3.11.so.1.0") == "interpreter"
+    assert perf_share.category("libc.so.6") == "libc"
+    assert perf_share.category("[kernel.kallsyms]") == "kernel"
+    assert perf_share.category("_json.cpython-311-x86_64-linux-gnu.so") == "other"
