@@ -1,7 +1,7 @@
 """Where the demo's reactor thread spends its time, by shared object, measured:
 `perf record -e cpu-clock` samples of the reactor thread under wrk, for the Python
-`/versions` handler and the Rust one, each in its own demo process, in alternating
-windows (as `thread_cpu.py`): medians, and medians of the paired differences.
+`/versions` handler and the Rust one, each in its own demo process, in windows
+taken in turn (as `thread_cpu.py`): medians, and medians of the paired differences.
 
 callgrind (`cost_model.py`) counts instructions and simulates caches; this samples
 the real thread on the real CPU, so it shows what the model cannot: how much of a
@@ -91,25 +91,14 @@ def main() -> int:
     )
     args = parser.parse_args()
     names = args.variants.split(",")
-    paths = {n: (p, e) for n, p, e in wrk_versions.ALL_VARIANTS}
+    variants = wrk_versions.chosen_variants(names, wrk_versions.extra_features_args(args.extra_features))
     database, label = wrk_versions.database_option(args.database, "pyo3-twisted-perf-")
-    demo_args = wrk_versions.extra_features_args(args.extra_features)
-    running: dict[str, tuple[subprocess.Popen[str], str]] = {}
     windows: dict[str, list[dict[str, float]]] = {n: [] for n in names}
-    try:
-        for name in names:
-            path, extra = paths[name]
-            proc, port = wrk_versions.start_demo(database, extra + demo_args)
-            running[name] = (proc, f"http://127.0.0.1:{port}{path}?user_id={wrk_versions.USER}")
-            wrk_versions.wrk(running[name][1], 4, 1)  # warm-up
+    with wrk_versions.running_demos(database, variants) as running:
         for round_ in range(args.rounds):
-            for name in names if round_ % 2 == 0 else names[::-1]:
+            for name in wrk_versions.rotated(names, round_):
                 proc, url = running[name]
                 windows[name].append(window(proc.pid, url, args))
-    finally:
-        for proc, _ in running.values():
-            proc.terminate()
-            proc.wait(timeout=30)
     print(
         f"reactor thread, µs of CPU per request (perf cpu-clock samples), {args.connections} connections,"
         f" {label}, medians of {args.rounds} windows of {args.seconds} s"

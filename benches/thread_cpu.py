@@ -1,5 +1,5 @@
 """Where the demo's CPU time goes, per thread, under wrk: the Python `/versions`
-handler against the Rust one, each in its own demo process, in alternating windows.
+handler against the Rust one, each in its own demo process, in windows taken in turn.
 
 For each window: requests/s, and per request the CPU time (user + system, from
 /proc's schedstat, in nanoseconds) of the reactor thread, of the database pool's
@@ -78,19 +78,12 @@ def main() -> int:
     )
     args = parser.parse_args()
     names = args.variants.split(",")
-    demo_args = wrk_versions.extra_features_args(args.extra_features)
-    paths = {n: (p, e) for n, p, e in wrk_versions.ALL_VARIANTS}
+    variants = wrk_versions.chosen_variants(names, wrk_versions.extra_features_args(args.extra_features))
     database, label = wrk_versions.database_option(args.database, "pyo3-twisted-threads-")
-    running = {}
     windows: dict[str, list[collections.Counter[str]]] = collections.defaultdict(list)
-    try:
-        for name in names:
-            path, extra = paths[name]
-            proc, port = wrk_versions.start_demo(database, extra + demo_args)
-            running[name] = (proc, f"http://127.0.0.1:{port}{path}?user_id={wrk_versions.USER}")
-            wrk_versions.wrk(running[name][1], 4, 1)  # warm-up
+    with wrk_versions.running_demos(database, variants) as running:
         for round_ in range(args.rounds):
-            for name in names if round_ % 2 == 0 else names[::-1]:
+            for name in wrk_versions.rotated(names, round_):
                 proc, url = running[name]
                 before = threads(proc.pid)
                 row = wrk_versions.wrk(url, args.connections, args.seconds)
@@ -107,10 +100,6 @@ def main() -> int:
                     per["ivcsw"] += (now.ivcsw - then.ivcsw) / n
                 per["rps"] = row["rps"]
                 windows[name].append(per)
-    finally:
-        for proc, _ in running.values():
-            proc.terminate()
-            proc.wait(timeout=30)
     keys = ["rps", "reactor", "pool", "tokio", "user", "sys"]
     counts = ["minflt", "vcsw", "ivcsw"]
     print(

@@ -44,6 +44,7 @@ reported as user-space instructions per request, each variant once under callgri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -52,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +154,38 @@ def window(proc: subprocess.Popen[str], url: str, connections: int, seconds: int
     return row
 
 
+@contextlib.contextmanager
+def running_demos(
+    database: str, variants: list[tuple[str, str, list[str]]]
+) -> Iterator[dict[str, tuple[subprocess.Popen[str], str]]]:
+    """A demo process per variant `(name, path, demo arguments)`, warmed up, with the
+    URL of its handler; all stopped on the way out. Started one after the other:
+    each sets up the database before it listens."""
+    running: dict[str, tuple[subprocess.Popen[str], str]] = {}
+    try:
+        for name, path, extra in variants:
+            proc, port = start_demo(database, extra)
+            running[name] = (proc, f"http://127.0.0.1:{port}{path}?user_id={USER}")
+            wrk(running[name][1], 4, 1)  # warm-up: connections, pool, caches
+        yield running
+    finally:
+        for proc, _ in running.values():
+            proc.terminate()
+        for proc, _ in running.values():
+            proc.wait(timeout=30)
+
+
+def rotated(items: list[Any], k: int) -> list[Any]:
+    """`items` starting at the k-th (round k's order: none always goes first)."""
+    return items[k % len(items) :] + items[: k % len(items)]
+
+
+def chosen_variants(names: list[str], demo_args: list[str]) -> list[tuple[str, str, list[str]]]:
+    """The variants called `names`, each with `demo_args` added to its own."""
+    paths = {name: (path, extra) for name, path, extra in ALL_VARIANTS}
+    return [(name, paths[name][0], paths[name][1] + demo_args) for name in names]
+
+
 def measure_paired(
     database: str, variants: list[tuple[str, str, list[str]]], connections: list[int], seconds: int, procs: int, rounds: int
 ) -> dict[str, dict[int, list[dict[str, Any]]]]:
@@ -163,25 +197,13 @@ def measure_paired(
     processes, `rounds` rounds each."""
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {name: {c: [] for c in connections} for name, _, _ in variants}
     for set_ in range(procs):
-        running: dict[str, tuple[subprocess.Popen[str], str]] = {}
-        try:
-            # One after the other: each sets up the database before it listens.
-            for name, path, extra in variants:
-                proc, port = start_demo(database, extra)
-                running[name] = (proc, f"http://127.0.0.1:{port}{path}?user_id={USER}")
-                wrk(running[name][1], 4, 1)  # warm-up: connections, pool, caches
+        with running_demos(database, variants) as running:
             for round_ in range(rounds):
-                k = set_ * rounds + round_
-                order = variants[k % len(variants) :] + variants[: k % len(variants)]
+                order = rotated(variants, set_ * rounds + round_)
                 for c in connections:
                     for name, _, _ in order:
                         proc, url = running[name]
                         runs[name][c].append(window(proc, url, c, seconds))
-        finally:
-            for proc, _ in running.values():
-                proc.terminate()
-            for proc, _ in running.values():
-                proc.wait(timeout=30)
     return runs
 
 
