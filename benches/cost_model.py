@@ -115,13 +115,7 @@ def collector_cost(text: str, n_events: int) -> list[int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--variants", default="python,rust_coroutine")
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--seconds", type=int, default=15)
-    parser.add_argument("--database", default="sqlite", help="sqlite, postgresql (the server in PYO3_TWISTED_TEST_PG_DSN) or a DSN")
-    parser.add_argument(
-        "--extra-features", type=int, default=0, help="known features beyond the demo's four (the demo's --extra-features)"
-    )
+    wrk_versions.handler_options(parser, seconds=15, rounds=None)
     args = parser.parse_args()
     variants = args.variants.split(",")
     database, label = wrk_versions.database_option(args.database, "pyo3-twisted-cost-")

@@ -80,15 +80,8 @@ KEYS = ["total", "interpreter", "extension", "libc", "kernel", "other"]
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--variants", default="python,rust_coroutine")
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--seconds", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=6)
+    wrk_versions.handler_options(parser, seconds=4, rounds=6)
     parser.add_argument("--frequency", type=int, default=4000, help="samples per second of thread CPU time")
-    parser.add_argument("--database", default="sqlite", help="sqlite, postgresql (the server in PYO3_TWISTED_TEST_PG_DSN) or a DSN")
-    parser.add_argument(
-        "--extra-features", type=int, default=0, help="known features beyond the demo's four (the demo's --extra-features)"
-    )
     args = parser.parse_args()
     names = args.variants.split(",")
     variants = wrk_versions.chosen_variants(names, wrk_versions.extra_features_args(args.extra_features))

@@ -93,6 +93,22 @@ def database_option(choice: str, prefix: str) -> tuple[str, str]:
 ALL_VARIANTS = VARIANTS + NATIVE_VARIANTS
 
 
+def handler_options(parser: argparse.ArgumentParser, seconds: int, rounds: int | None) -> None:
+    """The options of the scripts that compare handlers in demo processes
+    (`thread_cpu.py`, `perf_share.py`, `cost_model.py`): which, how loaded, for how
+    long, on which database, with how many extra features; `--rounds` where the
+    script takes windows in turn."""
+    parser.add_argument("--variants", default="python,rust_coroutine", help="the first is the baseline")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--seconds", type=int, default=seconds)
+    if rounds is not None:
+        parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--database", default="sqlite", help="sqlite, postgresql (the server in PYO3_TWISTED_TEST_PG_DSN) or a DSN")
+    parser.add_argument(
+        "--extra-features", type=int, default=0, help="known features beyond the demo's four (the demo's --extra-features)"
+    )
+
+
 def extra_features_args(extra_features: int) -> list[str]:
     """The demo's arguments for a bench script's `--extra-features`."""
     return ["--extra-features", str(extra_features)] if extra_features else []
