@@ -14,8 +14,8 @@ builds can be compared where wall time cannot tell them apart.
 
 Python's cyclic garbage collector is counted apart (`gc`, the cost inside
 `gc_collect_main`) and left out of the totals and ratios: a full collection walks
-every object of the process, ~13k instructions per request of a 15-second window,
-and whether one falls inside the window is chance. How often each handler makes the
+every object of the process, ~20M instructions, ~36k per request of a 15-second
+window, and whether one falls inside the window is chance. How often each handler makes the
 collector run is a wall-time question (`gc.get_stats()` over a long run).
 
     python benches/cost_model.py [--variants python,rust_coroutine] [--connections 16]
