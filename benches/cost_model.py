@@ -45,7 +45,7 @@ def per_thread(
 ) -> dict[int, dict[str, float]]:
     """Events per request of each busy thread (callgrind's thread number: 1 is the
     reactor thread), over `seconds` of load after a warm-up."""
-    path, extra = {name: (p, e) for name, p, e in wrk_versions.ALL_VARIANTS}[variant]
+    [(_, path, extra)] = wrk_versions.chosen_variants([variant], demo_args)
     out = Path(tempfile.mkdtemp(prefix="pyo3-twisted-cost-")) / "callgrind.out"
     wrapper = [
         "valgrind",
@@ -58,7 +58,7 @@ def per_thread(
         f"--callgrind-out-file={out}",
         f"--log-file={out.parent / 'valgrind.log'}",
     ]
-    proc, port = wrk_versions.start_demo(database, extra + demo_args, wrapper)
+    proc, port = wrk_versions.start_demo(database, extra, wrapper)
     url = f"http://127.0.0.1:{port}{path}?user_id={wrk_versions.USER}"
     try:
         subprocess.run(["wrk", "-t1", "-c1", "-d3s", "--timeout", "10s", url], capture_output=True, check=True)
@@ -80,11 +80,11 @@ def per_thread(
         text = dump.read_text()
         events = re.search(r"^events: (.*)$", text, re.M).group(1).split()  # type: ignore[union-attr]
         totals = re.search(r"^summary: (.*)$", text, re.M).group(1).split()  # type: ignore[union-attr]
-        gc = collector_cost(text, len(events))
-        counts = {e: (int(n) - g) / requests for e, n, g in zip(events, totals, gc)}
+        gc = dict(zip(events, collector_cost(text, len(events))))
+        counts = {e: (int(n) - gc[e]) / requests for e, n in zip(events, totals)}
         if counts["Ir"] > 1000:  # idle threads (Tokio workers here) left out
             counts["cycles"] = sum(w * counts[e] for e, w in WEIGHTS.items())
-            counts["gc"] = sum(w * g / requests for e, w in WEIGHTS.items() for name, g in zip(events, gc) if name == e)
+            counts["gc"] = sum(w * gc[e] for e, w in WEIGHTS.items()) / requests
             threads[int(dump.name.rsplit("-", 1)[1])] = counts
     return threads
 

@@ -199,6 +199,9 @@ def rotated(items: list[Any], k: int) -> list[Any]:
 def chosen_variants(names: list[str], demo_args: list[str]) -> list[tuple[str, str, list[str]]]:
     """The variants called `names`, each with `demo_args` added to its own."""
     paths = {name: (path, extra) for name, path, extra in ALL_VARIANTS}
+    unknown = sorted(set(names) - set(paths))
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; known: {', '.join(paths)}")
     return [(name, paths[name][0], paths[name][1] + demo_args) for name in names]
 
 
