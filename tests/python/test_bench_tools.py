@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benches"))
 
 import cost_model  # noqa: E402
 import perf_share  # noqa: E402
+import sched_events  # noqa: E402
 
 # A callgrind dump of one thread: `main` calls the collector twice and something
 # else once; `visit` calls it once more, naming it by number only.
@@ -46,3 +47,36 @@ def test_perf_samples_are_grouped_by_shared_object():
     assert perf_share.category("libc.so.6") == "libc"
     assert perf_share.category("[kernel.kallsyms]") == "kernel"
     assert perf_share.category("_json.cpython-311-x86_64-linux-gnu.so") == "other"
+
+
+# `perf stat -x,` of a process, whole and `--per-thread` (the reactor is tid 100).
+STAT = """\
+# started on Sun Dec  6 07:12:28 2026
+
+400,,sched:sched_switch,9592205,100.00,96.328,K/sec
+<not counted>,,ipi:ipi_send_cpu,0,100.00,,
+50.0,msec,task-clock,9592205,100.00,0.010,CPUs utilized
+"""
+STAT_PER_THREAD = """\
+# started on Sun Dec  6 07:12:28 2026
+
+python3-100,300,,sched:sched_switch,9592205,100.00,96.328,K/sec
+python3-101,60,,sched:sched_switch,8491994,100.00,108.691,K/sec
+python3-102,40,,sched:sched_switch,8894299,100.00,103.662,K/sec
+python3-100,<not counted>,,ipi:ipi_send_cpu,0,100.00,,
+python3-100,30.0,msec,task-clock,9592205,100.00,0.010,CPUs utilized
+python3-101,20.0,msec,task-clock,8491994,100.00,0.009,CPUs utilized
+"""
+
+
+def test_kernel_events_are_counted_per_request_with_task_clock_in_microseconds():
+    assert sched_events.parse_stat(STAT, 100) == {"sched:sched_switch": 4.0, "task-clock": 500.0}
+
+
+def test_per_thread_events_put_the_reactor_apart_from_the_other_threads():
+    assert sched_events.parse_stat(STAT_PER_THREAD, 100, main_tid=100) == {
+        "reactor sched:sched_switch": 3.0,
+        "other threads sched:sched_switch": 1.0,
+        "reactor task-clock": 300.0,
+        "other threads task-clock": 200.0,
+    }
