@@ -63,6 +63,7 @@ VARIANTS = [
     ("rust", "/versions", []),
     ("rust_polls", "/versions", ["--reactor-polls"]),
     ("rust_coroutine", "/versions", ["--rust-coroutine"]),
+    ("rust_interaction", "/versions", ["--interaction-coroutine"]),
 ]
 # PostgreSQL only: the Rust handler on the native pool.
 NATIVE_VARIANTS = [
@@ -72,7 +73,7 @@ NATIVE_VARIANTS = [
 # Judged against the Python handler (issue 17): the Rust handler on the Python pool
 # with reactor_polls, and on the native pool (either runtime setting: the native
 # pool's futures are woken by Tokio I/O, where reactor_polls changes nothing).
-GOAL_VARIANTS = ["rust_polls", "rust_coroutine", "rust_native", "rust_native_polls"]
+GOAL_VARIANTS = ["rust_polls", "rust_coroutine", "rust_interaction", "rust_native", "rust_native_polls"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

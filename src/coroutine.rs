@@ -24,9 +24,10 @@
 //! frees a coroutine `ensureDeferred` waits for.
 
 use parking_lot::Mutex;
-use pyo3::exceptions::PyStopIteration;
+use pyo3::exceptions::{PyBaseException, PyStopIteration, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::PyType;
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::twisted::{
@@ -105,6 +106,45 @@ pub(crate) fn resume<'py>(coro: &Bound<'py, PyAny>, input: Input) -> Stepped<'py
                 Err(err) => Stepped::Raised(err),
             }
         }
+    }
+}
+
+/// The exception `throw(typ, val, tb)` raises, as a generator's `throw` makes it.
+pub(crate) fn thrown(
+    py: Python<'_>,
+    typ: Bound<'_, PyAny>,
+    val: Option<Bound<'_, PyAny>>,
+    tb: Option<Bound<'_, PyAny>>,
+) -> PyResult<PyErr> {
+    let val = val.filter(|v| !v.is_none());
+    let exception = if typ.is_instance_of::<PyBaseException>() {
+        typ
+    } else if typ
+        .cast::<PyType>()
+        .is_ok_and(|t| t.is_subclass_of::<PyBaseException>().unwrap_or(false))
+    {
+        match val {
+            Some(val) if val.is_instance(&typ)? => val,
+            Some(val) => typ.call1((val,))?,
+            None => typ.call0()?,
+        }
+    } else {
+        return Err(PyTypeError::new_err(
+            "exceptions must be classes or instances deriving from BaseException",
+        ));
+    };
+    if let Some(tb) = tb.filter(|tb| !tb.is_none()) {
+        exception.call_method1(intern!(py, "with_traceback"), (tb,))?;
+    }
+    Ok(PyErr::from_value(exception))
+}
+
+/// `StopIteration(value)`, made now: the trampoline raises it as it is, where a
+/// lazy `PyStopIteration::new_err` would box its arguments first.
+pub(crate) fn stop_iteration(py: Python<'_>, value: Py<PyAny>) -> PyErr {
+    match py.get_type::<PyStopIteration>().call1((value,)) {
+        Ok(exception) => PyErr::from_value(exception),
+        Err(err) => err,
     }
 }
 

@@ -35,11 +35,9 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::future::AbortHandle;
 use parking_lot::Mutex;
-use pyo3::exceptions::PyBaseException;
-use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyType;
 use pyo3::IntoPyObjectExt;
 use pyo3::{PyTraverseError, PyVisit};
 
@@ -515,7 +513,7 @@ impl RustCoroutine {
     fn advance(&self, py: Python<'_>, input: Input) -> PyResult<Py<PyAny>> {
         match self.step(py, input)? {
             Step::Wait(deferred) => Ok(deferred),
-            Step::Finished(value) => Err(stop_iteration(py, value)),
+            Step::Finished(value) => Err(crate::coroutine::stop_iteration(py, value)),
         }
     }
 
@@ -528,15 +526,6 @@ impl RustCoroutine {
             })) => direct.delegates(),
             _ => false,
         }
-    }
-}
-
-/// `StopIteration(value)`, made now: the trampoline raises it as it is, where a
-/// lazy `PyStopIteration::new_err` would box its arguments first.
-fn stop_iteration(py: Python<'_>, value: Py<PyAny>) -> PyErr {
-    match py.get_type::<PyStopIteration>().call1((value,)) {
-        Ok(exception) => PyErr::from_value(exception),
-        Err(err) => err,
     }
 }
 
@@ -591,7 +580,7 @@ impl RustCoroutine {
         val: Option<Bound<'_, PyAny>>,
         tb: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let err = thrown(py, typ, val, tb)?;
+        let err = crate::coroutine::thrown(py, typ, val, tb)?;
         if self.delegates() {
             // Into the Python coroutine, which may catch it.
             return self.advance(py, Input::Throw(err));
@@ -641,36 +630,6 @@ impl Drop for RustCoroutine {
             crate::threads::attach(|py| self.abandon(py, false));
         }
     }
-}
-
-/// The exception `throw(typ, val, tb)` raises, as a generator's `throw` makes it.
-fn thrown(
-    py: Python<'_>,
-    typ: Bound<'_, PyAny>,
-    val: Option<Bound<'_, PyAny>>,
-    tb: Option<Bound<'_, PyAny>>,
-) -> PyResult<PyErr> {
-    let val = val.filter(|v| !v.is_none());
-    let exception = if typ.is_instance_of::<PyBaseException>() {
-        typ
-    } else if typ
-        .cast::<PyType>()
-        .is_ok_and(|t| t.is_subclass_of::<PyBaseException>().unwrap_or(false))
-    {
-        match val {
-            Some(val) if val.is_instance(&typ)? => val,
-            Some(val) => typ.call1((val,))?,
-            None => typ.call0()?,
-        }
-    } else {
-        return Err(PyTypeError::new_err(
-            "exceptions must be classes or instances deriving from BaseException",
-        ));
-    };
-    if let Some(tb) = tb.filter(|tb| !tb.is_none()) {
-        exception.call_method1(intern!(py, "with_traceback"), (tb,))?;
-    }
-    Ok(PyErr::from_value(exception))
 }
 
 /// The waker of a [`RustCoroutine`]'s future. Any thread.

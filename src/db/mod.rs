@@ -51,6 +51,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 mod python;
+mod python_coroutine;
 mod sql;
 mod value;
 

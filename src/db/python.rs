@@ -121,6 +121,27 @@ impl PythonDatabasePool {
     pub fn runtime(&self) -> Option<&Runtime> {
         self.runtime.as_ref()
     }
+
+    /// Another handle on the same Python pool and runtime.
+    pub(super) fn clone_for_coroutine(&self) -> Self {
+        Self {
+            pool: Arc::clone(&self.pool),
+            runtime: self.runtime.clone(),
+        }
+    }
+
+    /// Why the pool has no runtime, if `new` said.
+    pub(super) fn broken_reason(&self) -> String {
+        match &*self.pool {
+            PoolRef::Broken(reason) => reason.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// The Python pool, if it is still alive.
+    pub(super) fn python_pool<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.pool.get(py)
+    }
 }
 
 impl std::fmt::Debug for PythonDatabasePool {
@@ -137,11 +158,7 @@ impl super::DatabasePool for PythonDatabasePool {
         func: ErasedInteraction,
     ) -> ErasedResult {
         let started = std::time::Instant::now();
-        let interaction = Arc::new(Interaction {
-            func: Mutex::new(Some(func)),
-            attempts: AtomicU32::new(0),
-            last_attempt: Mutex::new(None),
-        });
+        let interaction = Arc::new(Interaction::new(func));
         let result = self.run_attempts(name, &interaction).await;
         // Dropped here, where it was made (the awaiting task's thread), rather than
         // on the DB thread with the Python callback.
@@ -163,13 +180,45 @@ impl super::DatabasePool for PythonDatabasePool {
 }
 
 /// One `run_interaction` call: the closure, how often it ran, and what its last
-/// run returned. Shared by the awaiting task and the callback on the DB thread, in
+/// run returned. Shared by the awaiting side and the callback on the DB thread, in
 /// one allocation.
-struct Interaction {
-    func: Mutex<Option<ErasedInteraction>>,
-    attempts: AtomicU32,
+pub(super) struct Interaction {
+    pub(super) func: Mutex<Option<ErasedInteraction>>,
+    pub(super) attempts: AtomicU32,
     /// Each attempt overwrites it; read once the Deferred has fired.
     last_attempt: Mutex<Option<ErasedResult>>,
+}
+
+impl Interaction {
+    pub(super) fn new(func: ErasedInteraction) -> Self {
+        Self {
+            func: Mutex::new(Some(func)),
+            attempts: AtomicU32::new(0),
+            last_attempt: Mutex::new(None),
+        }
+    }
+
+    /// The awaiting side gives up on the transaction: the closure is dropped here,
+    /// unless the DB thread is running it now (it holds the lock, and may wait for
+    /// the GIL this thread holds); then it goes with the callback, and a retry finds
+    /// the caller gone.
+    pub(super) fn let_go(&self) {
+        if let Some(mut func) = self.func.try_lock() {
+            drop(func.take());
+        }
+    }
+
+    /// What the committed attempt returned, once `runInteraction` succeeded; the
+    /// closure is dropped here (the awaiting side's thread). Reactor thread.
+    pub(super) fn finish(&self, name: &str) -> ErasedResult {
+        self.let_go();
+        match self.last_attempt.lock().take() {
+            Some(result) => result,
+            None => {
+                anyhow::bail!("runInteraction({name}) finished without running the transaction")
+            }
+        }
+    }
 }
 
 impl PythonDatabasePool {
@@ -181,11 +230,10 @@ impl PythonDatabasePool {
         interaction: &Arc<Interaction>,
     ) -> ErasedResult {
         let Some(handle) = &self.runtime else {
-            let reason = match &*self.pool {
-                PoolRef::Broken(reason) => reason.clone(),
-                _ => String::new(),
-            };
-            anyhow::bail!("PythonDatabasePool has no pyo3-twisted runtime: {reason}");
+            anyhow::bail!(
+                "PythonDatabasePool has no pyo3-twisted runtime: {}",
+                self.broken_reason()
+            );
         };
         let runtime = handle.tokio_handle()?;
         let callback = TransactionCallback {
@@ -223,10 +271,24 @@ impl PythonDatabasePool {
 
 /// The `func` handed to `runInteraction`: runs the closure on the DB thread.
 #[pyclass(frozen, module = "pyo3_twisted")]
-struct TransactionCallback {
+pub(super) struct TransactionCallback {
     name: &'static str,
     interaction: Arc<Interaction>,
     runtime: tokio::runtime::Handle,
+}
+
+impl TransactionCallback {
+    pub(super) fn new(
+        name: &'static str,
+        interaction: Arc<Interaction>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        Self {
+            name,
+            interaction,
+            runtime,
+        }
+    }
 }
 
 #[pymethods]

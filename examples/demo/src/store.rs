@@ -4,15 +4,26 @@
 //! Rust storage code. The test build of `pyo3_twisted._native` compiles this file
 //! into its `RustStore` probe too, to drive every pool through it.
 
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use pyo3_twisted::db::{DatabasePool, DatabasePoolExt, DbRowExt};
+use pyo3_twisted::db::{DatabasePool, DatabasePoolExt, DbRowExt, Transaction};
+
+/// A user's flags: `(feature, enabled)`, by feature name.
+pub type Flags = Vec<(String, bool)>;
 
 /// The flags of `user_id`, by feature name.
-pub async fn get_flags(
-    pool: &dyn DatabasePool,
+pub async fn get_flags(pool: &dyn DatabasePool, user_id: String) -> anyhow::Result<Flags> {
+    pool.run_interaction("get_feature_flags", select_flags(user_id))
+        .await
+}
+
+/// The transaction of [`get_flags`], for a pool to run.
+pub fn select_flags(
     user_id: String,
-) -> anyhow::Result<Vec<(String, bool)>> {
-    pool.run_interaction("get_feature_flags", move |txn| {
+) -> impl for<'txn> Fn(&'txn mut dyn Transaction) -> BoxFuture<'txn, anyhow::Result<Flags>>
+       + Send
+       + 'static {
+    move |txn| {
         let user_id = user_id.clone();
         async move {
             let rows = txn
@@ -26,6 +37,5 @@ pub async fn get_flags(
                 .collect()
         }
         .boxed()
-    })
-    .await
+    }
 }

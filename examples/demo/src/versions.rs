@@ -16,7 +16,7 @@ use pyo3::types::{PyDict, PyList, PyString};
 use pyo3_twisted::db::{DatabasePool, PostgresConfig, PostgresPool, PythonDatabasePool};
 use pyo3_twisted::{create_coroutine, create_deferred};
 
-use crate::store::get_flags;
+use crate::store::{get_flags, select_flags};
 
 /// The spec versions the demo claims to support.
 const VERSIONS: [&str; 4] = ["v1.1", "v1.2", "v1.3", "v1.11"];
@@ -29,6 +29,8 @@ struct VersionsHandler {
     work: Duration,
     /// Answer with a coroutine (`create_coroutine`) rather than a Deferred.
     coroutine: bool,
+    /// Answer with the Python pool's `run_interaction_coroutine` (no Rust future).
+    interaction: Option<PythonDatabasePool>,
 }
 
 #[pymethods]
@@ -42,7 +44,7 @@ impl VersionsHandler {
     /// coroutine polled on the reactor thread (`create_coroutine`) instead of a
     /// Deferred.
     #[new]
-    #[pyo3(signature = (pool, reactor, known_features, rust_work_ms=0, native_dsn=None, native_connections=5, coroutine=false))]
+    #[pyo3(signature = (pool, reactor, known_features, rust_work_ms=0, native_dsn=None, native_connections=5, coroutine=false, interaction=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -53,7 +55,15 @@ impl VersionsHandler {
         native_dsn: Option<String>,
         native_connections: usize,
         coroutine: bool,
+        interaction: bool,
     ) -> PyResult<Self> {
+        if interaction && native_dsn.is_some() {
+            return Err(PyValueError::new_err(
+                "interaction=True reads through the Python pool, not a native one",
+            ));
+        }
+        let interaction =
+            interaction.then(|| PythonDatabasePool::new(pool.clone_ref(py), reactor.clone_ref(py)));
         let pool: Arc<dyn DatabasePool> = match native_dsn {
             None => Arc::new(PythonDatabasePool::new(pool, reactor)),
             Some(dsn) => {
@@ -70,6 +80,7 @@ impl VersionsHandler {
             known: Arc::new(Known::new(py, known_features)),
             work: Duration::from_millis(rust_work_ms),
             coroutine,
+            interaction,
         })
     }
 
@@ -81,19 +92,24 @@ impl VersionsHandler {
         reactor: &Bound<'py, PyAny>,
         user_id: String,
     ) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(pool) = &self.interaction {
+            let (known, work) = (Arc::clone(&self.known), self.work);
+            return pool.run_interaction_coroutine(
+                py,
+                "get_feature_flags",
+                select_flags(user_id),
+                move |py, flags| {
+                    let response = merged(known, flags, work);
+                    Ok(response.into_pyobject(py)?.into_any().unbind())
+                },
+            );
+        }
         let (pool, known, work) = (Arc::clone(&self.pool), Arc::clone(&self.known), self.work);
         let answer = async move {
             let flags = get_flags(&*pool, user_id)
                 .await
                 .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(format!("{e:#}")))?;
-            let mut enabled = vec![false; known.names.len()];
-            for (name, on) in flags {
-                if let Ok(index) = known.names.binary_search(&name) {
-                    enabled[index] = on;
-                }
-            }
-            spend_cpu(work);
-            Ok(Response { known, enabled })
+            Ok(merged(known, flags, work))
         };
         if self.coroutine {
             create_coroutine(py, reactor, answer)
@@ -101,6 +117,18 @@ impl VersionsHandler {
             create_deferred(py, reactor, answer)
         }
     }
+}
+
+/// The answer for `flags`, after `work` of CPU time.
+fn merged(known: Arc<Known>, flags: Vec<(String, bool)>, work: Duration) -> Response {
+    let mut enabled = vec![false; known.names.len()];
+    for (name, on) in flags {
+        if let Ok(index) = known.names.binary_search(&name) {
+            enabled[index] = on;
+        }
+    }
+    spend_cpu(work);
+    Response { known, enabled }
 }
 
 /// The features the server knows, sorted, and their names as Python strings, made

@@ -48,6 +48,28 @@ pub async fn set_flag(
     .await
 }
 
+/// Held by a closure: notes the thread it is dropped on.
+struct DropWatch {
+    _guard: Option<Py<PyAny>>,
+    dropped_on: Option<Py<PyAny>>,
+}
+
+impl Drop for DropWatch {
+    fn drop(&mut self) {
+        let Some(list) = self.dropped_on.take() else {
+            return;
+        };
+        Python::attach(|py| {
+            let ident = py
+                .import("threading")
+                .and_then(|threading| threading.getattr("get_ident")?.call0());
+            if let Ok(ident) = ident {
+                let _ = list.bind(py).call_method1("append", (ident,));
+            }
+        });
+    }
+}
+
 /// The original Python exception if the error carries one (a database error raised
 /// by the driver), else a `RuntimeError` with the whole chain. No GIL needed.
 fn to_py(err: anyhow::Error) -> PyErr {
@@ -61,6 +83,8 @@ fn to_py(err: anyhow::Error) -> PyErr {
 pub struct RustStore {
     pool: Arc<dyn DatabasePool>,
     native: Option<Arc<PostgresPool>>,
+    /// The Python pool, for `run_interaction_coroutine`.
+    python: Option<Arc<PythonDatabasePool>>,
 }
 
 impl RustStore {
@@ -108,9 +132,11 @@ impl RustStore {
     /// A store over a Python pool's `runInteraction`.
     #[staticmethod]
     fn python(pool: Py<PyAny>, reactor: Py<PyAny>) -> Self {
+        let python = Arc::new(PythonDatabasePool::new(pool, reactor));
         Self {
-            pool: Arc::new(PythonDatabasePool::new(pool, reactor)),
+            pool: Arc::clone(&python) as Arc<dyn DatabasePool>,
             native: None,
+            python: Some(python),
         }
     }
 
@@ -136,6 +162,7 @@ impl RustStore {
         Ok(Self {
             pool: Arc::clone(&pool) as Arc<dyn DatabasePool>,
             native: Some(pool),
+            python: None,
         })
     }
 
@@ -320,6 +347,64 @@ impl RustStore {
             })
             .await
         })
+    }
+
+    /// Python pool only: `Transaction::query` through `run_interaction_coroutine`,
+    /// awaitable of row lists made by `then` on the reactor thread. With `insert`,
+    /// the closure first inserts that user's flag; with `panic`, it panics after
+    /// its query; with `then_raises`, `then` raises `ValueError`. The closure holds
+    /// `guard` (any object) until it is dropped, and appends the thread it was
+    /// dropped on (`threading.get_ident()`) to `dropped_on`.
+    #[pyo3(signature = (sql, params, insert=None, panic=false, then_raises=false, guard=None, dropped_on=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn query_interaction<'py>(
+        &self,
+        py: Python<'py>,
+        sql: String,
+        params: Vec<DbValue>,
+        insert: Option<String>,
+        panic: bool,
+        then_raises: bool,
+        guard: Option<Py<PyAny>>,
+        dropped_on: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let Some(pool) = &self.python else {
+            return Err(PyValueError::new_err(
+                "run_interaction_coroutine needs the Python pool",
+            ));
+        };
+        let watch = Arc::new(DropWatch {
+            _guard: guard,
+            dropped_on,
+        });
+        pool.run_interaction_coroutine(
+            py,
+            "query_interaction",
+            move |txn| {
+                let (sql, params, insert, _watch) = (sql.clone(), params.clone(), insert.clone(), Arc::clone(&watch));
+                async move {
+                    if let Some(user) = insert {
+                        txn.execute(
+                            "INSERT INTO feature_flags (user_id, feature, enabled) VALUES (?, 'x', TRUE)",
+                            &[user.into()],
+                        )
+                        .await?;
+                    }
+                    let rows = txn.query(&sql, &params).await?;
+                    if panic {
+                        panic!("the closure gave up");
+                    }
+                    Ok(rows)
+                }
+                .boxed()
+            },
+            move |py, rows| {
+                if then_raises {
+                    return Err(PyValueError::new_err("then gave up"));
+                }
+                Ok(rows.into_pyobject(py)?.into_any().unbind())
+            },
+        )
     }
 
     /// Native pool only: every field of `PoolStatus`, by name.

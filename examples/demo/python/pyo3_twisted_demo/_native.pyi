@@ -31,6 +31,7 @@ class VersionsHandler:
         native_dsn: str | None = ...,
         native_connections: int = ...,
         coroutine: bool = ...,
+        interaction: bool = ...,
     ) -> None: ...
     def handle(
         self, reactor: IReactorCore, user_id: str

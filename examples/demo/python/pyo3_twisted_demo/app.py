@@ -136,6 +136,7 @@ class DemoApp:
         native_dsn: Optional[str] = None,
         coroutine: bool = False,
         known: Sequence[str] = KNOWN_FEATURES,
+        interaction: bool = False,
     ) -> None:
         self.reactor = reactor
         self.pool = pool
@@ -150,6 +151,7 @@ class DemoApp:
             native_dsn=native_dsn,
             native_connections=pool.max_connections,
             coroutine=coroutine,
+            interaction=interaction,
         )
         # GET /metrics: this module's runtime (its own copy of the crate's).
         self.metrics = CollectorRegistry()
@@ -346,6 +348,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         help="the Rust handler answers with a coroutine polled on the reactor thread (create_coroutine)",
     )
     parser.add_argument(
+        "--interaction-coroutine",
+        action="store_true",
+        help="the Rust handler answers with the Python pool's run_interaction_coroutine: its transaction and answer, no Rust future",
+    )
+    parser.add_argument(
         "--native-pool",
         action="store_true",
         help="the Rust handler reads through the native PostgreSQL pool (same database; needs a postgresql:// DSN)",
@@ -358,6 +365,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only (no access log)")
     args = parser.parse_args(argv)
+    if args.interaction_coroutine and args.native_pool:
+        parser.error("--interaction-coroutine reads through the Python pool, not --native-pool")
     if args.native_pool and not args.database.startswith(("postgresql://", "postgres://")):
         parser.error("--native-pool needs --database postgresql://...")
     if args.extra_features < 0:
@@ -400,6 +409,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         native_dsn=args.database if args.native_pool else None,
         coroutine=args.rust_coroutine,
         known=known_features(args.extra_features),
+        interaction=args.interaction_coroutine,
     )
     site = Site(DemoResource(app))  # type: ignore[no-untyped-call]
     # Twisted declares Site.protocol as a method; it is the channel class.
@@ -421,7 +431,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             redact(args.database),
             type(reactor).__name__,
             args.reactor_polls,
-            "coroutine" if args.rust_coroutine else "Deferred",
+            "run_interaction_coroutine" if args.interaction_coroutine else "coroutine" if args.rust_coroutine else "Deferred",
             "native" if args.native_pool else "python",
         )
         print(f"listening on http://{host.host}:{host.port}", flush=True)

@@ -1,0 +1,337 @@
+//! A Rust transaction through a Python pool's `runInteraction`, awaited by Python
+//! as a coroutine with no Rust future: the shape of a handler that reads, then
+//! answers.
+//!
+//! ```text
+//!  reactor thread (the awaiting coroutine's step)          DB thread (the pool's)
+//!  send(None): pool.runInteraction(name, cb) ─▶ its coroutine,
+//!              stepped as `yield from` ─▶ yields what it awaits ─▶ cb(txn): the closure
+//!  send(x):    stepped again ─▶ returns ─▶ then(py, result) ─▶ StopIteration(answer)
+//! ```
+//!
+//! Every function here runs on the reactor thread, in the awaiting coroutine's step,
+//! except the callback (`python::TransactionCallback`), which runs on the DB thread.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::{PyTraverseError, PyVisit};
+
+use super::python::{Interaction, PythonDatabasePool, TransactionCallback};
+use super::{erase, Transaction};
+use crate::coroutine::{is_coroutine, resume, stop_iteration, thrown, Input, Stepped};
+use crate::runtime::Runtime;
+
+/// What the answer is made of once the transaction committed: the closure's value,
+/// type-erased.
+type Then = Box<dyn FnOnce(Python<'_>, Box<dyn Any + Send>) -> PyResult<Py<PyAny>> + Send>;
+
+impl PythonDatabasePool {
+    /// `func` in a transaction through the Python pool's `runInteraction`, as an
+    /// awaitable for the reactor thread whose value is `then(py, result)`.
+    ///
+    /// What [`run_interaction`](super::DatabasePoolExt::run_interaction) inside
+    /// [`create_coroutine`](crate::create_coroutine) does for a handler whose work
+    /// is one transaction and an answer, without a Rust future: no task, no waker,
+    /// no context capture. Awaiting it is awaiting `runInteraction(name, ...)` from
+    /// a Python coroutine (`yield from`): the transaction starts at the first step,
+    /// in the awaiting coroutine's logging and `contextvars` contexts; the pool keeps
+    /// the logcontext rules around its wait, charges the database time and retries
+    /// the closure on serialization failures; a cancellation (or any `throw`) goes
+    /// to `runInteraction`'s coroutine. Then `then` runs on the reactor thread, in
+    /// the caller's context, and its value is the awaitable's.
+    ///
+    /// A failure is the Python exception `runInteraction` raised: the closure's
+    /// database error as the driver raised it, its other errors as `RuntimeError`,
+    /// its panic as `RustPanicError`. The closure is dropped on the reactor thread,
+    /// where the awaitable is done with it.
+    ///
+    /// Awaitable once, from a coroutine on the reactor thread (or with
+    /// `ensureDeferred`).
+    ///
+    /// ```no_run
+    /// use futures_util::FutureExt;
+    /// use pyo3::prelude::*;
+    /// use pyo3_twisted::db::{DbRowExt, PythonDatabasePool};
+    ///
+    /// fn count_users<'py>(py: Python<'py>, pool: &PythonDatabasePool) -> PyResult<Bound<'py, PyAny>> {
+    ///     pool.run_interaction_coroutine(
+    ///         py,
+    ///         "count_users",
+    ///         |txn| async move {
+    ///             let rows = txn.query("SELECT COUNT(*) FROM users", &[]).await?;
+    ///             rows[0].try_get::<i64>(0)
+    ///         }
+    ///         .boxed(),
+    ///         |py, count| Ok(count.into_pyobject(py)?.into_any().unbind()),
+    ///     )
+    /// }
+    /// ```
+    pub fn run_interaction_coroutine<'py, R, F, T>(
+        &self,
+        py: Python<'py>,
+        name: &'static str,
+        func: F,
+        then: T,
+    ) -> PyResult<Bound<'py, PyAny>>
+    where
+        R: Send + 'static,
+        F: for<'txn> Fn(&'txn mut dyn Transaction) -> BoxFuture<'txn, anyhow::Result<R>>
+            + Send
+            + 'static,
+        T: FnOnce(Python<'_>, R) -> PyResult<Py<PyAny>> + Send + 'static,
+    {
+        let Some(runtime) = self.runtime() else {
+            return Err(PyRuntimeError::new_err(format!(
+                "PythonDatabasePool has no pyo3-twisted runtime: {}",
+                self.broken_reason()
+            )));
+        };
+        let then: Then = Box::new(move |py, value| match value.downcast::<R>() {
+            Ok(value) => then(py, *value),
+            Err(_) => Err(PyRuntimeError::new_err(format!(
+                "run_interaction({name}): the pool returned a value of another type"
+            ))),
+        });
+        let coroutine = InteractionCoroutine {
+            state: Mutex::new(State::Created(Box::new(Created {
+                pool: self.clone_for_coroutine(),
+                runtime: runtime.clone(),
+                interaction: Arc::new(Interaction::new(Box::new(move |txn| erase(func(txn))))),
+                then,
+            }))),
+            name,
+        };
+        Ok(Bound::new(py, coroutine)?.into_any())
+    }
+}
+
+/// A `run_interaction_coroutine` awaitable.
+#[pyclass(frozen, module = "pyo3_twisted")]
+struct InteractionCoroutine {
+    state: Mutex<State>,
+    name: &'static str,
+}
+
+enum State {
+    Created(Box<Created>),
+    Running(Box<Running>),
+    /// Inside a step (which runs Python).
+    Executing,
+    Done,
+}
+
+struct Created {
+    pool: PythonDatabasePool,
+    runtime: Runtime,
+    interaction: Arc<Interaction>,
+    then: Then,
+}
+
+struct Running {
+    /// `runInteraction`'s coroutine (or its awaitable's `__await__` iterator).
+    inner: Py<PyAny>,
+    interaction: Arc<Interaction>,
+    then: Then,
+    runtime: Runtime,
+    started: Instant,
+}
+
+impl InteractionCoroutine {
+    fn step(&self, py: Python<'_>, input: Input) -> PyResult<Py<PyAny>> {
+        let mut state = self.state.lock();
+        let running = match std::mem::replace(&mut *state, State::Executing) {
+            State::Created(created) => {
+                *state = State::Done;
+                if let Input::Throw(err) = input {
+                    return Err(err);
+                }
+                if let Input::Send(value) = &input {
+                    if !value.is_none(py) {
+                        return Err(PyTypeError::new_err(
+                            "can't send non-None value to a just-started coroutine",
+                        ));
+                    }
+                }
+                *state = State::Executing;
+                drop(state);
+                let started = self.start(py, *created);
+                state = self.state.lock();
+                match started {
+                    Ok(running) => running,
+                    Err(err) => {
+                        *state = State::Done;
+                        return Err(err);
+                    }
+                }
+            }
+            State::Running(running) => running,
+            State::Executing => {
+                *state = State::Executing;
+                return Err(PyValueError::new_err("coroutine already executing"));
+            }
+            State::Done => {
+                *state = State::Done;
+                return Err(PyRuntimeError::new_err(
+                    "cannot reuse already awaited coroutine",
+                ));
+            }
+        };
+        // Stepped with the lock released: the step runs Python, which may drop or
+        // touch this object.
+        drop(state);
+        let stepped = resume(running.inner.bind(py), input);
+        match stepped {
+            Stepped::Yielded(yielded) => {
+                let yielded = yielded.unbind();
+                let mut state = self.state.lock();
+                // Closed (or cleared) from inside the step: stays so.
+                if matches!(*state, State::Executing) {
+                    *state = State::Running(running);
+                }
+                Ok(yielded)
+            }
+            Stepped::Returned(_) => {
+                *self.state.lock() = State::Done;
+                let Running {
+                    interaction,
+                    then,
+                    runtime,
+                    started,
+                    ..
+                } = *running;
+                let value = interaction
+                    .finish(self.name)
+                    .map_err(|err| PyRuntimeError::new_err(format!("{err:#}")));
+                super::record_interaction(
+                    Some(runtime.bridge()),
+                    "python",
+                    self.name,
+                    &interaction.attempts,
+                    value.is_ok(),
+                    started,
+                );
+                Err(stop_iteration(py, then(py, value?)?))
+            }
+            Stepped::Raised(err) => {
+                *self.state.lock() = State::Done;
+                let Running {
+                    interaction,
+                    runtime,
+                    started,
+                    ..
+                } = *running;
+                interaction.let_go();
+                super::record_interaction(
+                    Some(runtime.bridge()),
+                    "python",
+                    self.name,
+                    &interaction.attempts,
+                    false,
+                    started,
+                );
+                Err(err)
+            }
+        }
+    }
+
+    /// The first step: `runInteraction` called, its coroutine ready to step.
+    fn start(&self, py: Python<'_>, created: Created) -> PyResult<Box<Running>> {
+        let Created {
+            pool,
+            runtime,
+            interaction,
+            then,
+        } = created;
+        runtime
+            .bridge()
+            .check_reactor_thread("awaiting a run_interaction_coroutine awaitable")?;
+        let callback = Bound::new(
+            py,
+            TransactionCallback::new(self.name, Arc::clone(&interaction), runtime.tokio_handle()?),
+        )?;
+        let awaitable = pool
+            .python_pool(py)?
+            .call_method1(intern!(py, "runInteraction"), (self.name, callback))?;
+        // As `await` takes it: a coroutine is stepped itself, anything else through
+        // its `__await__` iterator.
+        let inner = if is_coroutine(&awaitable)? {
+            awaitable.unbind()
+        } else {
+            awaitable.call_method0(intern!(py, "__await__"))?.unbind()
+        };
+        Ok(Box::new(Running {
+            inner,
+            interaction,
+            then,
+            runtime,
+            started: Instant::now(),
+        }))
+    }
+}
+
+#[pymethods]
+impl InteractionCoroutine {
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.step(py, Input::Send(py.None()))
+    }
+
+    fn send(&self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.step(py, Input::Send(value.unbind()))
+    }
+
+    /// Into `runInteraction`'s coroutine, which may catch it.
+    #[pyo3(signature = (typ, val=None, tb=None))]
+    fn throw(
+        &self,
+        py: Python<'_>,
+        typ: Bound<'_, PyAny>,
+        val: Option<Bound<'_, PyAny>>,
+        tb: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let err = thrown(py, typ, val, tb)?;
+        self.step(py, Input::Throw(err))
+    }
+
+    /// Closes `runInteraction`'s coroutine if it started; the closure is dropped.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let previous = std::mem::replace(&mut *self.state.lock(), State::Done);
+        if let State::Running(running) = previous {
+            running.interaction.let_go();
+            if let Ok(close) = running.inner.bind(py).getattr(intern!(py, "close")) {
+                close.call0()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `runInteraction`'s coroutine: its frame holds what it awaits, whose callbacks
+    /// hold the caller, which holds this awaitable.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(state) = self.state.try_lock() {
+            if let State::Running(running) = &*state {
+                visit.call(&running.inner)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let previous = std::mem::replace(&mut *self.state.lock(), State::Done);
+        drop(previous);
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<run_interaction_coroutine {}>", self.name)
+    }
+}
