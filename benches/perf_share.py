@@ -83,15 +83,9 @@ def main() -> int:
     wrk_versions.handler_options(parser, seconds=4, rounds=6)
     parser.add_argument("--frequency", type=int, default=4000, help="samples per second of thread CPU time")
     args = parser.parse_args()
-    names = args.variants.split(",")
-    variants = wrk_versions.chosen_variants(names, wrk_versions.extra_features_args(args.extra_features))
-    database, label = wrk_versions.database_option(args.database, "pyo3-twisted-perf-")
-    windows: dict[str, list[dict[str, float]]] = {n: [] for n in names}
-    with wrk_versions.running_demos(database, variants) as running:
-        for round_ in range(args.rounds):
-            for name in wrk_versions.rotated(names, round_):
-                proc, url = running[name]
-                windows[name].append(window(proc.pid, url, args))
+    names, label, windows = wrk_versions.paired_windows(
+        args, "pyo3-twisted-perf-", lambda pid, url: window(pid, url, args)
+    )
     print(
         f"reactor thread, µs of CPU per request (perf cpu-clock samples), {args.connections} connections,"
         f" {label}, medians of {args.rounds} windows of {args.seconds} s"

@@ -92,15 +92,9 @@ def main() -> int:
     wrk_versions.handler_options(parser, seconds=4, rounds=6)
     parser.add_argument("--per-thread", action="store_true", help="the reactor thread apart from the others")
     args = parser.parse_args()
-    names = args.variants.split(",")
-    variants = wrk_versions.chosen_variants(names, wrk_versions.extra_features_args(args.extra_features))
-    database, label = wrk_versions.database_option(args.database, "pyo3-twisted-sched-")
-    windows: dict[str, list[dict[str, float]]] = {n: [] for n in names}
-    with wrk_versions.running_demos(database, variants) as running:
-        for round_ in range(args.rounds):
-            for name in wrk_versions.rotated(names, round_):
-                proc, url = running[name]
-                windows[name].append(window(proc.pid, url, args))
+    names, label, windows = wrk_versions.paired_windows(
+        args, "pyo3-twisted-sched-", lambda pid, url: window(pid, url, args)
+    )
     print(
         f"the demo process, per request (task-clock in µs), {args.connections} connections, {label},"
         f" medians of {args.rounds} windows of {args.seconds} s"

@@ -53,7 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +190,25 @@ def running_demos(
             proc.terminate()
         for proc, _ in running.values():
             proc.wait(timeout=30)
+
+
+def paired_windows(
+    args: argparse.Namespace, prefix: str, window: Callable[[int, str], dict[str, float]]
+) -> tuple[list[str], str, dict[str, list[dict[str, float]]]]:
+    """The windows of the scripts that take `handler_options`: a demo per variant
+    (`args.variants`, the first the baseline), `window(pid, url)` on each in turn for
+    `args.rounds` rounds. Returns the variant names, the database's label and each
+    variant's windows in round order (so the n-th windows of two variants pair)."""
+    names: list[str] = args.variants.split(",")
+    variants = chosen_variants(names, extra_features_args(args.extra_features))
+    database, label = database_option(args.database, prefix)
+    windows: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    with running_demos(database, variants) as running:
+        for round_ in range(args.rounds):
+            for name in rotated(names, round_):
+                proc, url = running[name]
+                windows[name].append(window(proc.pid, url))
+    return names, label, windows
 
 
 def rotated(items: list[Any], k: int) -> list[Any]:
