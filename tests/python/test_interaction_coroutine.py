@@ -169,3 +169,30 @@ def test_the_transaction_is_counted_in_the_run_interaction_histogram(s):
         if sample.name == "pyo3_twisted_run_interaction_seconds_count" and sample.labels.get("name") == "query_interaction"
     }
     assert counts == {"committed": 1.0, "failed": 1.0}
+
+
+def test_it_works_on_a_memory_reactor_never_run_nor_stopped_and_holds_neither_it_nor_the_pool():
+    """Synapse's HomeserverTestCase: one reactor per test, never run() nor stopped."""
+    import gc
+    import weakref
+
+    from pyo3_twisted.testing import ThreadedMemoryReactorClock
+
+    reactor = ThreadedMemoryReactorClock(lc)
+    pyo3_twisted.install(reactor, worker_threads=1, tokio="per_reactor", logcontext="pyo3_twisted.logcontext")
+    pool = DatabasePool(reactor, ":memory:", max_connections=1)
+    try:
+        reactor.get_success(
+            defer.ensureDeferred(pool.runInteraction("schema", lambda txn: [txn.execute(s) for s in SCHEMA])), timeout=30
+        )
+        store = RustStore.python(pool, reactor)
+        rows = reactor.get_success(defer.ensureDeferred(store.query_interaction(SELECT, ["@alice:example.org"])), timeout=30)
+        assert rows == [["dark_mode", 1]]
+    finally:
+        pool.close()
+    pool_ref, reactor_ref = weakref.ref(pool), weakref.ref(reactor)
+    del pool, reactor, rows
+    gc.collect()
+    assert pool_ref() is None, "the pool is kept alive"
+    assert reactor_ref() is None, "the reactor is kept alive"
+    del store
