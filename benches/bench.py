@@ -59,6 +59,8 @@ ROWS = [
     ("pg_txn_polls_paired", "interaction_sqlite", {"side": "paired", "m": 500, "database": "postgresql", "reactor_polls": True}, "the same on PostgreSQL through the Python pool"),
     ("txn_coroutine_paired", "interaction_sqlite", {"side": "paired", "m": 500, "reactor_polls": True, "coroutine": True}, "SQLite SELECT via run_interaction (Rust) in a create_coroutine coroutine, alternating with runInteraction (Python) in one process"),
     ("pg_txn_coroutine_paired", "interaction_sqlite", {"side": "paired", "m": 500, "database": "postgresql", "reactor_polls": True, "coroutine": True}, "the same on PostgreSQL through the Python pool"),
+    ("txn_interaction_paired", "interaction_sqlite", {"side": "paired", "m": 500, "interaction": True}, "SQLite SELECT via run_interaction_coroutine (Rust, no Rust future), alternating with runInteraction (Python) in one process"),
+    ("pg_txn_interaction_paired", "interaction_sqlite", {"side": "paired", "m": 500, "database": "postgresql", "interaction": True}, "the same on PostgreSQL through the Python pool"),
     ("ours_conc_polls", "twisted", {"strategy": "ours", "mode": "concurrent", "n": 10_000, "reactor_polls": True}, "create_deferred, 10k concurrent, reactor_polls (ready futures finish inside create_deferred)"),
     ("ours_seq_polls", "twisted", {"strategy": "ours", "mode": "sequential", "m": 2_000, "reactor_polls": True}, "create_deferred, sequential, reactor_polls"),
     ("pg_native", "pg_throughput", {"pool": "native", "total": 1_000}, "PostgreSQL, native pool, concurrency 8"),
@@ -95,9 +97,12 @@ PAIRED_GOALS = [
     ("17. ... the same on PostgreSQL through the Python pool, paired", "pg_txn_polls_paired", "paired_ratio", 1.1),
     ("17. Rust run_interaction in a create_coroutine coroutine vs Python runInteraction, paired (SQLite)", "txn_coroutine_paired", "paired_ratio", 1.1),
     ("17. ... the same on PostgreSQL through the Python pool, paired", "pg_txn_coroutine_paired", "paired_ratio", 1.1),
+    ("17. Rust run_interaction_coroutine vs Python runInteraction, paired (SQLite)", "txn_interaction_paired", "paired_ratio", 1.1),
+    ("17. ... the same on PostgreSQL through the Python pool, paired", "pg_txn_interaction_paired", "paired_ratio", 1.1),
     ("17. the demo's Rust handler vs its Python twin awaited as a coroutine, paired (no HTTP)", "handler_paired", "paired_ratio", 1.0),
     ("17. ... vs the Python twin behind the same Deferred boundary, paired: the bridge costs no more than that boundary", "handler_paired", "paired_ratio_deferred", 1.0),
     ("17. the demo's Rust handler as a coroutine (create_coroutine) vs its Python twin, paired (no HTTP)", "handler_paired", "paired_ratio_coroutine", 1.0),
+    ("17. the demo's Rust handler through run_interaction_coroutine vs its Python twin, paired (no HTTP)", "handler_paired", "paired_ratio_interaction", 1.0),
 ]
 
 # (description, numerator row, denominator row, bound, "<=" or ">=")

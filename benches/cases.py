@@ -386,8 +386,9 @@ def case_awaitable(p: dict) -> None:
 
 def case_interaction_sqlite(p: dict) -> None:
     """A one-row SELECT through the Python pool on SQLite: from Rust
-    (run_interaction via runInteraction; in a Deferred, or with "coroutine" in a
-    create_coroutine coroutine) vs from Python (runInteraction)."""
+    (run_interaction via runInteraction; in a Deferred, with "coroutine" in a
+    create_coroutine coroutine, or with "interaction" through
+    run_interaction_coroutine) vs from Python (runInteraction)."""
 
     async def body(reactor: Any) -> dict:
         from pyo3_twisted.database import DatabasePool
@@ -403,7 +404,10 @@ def case_interaction_sqlite(p: dict) -> None:
 
         from twisted.internet import defer
 
-        if p.get("coroutine"):
+        if p.get("interaction"):
+            # run_interaction_coroutine: the transaction and its answer, no Rust future.
+            rust = lambda i: defer.ensureDeferred(store.query_interaction("SELECT 1", []))  # noqa: E731
+        elif p.get("coroutine"):
             # create_coroutine, driven as Python drives runInteraction's coroutine.
             rust = lambda i: defer.ensureDeferred(store.query_coroutine(reactor, "SELECT 1", []))  # noqa: E731
         else:
@@ -432,7 +436,8 @@ def case_handler_paired(p: dict) -> None:
     its own (the pyo3_twisted.logcontext provider), on SQLite, three ways in one
     process, batch by batch in rotating order: the Rust handler (a Deferred, polled
     on the reactor with reactor_polls), the same Rust handler as a coroutine
-    (create_coroutine), its Python twin awaited as a coroutine, and
+    (create_coroutine) and through run_interaction_coroutine (no Rust future),
+    its Python twin awaited as a coroutine, and
     the same Python twin behind the boundary every Rust handler has: a Deferred
     returned under the logcontext rules (run_in_background, then
     make_deferred_yieldable), which is what the caller of any Deferred-returning
@@ -453,6 +458,7 @@ def case_handler_paired(p: dict) -> None:
         await pool.runInteraction("create_schema", create_schema)
         handler = VersionsHandler(pool, reactor, KNOWN_FEATURES, 0)
         coroutine_handler = VersionsHandler(pool, reactor, KNOWN_FEATURES, 0, coroutine=True)
+        interaction_handler = VersionsHandler(pool, reactor, KNOWN_FEATURES, 0, interaction=True)
         user = "@alice:example.org"
 
         async def rust() -> Any:
@@ -460,6 +466,9 @@ def case_handler_paired(p: dict) -> None:
 
         async def rust_coroutine() -> Any:
             return await coroutine_handler.handle(reactor, user)
+
+        async def rust_interaction() -> Any:
+            return await interaction_handler.handle(reactor, user)
 
         async def python() -> Any:
             return await python_versions(pool, user)
@@ -477,15 +486,21 @@ def case_handler_paired(p: dict) -> None:
 
         if "side" in p:
             # One side alone, for an instruction count (benches/handler_instructions.py).
-            sides = {"rust": rust, "rust_coroutine": rust_coroutine, "python": python, "python_deferred": python_deferred}
+            sides = {
+                "rust": rust,
+                "rust_coroutine": rust_coroutine,
+                "rust_interaction": rust_interaction,
+                "python": python,
+                "python_deferred": python_deferred,
+            }
             make = request(sides[p["side"]])
             us = await measure_sequential(reactor, make, p["m"], p["reps"])
             pool.close()
             return {"us": us}
-        makes = [request(rust), request(python), request(python_deferred), request(rust_coroutine)]
+        makes = [request(rust), request(python), request(python_deferred), request(rust_coroutine), request(rust_interaction)]
         answers = [await make(0) for make in makes]
         assert all(answer == answers[0] for answer in answers), answers
-        rust_us, python_us, deferred_us, coroutine_us = await measure_rotating(
+        rust_us, python_us, deferred_us, coroutine_us, interaction_us = await measure_rotating(
             reactor, makes, p["m"], p["reps"] * p.get("pairs", 5)
         )
         pool.close()
@@ -494,9 +509,11 @@ def case_handler_paired(p: dict) -> None:
             "paired_python_us": python_us,
             "paired_python_deferred_us": deferred_us,
             "paired_rust_coroutine_us": coroutine_us,
+            "paired_rust_interaction_us": interaction_us,
             "paired_ratio": [r / q for r, q in zip(rust_us, python_us)],
             "paired_ratio_deferred": [r / q for r, q in zip(rust_us, deferred_us)],
             "paired_ratio_coroutine": [r / q for r, q in zip(coroutine_us, python_us)],
+            "paired_ratio_interaction": [r / q for r, q in zip(interaction_us, python_us)],
         }
 
     twisted_main(body)

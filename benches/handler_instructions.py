@@ -1,5 +1,6 @@
 """Instructions per request of the demo's /versions handler in process, each side
-alone under callgrind: the Rust handler (reactor_polls), its Python twin awaited as a
+alone under callgrind: the Rust handler (reactor_polls; as a coroutine,
+create_coroutine; through run_interaction_coroutine), its Python twin awaited as a
 coroutine, and the twin behind a Deferred (the boundary every Rust handler has).
 
 Wall time on this VM moves by more than the sides differ; user-space instructions do
@@ -22,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SIDES = ["python", "python_deferred", "rust", "rust_coroutine"]
+SIDES = ["python", "python_deferred", "rust", "rust_coroutine", "rust_interaction"]
 
 
 def instructions(side: str, m: int) -> dict[int, int]:
@@ -55,10 +56,15 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--small", type=int, default=300)
     parser.add_argument("--large", type=int, default=900)
+    parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated; python (the baseline) always runs")
     args = parser.parse_args()
     extra = args.large - args.small
+    sides = ["python"] + [s for s in args.sides.split(",") if s and s != "python"]
+    unknown = set(sides) - set(SIDES)
+    if unknown:
+        parser.error(f"unknown sides: {', '.join(sorted(unknown))} (known: {', '.join(SIDES)})")
     results = {}
-    for side in SIDES:
+    for side in sides:
         small, large = instructions(side, args.small), instructions(side, args.large)
         per = {t: (large[t] - small.get(t, 0)) / extra for t in large}
         # The busiest two: the reactor thread (1) and the pool's thread.
@@ -67,7 +73,7 @@ def main() -> int:
         print(f"{side:16} reactor thread {per.get(1, 0.0):10,.0f}   reactor + pool thread {results[side]['total']:10,.0f}", flush=True)
     base = results["python"]
     print("\nagainst the Python twin awaited as a coroutine:")
-    for side in SIDES[1:]:
+    for side in sides[1:]:
         r = results[side]
         print(f"  {side:16} reactor {r['reactor'] / base['reactor']:.2f}x   both threads {r['total'] / base['total']:.2f}x")
     return 0

@@ -103,9 +103,9 @@ def main() -> int:
     wanted = [scope + event for scope in scopes for event in EVENTS] + ["req/s"]
     keys = [k for k in wanted if all(k in w for ws in windows.values() for w in ws)]
     base = windows[names[0]]
-    print(f"{'':44}" + "".join(f"{name:>16}" for name in names) + "".join(f"{'minus ' + names[0]:>22}" for _ in names[1:]))
+    print(f"{'':44}" + "".join(f"{name:>18}" for name in names) + "".join(f"{'minus ' + names[0]:>22}" for _ in names[1:]))
     for key in keys:
-        medians = "".join(f"{statistics.median(w[key] for w in windows[n]):16.3f}" for n in names)
+        medians = "".join(f"{statistics.median(w[key] for w in windows[n]):18.3f}" for n in names)
         paired = "".join(
             f"{statistics.median(w[key] - b[key] for w, b in zip(windows[n], base)):+22.3f}" for n in names[1:]
         )

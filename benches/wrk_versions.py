@@ -26,7 +26,10 @@ bench-http` starts the server).
         [--variants rust_coroutine,...] [--databases sqlite,postgresql]
         [--extra-features N]
 
-`--variants` runs those and the `python` baseline only; `--extra-features N` gives
+`python_control` is the Python handler again, in a process of its own: its ratios
+against `python` show how far this VM's noise alone moves a ratio, the yardstick
+for the other rows. `--variants` runs those and the `python` baseline only;
+`--extra-features N` gives
 both handlers N more known features to answer (Synapse's `/versions` answers ~40;
 the default four make the handlers as small as they get).
 
@@ -64,6 +67,9 @@ VARIANTS = [
     ("rust_polls", "/versions", ["--reactor-polls"]),
     ("rust_coroutine", "/versions", ["--rust-coroutine"]),
     ("rust_interaction", "/versions", ["--interaction-coroutine"]),
+    # The control: a second process of the Python handler. Its ratios against
+    # `python` are what this VM's noise alone reads for two equal handlers.
+    ("python_control", "/versions_py", []),
 ]
 # PostgreSQL only: the Rust handler on the native pool.
 NATIVE_VARIANTS = [
@@ -352,12 +358,12 @@ def main() -> int:
                 results[name]["instructions_per_request"] = ipr
         print(f"\n{db}: requests/s, p50/p99 ms, CPU µs per request (medians of {args.procs * args.rounds} "
               "paired windows; ratios: medians of the per-window ratios against python)")
-        print(f"{'variant':<12}{'conns':>6}{'req/s':>10}{'p50':>8}{'p99':>8}{'cpu µs':>9}{'÷rps':>7}{'÷cpu':>7}")
+        print(f"{'variant':<18}{'conns':>6}{'req/s':>10}{'p50':>8}{'p99':>8}{'cpu µs':>9}{'÷rps':>7}{'÷cpu':>7}")
         for name, _, _ in variants:
             for c in connections:
                 row = results[name][c]
                 print(
-                    f"{name:<12}{c:>6}{row['rps']:>10.0f}{row['p50_ms']:>8.2f}{row['p99_ms']:>8.2f}"
+                    f"{name:<18}{c:>6}{row['rps']:>10.0f}{row['p50_ms']:>8.2f}{row['p99_ms']:>8.2f}"
                     f"{row['cpu_us_per_request']:>9.0f}{row['rps_ratio']:>7.2f}"
                     f"{row['cpu_ratio']:>7.2f}"
                 )
@@ -366,9 +372,15 @@ def main() -> int:
             print(f"instructions per request (callgrind, 1 connection, {args.instructions_seconds} s):")
             for name, _, _ in variants:
                 ipr = results[name]["instructions_per_request"]
-                print(f"  {name:<12}{ipr:>12,.0f}{ipr / base_ipr:>7.2f}")
+                print(f"  {name:<18}{ipr:>12,.0f}{ipr / base_ipr:>7.2f}")
     print("\ngoal (issue 17): the Rust handler >= 0.95x python's requests/s at no more CPU per request")
     for db, results in report["results"].items():
+        if "python_control" in results:
+            control = ", ".join(
+                f"{c}: {results['python_control'][c]['rps_ratio']:.2f}x / {results['python_control'][c]['cpu_ratio']:.2f}x"
+                for c in connections
+            )
+            print(f"  {db}: the control (python against itself) reads req/s / CPU {control}")
         for name in (n for n in GOAL_VARIANTS if n in results):
             for c in connections:
                 rps, cpu = results[name][c]["rps_ratio"], results[name][c]["cpu_ratio"]
