@@ -117,6 +117,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     wrk_versions.handler_options(parser, seconds=15, rounds=None)
     args = parser.parse_args()
+    wrk_versions.require_tool("valgrind")
     variants = args.variants.split(",")
     database, label = wrk_versions.database_option(args.database, "pyo3-twisted-cost-")
     demo_args = wrk_versions.extra_features_args(args.extra_features)

@@ -83,6 +83,7 @@ def main() -> int:
     wrk_versions.handler_options(parser, seconds=4, rounds=6)
     parser.add_argument("--frequency", type=int, default=4000, help="samples per second of thread CPU time")
     args = parser.parse_args()
+    wrk_versions.require_tool("perf")
     names, label, windows = wrk_versions.paired_windows(
         args, "pyo3-twisted-perf-", lambda pid, url: window(pid, url, args)
     )

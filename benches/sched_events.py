@@ -92,6 +92,7 @@ def main() -> int:
     wrk_versions.handler_options(parser, seconds=4, rounds=6)
     parser.add_argument("--per-thread", action="store_true", help="the reactor thread apart from the others")
     args = parser.parse_args()
+    wrk_versions.require_tool("perf")
     names, label, windows = wrk_versions.paired_windows(
         args, "pyo3-twisted-sched-", lambda pid, url: window(pid, url, args)
     )

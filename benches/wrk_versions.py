@@ -51,6 +51,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -177,6 +178,15 @@ def window(proc: subprocess.Popen[str], url: str, connections: int, seconds: int
     return row
 
 
+def require_tool(name: str) -> None:
+    """Exits with what to install when a Debian-packaged tool the bench scripts run
+    (`wrk`, `valgrind`, `perf`) is missing: `make bench-http` installs the first
+    two, the scripts run alone do not."""
+    if shutil.which(name) is None:
+        package = {"perf": "linux-perf"}.get(name, name)
+        raise SystemExit(f"{name} is not installed: apt-get install {package} (make bench-http installs wrk and valgrind)")
+
+
 @contextlib.contextmanager
 def running_demos(
     database: str, variants: list[tuple[str, str, list[str]]]
@@ -184,6 +194,7 @@ def running_demos(
     """A demo process per variant `(name, path, demo arguments)`, warmed up, with the
     URL of its handler; all stopped on the way out. Started one after the other:
     each sets up the database before it listens."""
+    require_tool("wrk")
     running: dict[str, tuple[subprocess.Popen[str], str]] = {}
     try:
         for name, path, extra in variants:

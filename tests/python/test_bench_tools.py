@@ -1,8 +1,10 @@
-"""The benchmark scripts' parsers, on made-up input: a wrong parse would print
-plausible figures, and nothing else would notice."""
+"""The benchmark scripts' parsers, on made-up input (a wrong parse would print
+plausible figures, and nothing else would notice), and their check for missing tools."""
 
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benches"))
 
@@ -80,3 +82,15 @@ def test_per_thread_events_put_the_reactor_apart_from_the_other_threads():
         "reactor task-clock": 300.0,
         "other threads task-clock": 200.0,
     }
+
+
+def test_a_missing_tool_exits_with_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wrk_versions
+
+    monkeypatch.setattr(wrk_versions.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="apt-get install linux-perf"):
+        wrk_versions.require_tool("perf")
+    with pytest.raises(SystemExit, match="apt-get install wrk"):
+        wrk_versions.require_tool("wrk")
+    monkeypatch.setattr(wrk_versions.shutil, "which", lambda name: f"/usr/bin/{name}")
+    wrk_versions.require_tool("wrk")
