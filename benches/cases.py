@@ -456,25 +456,30 @@ def case_handler_paired(p: dict) -> None:
         path = os.path.join(tempfile.mkdtemp(prefix="pyo3-twisted-bench-"), "demo.sqlite3")
         pool = DatabasePool(reactor, path, logcontext=lc)
         await pool.runInteraction("create_schema", create_schema)
-        handler = VersionsHandler(pool, reactor, KNOWN_FEATURES, 0)
-        coroutine_handler = VersionsHandler(pool, reactor, KNOWN_FEATURES, 0, coroutine=True)
-        interaction_handler = VersionsHandler(pool, reactor, KNOWN_FEATURES, 0, interaction=True)
         user = "@alice:example.org"
 
-        async def rust() -> Any:
-            return await handler.handle(reactor, user)
+        def rust_side(**kind: bool) -> Callable[[], Any]:
+            handler = VersionsHandler(pool, reactor, KNOWN_FEATURES, 0, **kind)
 
-        async def rust_coroutine() -> Any:
-            return await coroutine_handler.handle(reactor, user)
+            async def side() -> Any:
+                return await handler.handle(reactor, user)
 
-        async def rust_interaction() -> Any:
-            return await interaction_handler.handle(reactor, user)
+            return side
 
         async def python() -> Any:
             return await python_versions(pool, user)
 
         async def python_deferred() -> Any:
             return await lc.make_deferred_yieldable(lc.run_in_background(python_versions, pool, user))
+
+        # In the order the paired batches rotate through.
+        sides = {
+            "rust": rust_side(),
+            "python": python,
+            "python_deferred": python_deferred,
+            "rust_coroutine": rust_side(coroutine=True),
+            "rust_interaction": rust_side(interaction=True),
+        }
 
         def request(handle: Callable) -> Callable[[int], Any]:
             def make(i: int) -> Any:
@@ -486,18 +491,11 @@ def case_handler_paired(p: dict) -> None:
 
         if "side" in p:
             # One side alone, for an instruction count (benches/handler_instructions.py).
-            sides = {
-                "rust": rust,
-                "rust_coroutine": rust_coroutine,
-                "rust_interaction": rust_interaction,
-                "python": python,
-                "python_deferred": python_deferred,
-            }
             make = request(sides[p["side"]])
             us = await measure_sequential(reactor, make, p["m"], p["reps"])
             pool.close()
             return {"us": us}
-        makes = [request(rust), request(python), request(python_deferred), request(rust_coroutine), request(rust_interaction)]
+        makes = [request(side) for side in sides.values()]
         answers = [await make(0) for make in makes]
         assert all(answer == answers[0] for answer in answers), answers
         rust_us, python_us, deferred_us, coroutine_us, interaction_us = await measure_rotating(

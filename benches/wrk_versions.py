@@ -29,9 +29,9 @@ bench-http` starts the server).
 `python_control` is the Python handler again, in a process of its own: its ratios
 against `python` show how far this VM's noise alone moves a ratio, the yardstick
 for the other rows. `--variants` runs those and the `python` baseline only;
-`--extra-features N` gives
-both handlers N more known features to answer (Synapse's `/versions` answers ~40;
-the default four make the handlers as small as they get).
+`--extra-features N` gives both handlers N more known features to answer
+(Synapse's `/versions` answers ~40; the default four make the handlers as small as
+they get).
 
 This VM's figures drift by ±30% over minutes, more than the variants differ, so
 the variants are measured side by side: all their demo processes run at once, and
