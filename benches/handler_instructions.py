@@ -9,7 +9,7 @@ requests after the same warm-up, and the difference over the extra requests is t
 cost of one request, per thread (the reactor thread and the database pool's thread;
 the idle Tokio worker is left out).
 
-    python benches/handler_instructions.py [--small 300] [--large 900]
+    python benches/handler_instructions.py [--small 300] [--large 900] [--sides ...] [--keep]
 """
 
 from __future__ import annotations
@@ -18,17 +18,34 @@ import argparse
 import json
 import re
 import subprocess
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+import wrk_versions  # noqa: E402
+
 SIDES = ["python", "python_deferred", "rust", "rust_coroutine", "rust_interaction"]
 
 
-def instructions(side: str, m: int) -> dict[int, int]:
-    """Instructions per thread (by callgrind's thread number) of one run."""
-    out = Path(tempfile.mkdtemp(prefix="pyo3-twisted-handler-")) / "callgrind.out"
+def instructions(side: str, m: int, keep: bool) -> dict[int, int]:
+    """Instructions per thread (by callgrind's thread number) of one run. With
+    `keep`, callgrind's files stay (for `callgrind_annotate`) and their folder is
+    printed; otherwise they are removed."""
+    out = Path(tempfile.mkdtemp(prefix=f"pyo3-twisted-handler-{side}-{m}-")) / "callgrind.out"
+    try:
+        return read_run(side, m, out)
+    finally:
+        if keep:
+            print(f"  callgrind files of {side} ({m} requests): {out.parent}", flush=True)
+        else:
+            shutil.rmtree(out.parent, ignore_errors=True)
+
+
+def read_run(side: str, m: int, out: Path) -> dict[int, int]:
+    """Runs `side` for `m` requests under callgrind, its files at `out`."""
     subprocess.run(
         [
             "valgrind",
@@ -57,7 +74,9 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=300)
     parser.add_argument("--large", type=int, default=900)
     parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated; python (the baseline) always runs")
+    parser.add_argument("--keep", action="store_true", help="keep callgrind's files and print where")
     args = parser.parse_args()
+    wrk_versions.require_tool("valgrind")
     extra = args.large - args.small
     sides = ["python"] + [s for s in args.sides.split(",") if s and s != "python"]
     unknown = set(sides) - set(SIDES)
@@ -65,7 +84,7 @@ def main() -> int:
         parser.error(f"unknown sides: {', '.join(sorted(unknown))} (known: {', '.join(SIDES)})")
     results = {}
     for side in sides:
-        small, large = instructions(side, args.small), instructions(side, args.large)
+        small, large = instructions(side, args.small, args.keep), instructions(side, args.large, args.keep)
         per = {t: (large[t] - small.get(t, 0)) / extra for t in large}
         # The busiest two: the reactor thread (1) and the pool's thread.
         busy = sorted(per.items(), key=lambda kv: -kv[1])[:2]

@@ -148,18 +148,19 @@ impl InteractionCoroutine {
         let mut state = self.state.lock();
         let running = match std::mem::replace(&mut *state, State::Executing) {
             State::Created(created) => {
-                *state = State::Done;
-                if let Input::Throw(err) = input {
-                    return Err(err);
-                }
                 if let Input::Send(value) = &input {
                     if !value.is_none(py) {
+                        // As a coroutine does: refused, and still ready to start.
+                        *state = State::Created(created);
                         return Err(PyTypeError::new_err(
                             "can't send non-None value to a just-started coroutine",
                         ));
                     }
                 }
-                *state = State::Executing;
+                if let Input::Throw(err) = input {
+                    *state = State::Done;
+                    return Err(err);
+                }
                 drop(state);
                 let started = self.start(py, *created);
                 state = self.state.lock();

@@ -142,6 +142,15 @@ def test_it_is_awaitable_once(s):
     assert s.get(defer.ensureDeferred(twice())) == [["dark_mode", 1]]
 
 
+def test_a_value_sent_before_the_start_is_refused_and_it_still_starts(s):
+    coroutine = s.store.query_interaction(SELECT, ["x"], insert="@sent:example.org")
+    with pytest.raises(TypeError, match="can't send non-None value to a just-started coroutine"):
+        coroutine.send(1)
+    assert s.rows("@sent:example.org") == []
+    assert s.get(defer.ensureDeferred(coroutine)) == []
+    assert s.rows("@sent:example.org") == [("x",)]
+
+
 def test_the_closure_is_dropped_on_the_reactor_thread_after_success(s):
     dropped = []
     assert s.get(defer.ensureDeferred(s.store.query_interaction(SELECT, ["@alice:example.org"], dropped_on=dropped))) == [
