@@ -115,7 +115,7 @@ def collector_cost(text: str, n_events: int) -> list[int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    wrk_versions.handler_options(parser, seconds=15, rounds=None)
+    wrk_versions.handler_options(parser, seconds=15, rounds=None, pinning=False)
     args = parser.parse_args()
     wrk_versions.require_tool("valgrind")
     variants = args.variants.split(",")

@@ -53,7 +53,7 @@ def window(pid: int, url: str, args: argparse.Namespace) -> dict[str, float]:
         ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(args.frequency), "-t", str(pid), "-o", str(data)]
     )
     try:
-        row = wrk_versions.wrk(url, args.connections, args.seconds)
+        row = wrk_versions.wrk(url, args.connections, args.seconds, wrk_versions.placement(args.demo_cpus))
     finally:
         recorder.send_signal(signal.SIGINT)
         recorder.wait(timeout=60)

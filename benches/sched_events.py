@@ -75,7 +75,7 @@ def window(pid: int, url: str, args: argparse.Namespace) -> dict[str, float]:
         command.insert(2, "--per-thread")
     counter = subprocess.Popen(command)
     try:
-        row = wrk_versions.wrk(url, args.connections, args.seconds)
+        row = wrk_versions.wrk(url, args.connections, args.seconds, wrk_versions.placement(args.demo_cpus))
     finally:
         counter.send_signal(signal.SIGINT)
         counter.wait(timeout=60)

@@ -74,12 +74,13 @@ def main() -> int:
     variants = wrk_versions.chosen_variants(names, wrk_versions.extra_features_args(args.extra_features))
     database, label = wrk_versions.database_option(args.database, "pyo3-twisted-threads-")
     windows: dict[str, list[collections.Counter[str]]] = collections.defaultdict(list)
-    with wrk_versions.running_demos(database, variants) as running:
+    where = wrk_versions.placement(args.demo_cpus)
+    with wrk_versions.running_demos(database, variants, where) as running:
         for round_ in range(args.rounds):
             for name in wrk_versions.rotated(names, round_):
                 proc, url = running[name]
                 before = threads(proc.pid)
-                row = wrk_versions.wrk(url, args.connections, args.seconds)
+                row = wrk_versions.wrk(url, args.connections, args.seconds, where)
                 after = threads(proc.pid)
                 per: collections.Counter[str] = collections.Counter()
                 for tid, now in after.items():

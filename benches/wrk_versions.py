@@ -24,7 +24,7 @@ bench-http` starts the server).
     python benches/wrk_versions.py [--seconds 3] [--procs 2] [--rounds 3]
         [--connections 1,16,64] [--instructions-seconds 15] [--out FILE]
         [--variants rust_coroutine,...] [--databases sqlite,postgresql]
-        [--extra-features N]
+        [--extra-features N] [--demo-cpus 0]
 
 `python_control` is the Python handler again, in a process of its own: its ratios
 against `python` show how far this VM's noise alone moves a ratio, the yardstick
@@ -42,12 +42,19 @@ are medians of the per-window ratios; absolute figures are medians of the window
 reported as user-space instructions per request, each variant once under callgrind
 (valgrind, Debian's package) at one connection: a figure the noise cannot move
 (kernel time is not in it).
+
+`--demo-cpus LIST` (taskset's list, e.g. `0`) runs every demo process on those CPUs
+and wrk on the others: the server's CPU is then its own, and the reactor and the
+pool threads share a core instead of waking each other across cores, which on this
+VM costs more than either handler's work (benches/README.md, fifteenth session).
+The scripts that take `handler_options` take it too.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -57,7 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +91,40 @@ GOAL_VARIANTS = ["rust_polls", "rust_coroutine", "rust_interaction", "rust_nativ
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where the demo processes and wrk run: the command prefixes that pin them
+    (`taskset -c ...`), empty to leave them to the scheduler."""
+
+    demo: tuple[str, ...] = ()
+    wrk: tuple[str, ...] = ()
+
+
+def placement(demo_cpus: str | None) -> Placement:
+    """The demos on `demo_cpus` (taskset's list syntax) and wrk on this process's
+    other CPUs (anywhere if none is left); `None` pins nothing. Exits on a list
+    naming no CPU this process may use."""
+    if not demo_cpus:
+        return Placement()
+    allowed = os.sched_getaffinity(0)
+    chosen: set[int] = set()
+    try:
+        for part in demo_cpus.split(","):
+            first, dash, last = part.partition("-")
+            chosen.update(range(int(first), int(last if dash else first) + 1))
+    except ValueError:
+        raise SystemExit(f"--demo-cpus: not a CPU list: {demo_cpus!r} (for example 0 or 0-1,3)") from None
+    if not chosen or not chosen <= allowed:
+        raise SystemExit(f"--demo-cpus: {demo_cpus!r} is not within this process's CPUs {sorted(allowed)}")
+    require_tool("taskset")
+    others = sorted(allowed - chosen)
+    cpu_list = ",".join(str(cpu) for cpu in sorted(chosen))
+    return Placement(
+        demo=("taskset", "-c", cpu_list),
+        wrk=("taskset", "-c", ",".join(map(str, others))) if others else (),
+    )
+
+
 def database_option(choice: str, prefix: str) -> tuple[str, str]:
     """The demo's `--database` for a bench script's `--database` choice, and its
     label: `sqlite` (a fresh file), `postgresql` (the server in
@@ -101,11 +142,12 @@ def database_option(choice: str, prefix: str) -> tuple[str, str]:
 ALL_VARIANTS = VARIANTS + NATIVE_VARIANTS
 
 
-def handler_options(parser: argparse.ArgumentParser, seconds: int, rounds: int | None) -> None:
+def handler_options(parser: argparse.ArgumentParser, seconds: int, rounds: int | None, pinning: bool = True) -> None:
     """The options of the scripts that compare handlers in demo processes
-    (`thread_cpu.py`, `perf_share.py`, `cost_model.py`): which, how loaded, for how
-    long, on which database, with how many extra features; `--rounds` where the
-    script takes windows in turn."""
+    (`thread_cpu.py`, `perf_share.py`, `sched_events.py`, `cost_model.py`): which,
+    how loaded, for how long, on which database, with how many extra features;
+    `--rounds` where the script takes windows in turn; `--demo-cpus` with
+    `pinning` (not under valgrind, which runs one thread at a time anyway)."""
     parser.add_argument("--variants", default="python,rust_coroutine", help="the first is the baseline")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--seconds", type=int, default=seconds)
@@ -114,6 +156,15 @@ def handler_options(parser: argparse.ArgumentParser, seconds: int, rounds: int |
     parser.add_argument("--database", default="sqlite", help="sqlite, postgresql (the server in PYO3_TWISTED_TEST_PG_DSN) or a DSN")
     parser.add_argument(
         "--extra-features", type=int, default=0, help="known features beyond the demo's four (the demo's --extra-features)"
+    )
+    if pinning:
+        demo_cpus_option(parser)
+
+
+def demo_cpus_option(parser: argparse.ArgumentParser) -> None:
+    """`--demo-cpus`, read by [`placement`]."""
+    parser.add_argument(
+        "--demo-cpus", default=None, help="taskset CPU list for the demo processes (wrk runs on the others); default: unpinned"
     )
 
 
@@ -129,7 +180,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def start_demo(database: str, extra: list[str], wrapper: list[str] = []) -> tuple[subprocess.Popen[str], int]:
+def start_demo(database: str, extra: list[str], wrapper: Sequence[str] = ()) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
         [*wrapper, sys.executable, "-m", "pyo3_twisted_demo", "--port", "0", "--database", database, "--quiet", *extra],
         stdout=subprocess.PIPE,
@@ -149,10 +200,10 @@ def to_ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(url: str, connections: int, seconds: int) -> dict[str, Any]:
+def wrk(url: str, connections: int, seconds: int, where: Placement = Placement()) -> dict[str, Any]:
     threads = 1 if connections < 16 else 2
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        [*where.wrk, "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
         capture_output=True,
         text=True,
         check=True,
@@ -169,11 +220,13 @@ def wrk(url: str, connections: int, seconds: int) -> dict[str, Any]:
     }
 
 
-def window(proc: subprocess.Popen[str], url: str, connections: int, seconds: int) -> dict[str, Any]:
+def window(
+    proc: subprocess.Popen[str], url: str, connections: int, seconds: int, where: Placement = Placement()
+) -> dict[str, Any]:
     """One wrk window against a running demo: its figures and the process's CPU time
     per request over it."""
     before = cpu_seconds(proc.pid)
-    row = wrk(url, connections, seconds)
+    row = wrk(url, connections, seconds, where)
     row["cpu_us_per_request"] = (cpu_seconds(proc.pid) - before) / row["requests"] * 1e6
     return row
 
@@ -189,7 +242,7 @@ def require_tool(name: str) -> None:
 
 @contextlib.contextmanager
 def running_demos(
-    database: str, variants: list[tuple[str, str, list[str]]]
+    database: str, variants: list[tuple[str, str, list[str]]], where: Placement = Placement()
 ) -> Iterator[dict[str, tuple[subprocess.Popen[str], str]]]:
     """A demo process per variant `(name, path, demo arguments)`, warmed up, with the
     URL of its handler; all stopped on the way out. Started one after the other:
@@ -198,9 +251,9 @@ def running_demos(
     running: dict[str, tuple[subprocess.Popen[str], str]] = {}
     try:
         for name, path, extra in variants:
-            proc, port = start_demo(database, extra)
+            proc, port = start_demo(database, extra, where.demo)
             running[name] = (proc, f"http://127.0.0.1:{port}{path}?user_id={USER}")
-            wrk(running[name][1], 4, 1)  # warm-up: connections, pool, caches
+            wrk(running[name][1], 4, 1, where)  # warm-up: connections, pool, caches
         yield running
     finally:
         for proc, _ in running.values():
@@ -220,7 +273,7 @@ def paired_windows(
     variants = chosen_variants(names, extra_features_args(args.extra_features))
     database, label = database_option(args.database, prefix)
     windows: dict[str, list[dict[str, float]]] = {n: [] for n in names}
-    with running_demos(database, variants) as running:
+    with running_demos(database, variants, placement(args.demo_cpus)) as running:
         for round_ in range(args.rounds):
             for name in rotated(names, round_):
                 proc, url = running[name]
@@ -243,7 +296,13 @@ def chosen_variants(names: list[str], demo_args: list[str]) -> list[tuple[str, s
 
 
 def measure_paired(
-    database: str, variants: list[tuple[str, str, list[str]]], connections: list[int], seconds: int, procs: int, rounds: int
+    database: str,
+    variants: list[tuple[str, str, list[str]]],
+    connections: list[int],
+    seconds: int,
+    procs: int,
+    rounds: int,
+    where: Placement = Placement(),
 ) -> dict[str, dict[int, list[dict[str, Any]]]]:
     """Every variant's windows, paired: all variants' demo processes run side by
     side (idle but for the one under load), and each round loads each of them in
@@ -253,13 +312,13 @@ def measure_paired(
     processes, `rounds` rounds each."""
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {name: {c: [] for c in connections} for name, _, _ in variants}
     for set_ in range(procs):
-        with running_demos(database, variants) as running:
+        with running_demos(database, variants, where) as running:
             for round_ in range(rounds):
                 order = rotated(variants, set_ * rounds + round_)
                 for c in connections:
                     for name, _, _ in order:
                         proc, url = running[name]
-                        runs[name][c].append(window(proc, url, c, seconds))
+                        runs[name][c].append(window(proc, url, c, seconds, where))
     return runs
 
 
@@ -322,7 +381,9 @@ def main() -> int:
         help="comma-separated: sqlite, postgresql (the latter only with PYO3_TWISTED_TEST_PG_DSN)",
     )
     parser.add_argument("--out", default=str(Path(__file__).parent.parent / "target" / "bench-http.json"))
+    demo_cpus_option(parser)
     args = parser.parse_args()
+    where = placement(args.demo_cpus)
     connections = [int(c) for c in args.connections.split(",")]
     wanted_dbs = set(args.databases.split(","))
     if not wanted_dbs <= {"sqlite", "postgresql"}:
@@ -340,6 +401,7 @@ def main() -> int:
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "seconds": args.seconds,
         "extra_features": args.extra_features,
+        "demo_cpus": args.demo_cpus,
         "results": {},
     }
     for db, database in databases.items():
@@ -348,7 +410,7 @@ def main() -> int:
             for name, path, extra in VARIANTS + (NATIVE_VARIANTS if db == "postgresql" else [])
             if not wanted or name == "python" or name in wanted
         ]
-        runs = measure_paired(database, variants, connections, args.seconds, args.procs, args.rounds)
+        runs = measure_paired(database, variants, connections, args.seconds, args.procs, args.rounds, where)
         results: dict[str, Any] = {}
         report["results"][db] = results
         for name in runs:
@@ -367,7 +429,8 @@ def main() -> int:
             for name, path, extra in variants:
                 ipr = instructions_per_request(database, path, extra, args.instructions_seconds)
                 results[name]["instructions_per_request"] = ipr
-        print(f"\n{db}: requests/s, p50/p99 ms, CPU µs per request (medians of {args.procs * args.rounds} "
+        pinned = f", demos on CPUs {args.demo_cpus}" if args.demo_cpus else ""
+        print(f"\n{db}{pinned}: requests/s, p50/p99 ms, CPU µs per request (medians of {args.procs * args.rounds} "
               "paired windows; ratios: medians of the per-window ratios against python)")
         print(f"{'variant':<18}{'conns':>6}{'req/s':>10}{'p50':>8}{'p99':>8}{'cpu µs':>9}{'÷rps':>7}{'÷cpu':>7}")
         for name, _, _ in variants:

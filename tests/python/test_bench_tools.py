@@ -94,3 +94,19 @@ def test_a_missing_tool_exits_with_what_to_install(monkeypatch: pytest.MonkeyPat
         wrk_versions.require_tool("wrk")
     monkeypatch.setattr(wrk_versions.shutil, "which", lambda name: f"/usr/bin/{name}")
     wrk_versions.require_tool("wrk")
+
+
+def test_demo_cpus_pin_the_demos_there_and_wrk_on_the_other_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wrk_versions
+
+    monkeypatch.setattr(wrk_versions.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(wrk_versions.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert wrk_versions.placement(None) == wrk_versions.Placement()
+    where = wrk_versions.placement("0-1")
+    assert where.demo == ("taskset", "-c", "0,1")
+    assert where.wrk == ("taskset", "-c", "2,3")
+    # Every CPU to the demos: wrk is left to the scheduler.
+    assert wrk_versions.placement("0,1,2-3").wrk == ()
+    for bad in ["x", "7", "1-"]:
+        with pytest.raises(SystemExit, match="--demo-cpus"):
+            wrk_versions.placement(bad)
