@@ -36,7 +36,7 @@ def instructions(side: str, m: int, keep: bool) -> dict[int, int]:
     printed; otherwise they are removed."""
     out = Path(tempfile.mkdtemp(prefix=f"pyo3-twisted-handler-{side}-{m}-")) / "callgrind.out"
     try:
-        return read_run(side, m, out)
+        return callgrind_run(side, m, out)
     finally:
         if keep:
             print(f"  callgrind files of {side} ({m} requests): {out.parent}", flush=True)
@@ -44,7 +44,7 @@ def instructions(side: str, m: int, keep: bool) -> dict[int, int]:
             shutil.rmtree(out.parent, ignore_errors=True)
 
 
-def read_run(side: str, m: int, out: Path) -> dict[int, int]:
+def callgrind_run(side: str, m: int, out: Path) -> dict[int, int]:
     """Runs `side` for `m` requests under callgrind, its files at `out`."""
     subprocess.run(
         [

@@ -46,14 +46,14 @@ def category(dso: str) -> str:
     return "other"
 
 
-def window(pid: int, url: str, args: argparse.Namespace) -> dict[str, float]:
+def window(pid: int, url: str, where: wrk_versions.Placement, args: argparse.Namespace) -> dict[str, float]:
     """One window of load: µs of reactor-thread CPU per request, by category."""
     data = Path(tempfile.mkdtemp(prefix="pyo3-twisted-perf-")) / "perf.data"
     recorder = subprocess.Popen(
         ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(args.frequency), "-t", str(pid), "-o", str(data)]
     )
     try:
-        row = wrk_versions.wrk(url, args.connections, args.seconds, wrk_versions.placement(args.demo_cpus))
+        row = wrk_versions.wrk(url, args.connections, args.seconds, where)
     finally:
         recorder.send_signal(signal.SIGINT)
         recorder.wait(timeout=60)
@@ -85,7 +85,7 @@ def main() -> int:
     args = parser.parse_args()
     wrk_versions.require_tool("perf")
     names, label, windows = wrk_versions.paired_windows(
-        args, "pyo3-twisted-perf-", lambda pid, url: window(pid, url, args)
+        args, "pyo3-twisted-perf-", lambda pid, url, where: window(pid, url, where, args)
     )
     print(
         f"reactor thread, µs of CPU per request (perf cpu-clock samples), {args.connections} connections,"

@@ -67,7 +67,7 @@ def parse_stat(text: str, requests: int, main_tid: int | None = None) -> dict[st
     return per
 
 
-def window(pid: int, url: str, args: argparse.Namespace) -> dict[str, float]:
+def window(pid: int, url: str, where: wrk_versions.Placement, args: argparse.Namespace) -> dict[str, float]:
     """One window of load: the events per request, and requests per second."""
     out = Path(tempfile.mkdtemp(prefix="pyo3-twisted-sched-")) / "stat.csv"
     command = ["perf", "stat", "-x,", "-e", ",".join(EVENTS), "-p", str(pid), "-o", str(out)]
@@ -75,7 +75,7 @@ def window(pid: int, url: str, args: argparse.Namespace) -> dict[str, float]:
         command.insert(2, "--per-thread")
     counter = subprocess.Popen(command)
     try:
-        row = wrk_versions.wrk(url, args.connections, args.seconds, wrk_versions.placement(args.demo_cpus))
+        row = wrk_versions.wrk(url, args.connections, args.seconds, where)
     finally:
         counter.send_signal(signal.SIGINT)
         counter.wait(timeout=60)
@@ -94,7 +94,7 @@ def main() -> int:
     args = parser.parse_args()
     wrk_versions.require_tool("perf")
     names, label, windows = wrk_versions.paired_windows(
-        args, "pyo3-twisted-sched-", lambda pid, url: window(pid, url, args)
+        args, "pyo3-twisted-sched-", lambda pid, url, where: window(pid, url, where, args)
     )
     print(
         f"the demo process, per request (task-clock in µs), {args.connections} connections, {label},"

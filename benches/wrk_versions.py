@@ -263,21 +263,22 @@ def running_demos(
 
 
 def paired_windows(
-    args: argparse.Namespace, prefix: str, window: Callable[[int, str], dict[str, float]]
+    args: argparse.Namespace, prefix: str, window: Callable[[int, str, Placement], dict[str, float]]
 ) -> tuple[list[str], str, dict[str, list[dict[str, float]]]]:
     """The windows of the scripts that take `handler_options`: a demo per variant
-    (`args.variants`, the first the baseline), `window(pid, url)` on each in turn for
-    `args.rounds` rounds. Returns the variant names, the database's label and each
+    (`args.variants`, the first the baseline), `window(pid, url, where)` on each in
+    turn for `args.rounds` rounds, `where` the placement of `--demo-cpus`. Returns the variant names, the database's label and each
     variant's windows in round order (so the n-th windows of two variants pair)."""
     names: list[str] = args.variants.split(",")
     variants = chosen_variants(names, extra_features_args(args.extra_features))
     database, label = database_option(args.database, prefix)
     windows: dict[str, list[dict[str, float]]] = {n: [] for n in names}
-    with running_demos(database, variants, placement(args.demo_cpus)) as running:
+    where = placement(args.demo_cpus)
+    with running_demos(database, variants, where) as running:
         for round_ in range(args.rounds):
             for name in rotated(names, round_):
                 proc, url = running[name]
-                windows[name].append(window(proc.pid, url))
+                windows[name].append(window(proc.pid, url, where))
     return names, label, windows
 
 
