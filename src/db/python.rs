@@ -15,6 +15,7 @@
 //! answer synchronously, so the closure completes in one poll; a closure that waits on
 //! anything else is rolled back with a clear error.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
@@ -158,11 +160,11 @@ impl super::DatabasePool for PythonDatabasePool {
         func: ErasedInteraction,
     ) -> ErasedResult {
         let started = std::time::Instant::now();
-        let interaction = Arc::new(Interaction::new(func));
+        let interaction: Arc<ErasedCall> = Arc::new(Interaction::new(func));
         let result = self.run_attempts(name, &interaction).await;
         // Dropped here, where it was made (the awaiting task's thread), rather than
         // on the DB thread with the Python callback.
-        drop(interaction.func.lock().take());
+        interaction.let_go();
         let bridge = self
             .runtime
             .as_ref()
@@ -181,16 +183,32 @@ impl super::DatabasePool for PythonDatabasePool {
 
 /// One `run_interaction` call: the closure, how often it ran, and what its last
 /// run returned. Shared by the awaiting side and the callback on the DB thread, in
-/// one allocation.
-pub(super) struct Interaction {
-    pub(super) func: Mutex<Option<ErasedInteraction>>,
+/// one allocation. Typed (`F` the closure, `R` its value): the erased path
+/// ([`ErasedCall`]) boxes the closure and its value, `run_interaction_coroutine`
+/// neither.
+pub(super) struct Interaction<F, R> {
+    func: Mutex<Option<F>>,
     pub(super) attempts: AtomicU32,
     /// Each attempt overwrites it; read once the Deferred has fired.
-    last_attempt: Mutex<Option<ErasedResult>>,
+    last_attempt: Mutex<Option<anyhow::Result<R>>>,
 }
 
-impl Interaction {
-    pub(super) fn new(func: ErasedInteraction) -> Self {
+/// A `DatabasePool::run_interaction_erased` call.
+type ErasedCall = Interaction<ErasedInteraction, Box<dyn Any + Send>>;
+
+/// The closure of a `run_interaction` call, with its value type.
+pub(super) trait InteractionFn<R>:
+    for<'txn> Fn(&'txn mut dyn Transaction) -> BoxFuture<'txn, anyhow::Result<R>> + Send
+{
+}
+
+impl<R, F> InteractionFn<R> for F where
+    F: for<'txn> Fn(&'txn mut dyn Transaction) -> BoxFuture<'txn, anyhow::Result<R>> + Send
+{
+}
+
+impl<F, R> Interaction<F, R> {
+    pub(super) fn new(func: F) -> Self {
         Self {
             func: Mutex::new(Some(func)),
             attempts: AtomicU32::new(0),
@@ -208,11 +226,16 @@ impl Interaction {
         }
     }
 
+    /// What the last attempt returned, if one ran.
+    fn take_last(&self) -> Option<anyhow::Result<R>> {
+        self.last_attempt.lock().take()
+    }
+
     /// What the committed attempt returned, once `runInteraction` succeeded; the
     /// closure is dropped here (the awaiting side's thread). Reactor thread.
-    pub(super) fn finish(&self, name: &str) -> ErasedResult {
+    pub(super) fn finish(&self, name: &str) -> anyhow::Result<R> {
         self.let_go();
-        match self.last_attempt.lock().take() {
+        match self.take_last() {
             Some(result) => result,
             None => {
                 anyhow::bail!("runInteraction({name}) finished without running the transaction")
@@ -221,13 +244,87 @@ impl Interaction {
     }
 }
 
+/// What the DB thread's callback needs of a call, whatever its types.
+pub(super) trait Attempt: Send + Sync {
+    /// Runs the closure once on `txn`, polled once inside `runtime`'s context, and
+    /// keeps the outcome for the awaiting side; a failure is also returned as the
+    /// exception for the pool to see (it rolls back, and may retry). DB thread, GIL
+    /// held.
+    fn attempt(
+        &self,
+        py: Python<'_>,
+        name: &'static str,
+        runtime: &tokio::runtime::Handle,
+        txn: &mut dyn Transaction,
+    ) -> PyResult<()>;
+}
+
+impl<F: InteractionFn<R>, R: Send> Attempt for Interaction<F, R> {
+    fn attempt(
+        &self,
+        py: Python<'_>,
+        name: &'static str,
+        runtime: &tokio::runtime::Handle,
+        txn: &mut dyn Transaction,
+    ) -> PyResult<()> {
+        let polled = catch_unwind(AssertUnwindSafe(|| {
+            // Inside the runtime's context, Tokio leaf futures (timers...) return
+            // Pending instead of panicking, and Pending is what we report.
+            let _runtime = runtime.enter();
+            let func = self.func.lock();
+            let Some(func) = &*func else {
+                // The awaiting side took it: it has given up on this transaction.
+                return Poll::Ready(Err(anyhow::anyhow!(
+                    "run_interaction({name}): the caller has gone"
+                )));
+            };
+            self.attempts.fetch_add(1, Ordering::Relaxed);
+            let mut fut = func(txn);
+            fut.as_mut().poll(&mut Context::from_waker(
+                futures_util::task::noop_waker_ref(),
+            ))
+        }));
+        let (outcome, raised) = match polled {
+            Ok(Poll::Ready(Ok(value))) => (Ok(value), None),
+            Ok(Poll::Ready(Err(err))) => {
+                let raised = original_exception(py, &err);
+                (Err(err), Some(raised))
+            }
+            Ok(Poll::Pending) => {
+                let err = foreign_await(name);
+                let raised = PyRuntimeError::new_err(err.to_string());
+                (Err(err), Some(raised))
+            }
+            Err(payload) => {
+                let (err, raised) = panicked(name, &*payload);
+                (Err(err), Some(raised))
+            }
+        };
+        *self.last_attempt.lock() = Some(outcome);
+        // Raising makes the pool roll back, and lets it retry database errors.
+        match raised {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A panic in the closure: the error kept for the awaiting side and the exception
+/// raised to the pool.
+fn panicked(name: &str, payload: &(dyn Any + Send)) -> (anyhow::Error, PyErr) {
+    let message = panic_message(payload);
+    let err =
+        anyhow::anyhow!("run_interaction({name}): the transaction closure panicked: {message}");
+    (err, RustPanicError::new_err(message))
+}
+
 impl PythonDatabasePool {
     /// The transaction through `runInteraction`, which reruns the closure on a
     /// serialization failure.
     async fn run_attempts(
         &self,
         name: &'static str,
-        interaction: &Arc<Interaction>,
+        interaction: &Arc<ErasedCall>,
     ) -> ErasedResult {
         let Some(handle) = &self.runtime else {
             anyhow::bail!(
@@ -236,11 +333,7 @@ impl PythonDatabasePool {
             );
         };
         let runtime = handle.tokio_handle()?;
-        let callback = TransactionCallback {
-            name,
-            interaction: Arc::clone(interaction),
-            runtime,
-        };
+        let callback = TransactionCallback::new(name, Arc::clone(interaction) as _, runtime);
         let pool = Arc::clone(&self.pool);
         let outcome = handle
             .run_python_awaitable_map(
@@ -252,7 +345,7 @@ impl PythonDatabasePool {
                 |_| Ok(()),
             )
             .await;
-        let last = interaction.last_attempt.lock().take();
+        let last = interaction.take_last();
         match (outcome, last) {
             (Ok(()), Some(Ok(value))) => Ok(value),
             (Ok(()), Some(Err(err))) => Err(err),
@@ -273,14 +366,14 @@ impl PythonDatabasePool {
 #[pyclass(frozen, module = "pyo3_twisted")]
 pub(super) struct TransactionCallback {
     name: &'static str,
-    interaction: Arc<Interaction>,
+    interaction: Arc<dyn Attempt>,
     runtime: tokio::runtime::Handle,
 }
 
 impl TransactionCallback {
     pub(super) fn new(
         name: &'static str,
-        interaction: Arc<Interaction>,
+        interaction: Arc<dyn Attempt>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
         Self {
@@ -295,49 +388,8 @@ impl TransactionCallback {
 impl TransactionCallback {
     fn __call__(&self, py: Python<'_>, txn: Bound<'_, PyAny>) -> PyResult<()> {
         let mut transaction = PyTransaction { txn: txn.unbind() };
-        let polled = catch_unwind(AssertUnwindSafe(|| {
-            // Inside the runtime's context, Tokio leaf futures (timers...) return
-            // Pending instead of panicking, and Pending is what we report.
-            let _runtime = self.runtime.enter();
-            let func = self.interaction.func.lock();
-            let Some(func) = &*func else {
-                // The awaiting task took it: it has given up on this transaction.
-                return Poll::Ready(Err(anyhow::anyhow!(
-                    "run_interaction({}): the caller has gone",
-                    self.name
-                )));
-            };
-            self.interaction.attempts.fetch_add(1, Ordering::Relaxed);
-            let mut fut = func(&mut transaction);
-            let waker = futures_util::task::noop_waker();
-            fut.as_mut().poll(&mut Context::from_waker(&waker))
-        }));
-        let (outcome, raised) = match polled {
-            Ok(Poll::Ready(Ok(value))) => (Ok(value), None),
-            Ok(Poll::Ready(Err(err))) => {
-                let raised = original_exception(py, &err);
-                (Err(err), Some(raised))
-            }
-            Ok(Poll::Pending) => {
-                let err = foreign_await(self.name);
-                let raised = PyRuntimeError::new_err(err.to_string());
-                (Err(err), Some(raised))
-            }
-            Err(payload) => {
-                let message = panic_message(&*payload);
-                let err = anyhow::anyhow!(
-                    "run_interaction({}): the transaction closure panicked: {message}",
-                    self.name
-                );
-                (Err(err), Some(RustPanicError::new_err(message)))
-            }
-        };
-        *self.interaction.last_attempt.lock() = Some(outcome);
-        // Raising makes the pool roll back, and lets it retry database errors.
-        match raised {
-            Some(err) => Err(err),
-            None => Ok(()),
-        }
+        self.interaction
+            .attempt(py, self.name, &self.runtime, &mut transaction)
     }
 }
 

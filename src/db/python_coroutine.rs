@@ -12,7 +12,7 @@
 //! Every function here runs on the reactor thread, in the awaiting coroutine's step,
 //! except the callback (`python::TransactionCallback`), which runs on the DB thread.
 
-use std::any::Any;
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,14 +23,82 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::python::{Interaction, PythonDatabasePool, TransactionCallback};
-use super::{erase, Transaction};
+use super::python::{Attempt, Interaction, InteractionFn, PythonDatabasePool, TransactionCallback};
+use super::Transaction;
 use crate::coroutine::{is_coroutine, resume, stop_iteration, thrown, Input, Stepped};
 use crate::runtime::Runtime;
 
-/// What the answer is made of once the transaction committed: the closure's value,
-/// type-erased.
-type Then = Box<dyn FnOnce(Python<'_>, Box<dyn Any + Send>) -> PyResult<Py<PyAny>> + Send>;
+/// One call's closure, its outcome and `then`, in one allocation: the awaitable's
+/// steps see it as [`Answer`], the DB thread's callback as [`Attempt`].
+struct Call<F, R, T> {
+    interaction: Interaction<F, R>,
+    then: Mutex<Option<T>>,
+}
+
+/// What the awaitable's steps need of a call, whatever its types. Reactor thread.
+trait Answer: Send + Sync {
+    /// `then` of the committed attempt's value, once `runInteraction` succeeded;
+    /// `committed` learns whether the transaction committed before `then` runs.
+    fn answer(
+        &self,
+        py: Python<'_>,
+        name: &'static str,
+        committed: &mut dyn FnMut(bool),
+    ) -> PyResult<Py<PyAny>>;
+
+    /// Gives up: the closure and `then` are dropped here (the closure goes with the
+    /// callback instead if the DB thread is running it now).
+    fn let_go(&self);
+
+    /// How many times the closure ran.
+    fn attempts(&self) -> &AtomicU32;
+}
+
+impl<F, R, T> Answer for Call<F, R, T>
+where
+    F: InteractionFn<R>,
+    R: Send,
+    T: FnOnce(Python<'_>, R) -> PyResult<Py<PyAny>> + Send,
+{
+    fn answer(
+        &self,
+        py: Python<'_>,
+        name: &'static str,
+        committed: &mut dyn FnMut(bool),
+    ) -> PyResult<Py<PyAny>> {
+        let value = self.interaction.finish(name);
+        committed(value.is_ok());
+        let then = self.then.lock().take();
+        match (value, then) {
+            (Ok(value), Some(then)) => then(py, value),
+            (Err(err), _) => Err(PyRuntimeError::new_err(format!("{err:#}"))),
+            (Ok(_), None) => Err(PyRuntimeError::new_err(format!(
+                "run_interaction({name}): answered already"
+            ))),
+        }
+    }
+
+    fn let_go(&self) {
+        self.interaction.let_go();
+        drop(self.then.lock().take());
+    }
+
+    fn attempts(&self) -> &AtomicU32 {
+        &self.interaction.attempts
+    }
+}
+
+impl<F: InteractionFn<R>, R: Send, T: Send> Attempt for Call<F, R, T> {
+    fn attempt(
+        &self,
+        py: Python<'_>,
+        name: &'static str,
+        runtime: &tokio::runtime::Handle,
+        txn: &mut dyn Transaction,
+    ) -> PyResult<()> {
+        self.interaction.attempt(py, name, runtime, txn)
+    }
+}
 
 impl PythonDatabasePool {
     /// `func` in a transaction through the Python pool's `runInteraction`, as an
@@ -93,19 +161,17 @@ impl PythonDatabasePool {
                 self.broken_reason()
             )));
         };
-        let then: Then = Box::new(move |py, value| match value.downcast::<R>() {
-            Ok(value) => then(py, *value),
-            Err(_) => Err(PyRuntimeError::new_err(format!(
-                "run_interaction({name}): the pool returned a value of another type"
-            ))),
+        let call = Arc::new(Call {
+            interaction: Interaction::new(func),
+            then: Mutex::new(Some(then)),
         });
         let coroutine = InteractionCoroutine {
-            state: Mutex::new(State::Created(Box::new(Created {
+            state: Mutex::new(State::Created(Created {
                 pool: self.clone_for_coroutine(),
                 runtime: runtime.clone(),
-                interaction: Arc::new(Interaction::new(Box::new(move |txn| erase(func(txn))))),
-                then,
-            }))),
+                attempt: Arc::clone(&call) as _,
+                call,
+            })),
             name,
         };
         Ok(Bound::new(py, coroutine)?.into_any())
@@ -120,8 +186,8 @@ struct InteractionCoroutine {
 }
 
 enum State {
-    Created(Box<Created>),
-    Running(Box<Running>),
+    Created(Created),
+    Running(Running),
     /// Inside a step (which runs Python).
     Executing,
     Done,
@@ -130,15 +196,15 @@ enum State {
 struct Created {
     pool: PythonDatabasePool,
     runtime: Runtime,
-    interaction: Arc<Interaction>,
-    then: Then,
+    call: Arc<dyn Answer>,
+    /// The same call, for the DB thread's callback.
+    attempt: Arc<dyn Attempt>,
 }
 
 struct Running {
     /// `runInteraction`'s coroutine (or its awaitable's `__await__` iterator).
     inner: Py<PyAny>,
-    interaction: Arc<Interaction>,
-    then: Then,
+    call: Arc<dyn Answer>,
     runtime: Runtime,
     started: Instant,
 }
@@ -162,7 +228,7 @@ impl InteractionCoroutine {
                     return Err(err);
                 }
                 drop(state);
-                let started = self.start(py, *created);
+                let started = self.start(py, created);
                 state = self.state.lock();
                 match started {
                     Ok(running) => running,
@@ -201,39 +267,37 @@ impl InteractionCoroutine {
             Stepped::Returned(_) => {
                 *self.state.lock() = State::Done;
                 let Running {
-                    interaction,
-                    then,
+                    call,
                     runtime,
                     started,
                     ..
-                } = *running;
-                let value = interaction
-                    .finish(self.name)
-                    .map_err(|err| PyRuntimeError::new_err(format!("{err:#}")));
-                super::record_interaction(
-                    Some(runtime.bridge()),
-                    "python",
-                    self.name,
-                    &interaction.attempts,
-                    value.is_ok(),
-                    started,
-                );
-                Err(stop_iteration(py, then(py, value?)?))
+                } = running;
+                let answer = call.answer(py, self.name, &mut |committed| {
+                    super::record_interaction(
+                        Some(runtime.bridge()),
+                        "python",
+                        self.name,
+                        call.attempts(),
+                        committed,
+                        started,
+                    )
+                });
+                Err(stop_iteration(py, answer?))
             }
             Stepped::Raised(err) => {
                 *self.state.lock() = State::Done;
                 let Running {
-                    interaction,
+                    call,
                     runtime,
                     started,
                     ..
-                } = *running;
-                interaction.let_go();
+                } = running;
+                call.let_go();
                 super::record_interaction(
                     Some(runtime.bridge()),
                     "python",
                     self.name,
-                    &interaction.attempts,
+                    call.attempts(),
                     false,
                     started,
                 );
@@ -243,19 +307,19 @@ impl InteractionCoroutine {
     }
 
     /// The first step: `runInteraction` called, its coroutine ready to step.
-    fn start(&self, py: Python<'_>, created: Created) -> PyResult<Box<Running>> {
+    fn start(&self, py: Python<'_>, created: Created) -> PyResult<Running> {
         let Created {
             pool,
             runtime,
-            interaction,
-            then,
+            call,
+            attempt,
         } = created;
         runtime
             .bridge()
             .check_reactor_thread("awaiting a run_interaction_coroutine awaitable")?;
         let callback = Bound::new(
             py,
-            TransactionCallback::new(self.name, Arc::clone(&interaction), runtime.tokio_handle()?),
+            TransactionCallback::new(self.name, attempt, runtime.tokio_handle()?),
         )?;
         let awaitable = pool
             .python_pool(py)?
@@ -267,13 +331,12 @@ impl InteractionCoroutine {
         } else {
             awaitable.call_method0(intern!(py, "__await__"))?.unbind()
         };
-        Ok(Box::new(Running {
+        Ok(Running {
             inner,
-            interaction,
-            then,
+            call,
             runtime,
             started: Instant::now(),
-        }))
+        })
     }
 }
 
@@ -308,7 +371,7 @@ impl InteractionCoroutine {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let previous = std::mem::replace(&mut *self.state.lock(), State::Done);
         if let State::Running(running) = previous {
-            running.interaction.let_go();
+            running.call.let_go();
             if let Ok(close) = running.inner.bind(py).getattr(intern!(py, "close")) {
                 close.call0()?;
             }

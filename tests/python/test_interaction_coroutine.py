@@ -102,12 +102,17 @@ def test_a_database_error_is_the_drivers_exception_and_rolls_back(s):
 
 
 def test_a_panic_is_a_rust_panic_error_and_rolls_back(s):
+    dropped = []
     failure = s.fail(
-        defer.ensureDeferred(s.store.query_interaction(SELECT, ["x"], insert="@panic:example.org", panic=True)),
+        defer.ensureDeferred(
+            s.store.query_interaction(SELECT, ["x"], insert="@panic:example.org", panic=True, dropped_on=dropped)
+        ),
         RustPanicError,
     )
     assert "the closure gave up" in str(failure.value)
     assert s.rows("@panic:example.org") == []
+    # The closure and the unused `then` went on the awaiting side's thread.
+    assert dropped == [threading.get_ident()]
 
 
 def test_an_error_in_then_is_raised_after_the_commit(s):

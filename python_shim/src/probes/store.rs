@@ -352,9 +352,10 @@ impl RustStore {
     /// Python pool only: `Transaction::query` through `run_interaction_coroutine`,
     /// awaitable of row lists made by `then` on the reactor thread. With `insert`,
     /// the closure first inserts that user's flag; with `panic`, it panics after
-    /// its query; with `then_raises`, `then` raises `ValueError`. The closure holds
-    /// `guard` (any object) until it is dropped, and appends the thread it was
-    /// dropped on (`threading.get_ident()`) to `dropped_on`.
+    /// its query; with `then_raises`, `then` raises `ValueError`. The closure and
+    /// `then` hold `guard` (any object) until both are dropped, and the thread the
+    /// last of them was dropped on (`threading.get_ident()`) is appended to
+    /// `dropped_on`.
     #[pyo3(signature = (sql, params, insert=None, panic=false, then_raises=false, guard=None, dropped_on=None))]
     #[allow(clippy::too_many_arguments)]
     fn query_interaction<'py>(
@@ -377,6 +378,7 @@ impl RustStore {
             _guard: guard,
             dropped_on,
         });
+        let then_watch = Arc::clone(&watch);
         pool.run_interaction_coroutine(
             py,
             "query_interaction",
@@ -399,6 +401,7 @@ impl RustStore {
                 .boxed()
             },
             move |py, rows| {
+                let _watch = then_watch;
                 if then_raises {
                     return Err(PyValueError::new_err("then gave up"));
                 }
