@@ -110,3 +110,32 @@ def test_demo_cpus_pin_the_demos_there_and_wrk_on_the_other_cpus(monkeypatch: py
     for bad in ["x", "7", "1-"]:
         with pytest.raises(SystemExit, match="--demo-cpus"):
             wrk_versions.placement(bad)
+
+
+def test_the_median_interval_holds_the_median_and_reads_the_same_twice() -> None:
+    import wrk_versions
+
+    assert wrk_versions.median_interval([[1.02] * 3] * 4) == (1.02, 1.02)
+    values = [0.9, 0.95, 0.97, 0.99, 1.0, 1.01, 1.02, 1.03, 1.05, 1.1, 1.2, 0.8]
+    low, high = wrk_versions.median_interval([values])
+    assert min(values) <= low < 1.005 < high <= max(values)
+    assert wrk_versions.median_interval([values]) == (low, high)
+    # The same values, in sets of processes that disagree with each other: the
+    # interval is wider than if the windows were independent.
+    sets = [[0.9, 0.91, 0.92], [0.97, 0.98, 0.99], [1.01, 1.02, 1.03], [1.08, 1.09, 1.1]]
+    flat = wrk_versions.median_interval([[v for s in sets for v in s]])
+    clustered = wrk_versions.median_interval(sets)
+    assert clustered[1] - clustered[0] > flat[1] - flat[0]
+    for bad in [[], [[]], [[1.0], []]]:
+        with pytest.raises(ValueError):
+            wrk_versions.median_interval(bad)
+
+
+def test_the_verdict_says_unsettled_when_the_run_cannot_tell() -> None:
+    import wrk_versions
+
+    assert wrk_versions.verdict(1.0, (0.95, 0.99)) == "met"
+    assert wrk_versions.verdict(1.0, (0.97, 1.04)) == "unsettled"
+    assert wrk_versions.verdict(1.0, (1.01, 1.05)) == "NOT MET"
+    # Too few requests per second is never made up for by CPU.
+    assert wrk_versions.verdict(0.94, (0.90, 0.95)) == "NOT MET"
