@@ -139,3 +139,12 @@ def test_the_verdict_says_unsettled_when_the_run_cannot_tell() -> None:
     assert wrk_versions.verdict(1.0, (1.01, 1.05)) == "NOT MET"
     # Too few requests per second is never made up for by CPU.
     assert wrk_versions.verdict(0.94, (0.90, 0.95)) == "NOT MET"
+
+
+def test_a_callgrind_files_totals_are_read_by_event() -> None:
+    import handler_instructions
+
+    text = "version: 1\nevents: Ir I1mr D1mr D1mw\nfn=main\n1 2 3 4 5\nsummary: 120 7 5 3\ntotals: 120 7 5 3\n"
+    assert handler_instructions.thread_events(text) == {"Ir": 120, "I1mr": 7, "D1mr": 5, "D1mw": 3}
+    # A thread's file without a summary (it ran nothing) counts for nothing.
+    assert handler_instructions.thread_events("version: 1\nevents: Ir\n") == {}
