@@ -489,11 +489,11 @@ def main() -> int:
     print("\ngoal (issue 17): the Rust handler >= 0.95x python's requests/s at no more CPU per request")
     for db, results in report["results"].items():
         if "python_control" in results:
+            rows = [(c, results["python_control"][c]) for c in connections]
             control = ", ".join(
-                f"{c}: {results['python_control'][c]['rps_ratio']:.2f}x / {results['python_control'][c]['cpu_ratio']:.2f}x"
-                f" (95%: {results['python_control'][c]['cpu_ratio_interval'][0]:.2f}"
-                f"-{results['python_control'][c]['cpu_ratio_interval'][1]:.2f})"
-                for c in connections
+                f"{c}: {row['rps_ratio']:.2f}x / {row['cpu_ratio']:.2f}x"
+                f" (95%: {row['cpu_ratio_interval'][0]:.2f}-{row['cpu_ratio_interval'][1]:.2f})"
+                for c, row in rows
             )
             print(f"  {db}: the control (python against itself) reads req/s / CPU {control}")
         for name in (n for n in GOAL_VARIANTS if n in results):

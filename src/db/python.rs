@@ -163,7 +163,8 @@ impl super::DatabasePool for PythonDatabasePool {
         let interaction: Arc<ErasedCall> = Arc::new(Interaction::new(func));
         let result = self.run_attempts(name, &interaction).await;
         // Dropped here, where it was made (the awaiting task's thread), rather than
-        // on the DB thread with the Python callback.
+        // on the DB thread with the Python callback; never waited for (a Tokio
+        // worker), so a closure the DB thread is still running goes with it there.
         interaction.let_go();
         let bridge = self
             .runtime

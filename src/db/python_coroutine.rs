@@ -52,13 +52,16 @@ trait Answer: Send + Sync {
 
     /// How many times the closure ran.
     fn attempts(&self) -> &AtomicU32;
+
+    /// The same call, as the DB thread's callback sees it.
+    fn for_callback(self: Arc<Self>) -> Arc<dyn Attempt>;
 }
 
 impl<F, R, T> Answer for Call<F, R, T>
 where
-    F: InteractionFn<R>,
-    R: Send,
-    T: FnOnce(Python<'_>, R) -> PyResult<Py<PyAny>> + Send,
+    F: InteractionFn<R> + 'static,
+    R: Send + 'static,
+    T: FnOnce(Python<'_>, R) -> PyResult<Py<PyAny>> + Send + 'static,
 {
     fn answer(
         &self,
@@ -85,6 +88,10 @@ where
 
     fn attempts(&self) -> &AtomicU32 {
         &self.interaction.attempts
+    }
+
+    fn for_callback(self: Arc<Self>) -> Arc<dyn Attempt> {
+        self
     }
 }
 
@@ -169,7 +176,6 @@ impl PythonDatabasePool {
             state: Mutex::new(State::Created(Created {
                 pool: self.clone_for_coroutine(),
                 runtime: runtime.clone(),
-                attempt: Arc::clone(&call) as _,
                 call,
             })),
             name,
@@ -197,8 +203,6 @@ struct Created {
     pool: PythonDatabasePool,
     runtime: Runtime,
     call: Arc<dyn Answer>,
-    /// The same call, for the DB thread's callback.
-    attempt: Arc<dyn Attempt>,
 }
 
 struct Running {
@@ -312,14 +316,17 @@ impl InteractionCoroutine {
             pool,
             runtime,
             call,
-            attempt,
         } = created;
         runtime
             .bridge()
             .check_reactor_thread("awaiting a run_interaction_coroutine awaitable")?;
         let callback = Bound::new(
             py,
-            TransactionCallback::new(self.name, attempt, runtime.tokio_handle()?),
+            TransactionCallback::new(
+                self.name,
+                Arc::clone(&call).for_callback(),
+                runtime.tokio_handle()?,
+            ),
         )?;
         let awaitable = pool
             .python_pool(py)?
