@@ -103,6 +103,8 @@ PAIRED_GOALS = [
     ("17. ... vs the Python twin behind the same Deferred boundary, paired: the bridge costs no more than that boundary", "handler_paired", "paired_ratio_deferred", 1.0),
     ("17. the demo's Rust handler as a coroutine (create_coroutine) vs its Python twin, paired (no HTTP)", "handler_paired", "paired_ratio_coroutine", 1.0),
     ("17. the demo's Rust handler through run_interaction_coroutine vs its Python twin, paired (no HTTP)", "handler_paired", "paired_ratio_interaction", 1.0),
+    ("17. ... its process CPU per request against the twin's, paired (no HTTP)", "handler_paired", "paired_cpu_ratio_interaction", 1.0),
+    ("17. the demo's Rust handler (reactor_polls): process CPU per request against the twin's, paired (no HTTP)", "handler_paired", "paired_cpu_ratio", 1.0),
 ]
 
 # (description, numerator row, denominator row, bound, "<=" or ">=")

@@ -103,34 +103,47 @@ async def run_concurrent(reactor: Any, make: Callable, n: int, after: Callable |
     return (time.perf_counter() - start) / n * 1e6
 
 
-async def measure_sequential(reactor: Any, make: Callable, m: int, reps: int, warm: bool = True) -> list[float]:
-    async def once(count: int) -> float:
-        start = time.perf_counter()
+async def measure_sequential(
+    reactor: Any, make: Callable, m: int, reps: int, warm: bool = True, cpu: list[float] | None = None
+) -> list[float]:
+    """µs of wall time per operation, m sequential operations per repetition; with
+    `cpu`, the process's CPU time per operation (every thread: the reactor, the
+    database pool's, Tokio's) is appended to it for each repetition."""
+
+    async def once(count: int, record: bool = False) -> float:
+        start, start_cpu = time.perf_counter(), time.process_time()
         for i in range(count):
             await make(i)
-        return (time.perf_counter() - start) / count * 1e6
+        wall = (time.perf_counter() - start) / count * 1e6
+        if record and cpu is not None:
+            cpu.append((time.process_time() - start_cpu) / count * 1e6)
+        return wall
 
     if warm:
         await once(min(m, 200))
     out = []
     for _ in range(reps):
         gc.collect()
-        out.append(await once(m))
+        out.append(await once(m, record=True))
     return out
 
 
-async def measure_rotating(reactor: Any, makes: list[Callable], m: int, rounds: int) -> list[list[float]]:
+async def measure_rotating(
+    reactor: Any, makes: list[Callable], m: int, rounds: int, cpu: list[list[float]] | None = None
+) -> list[list[float]]:
     """Several sides in one process, each warmed up, then `rounds` batches of m
     sequential operations per side, the order rotating each round: the ratio of
     batch i of one side to batch i of another is free of what moves between
-    processes and over time. µs per operation, one list per side."""
+    processes and over time. µs per operation, one list per side; with `cpu` (a
+    list per side), the process's CPU µs per operation of each batch too."""
     for make in makes:
         await measure_sequential(reactor, make, min(m, 200), 0)
     out: list[list[float]] = [[] for _ in makes]
     for round_ in range(rounds):
         k = round_ % len(makes)
         for i in list(range(k, len(makes))) + list(range(k)):
-            out[i] += await measure_sequential(reactor, makes[i], m, 1, warm=False)
+            side_cpu = cpu[i] if cpu is not None else None
+            out[i] += await measure_sequential(reactor, makes[i], m, 1, warm=False, cpu=side_cpu)
     return out
 
 
@@ -433,7 +446,8 @@ def case_interaction_sqlite(p: dict) -> None:
 
 def case_handler_paired(p: dict) -> None:
     """The demo's /versions handler without HTTP, each request in a logging context of
-    its own (the pyo3_twisted.logcontext provider), on SQLite, three ways in one
+    its own (the pyo3_twisted.logcontext provider), on SQLite (or, with
+    `"database": "postgresql"`, the test server through the Python pool), five ways in one
     process, batch by batch in rotating order: the Rust handler (a Deferred, polled
     on the reactor with reactor_polls), the same Rust handler as a coroutine
     (create_coroutine) and through run_interaction_coroutine (no Rust future),
@@ -453,8 +467,11 @@ def case_handler_paired(p: dict) -> None:
         from pyo3_twisted_demo.app import KNOWN_FEATURES, create_schema, python_versions
 
         _native.install(reactor, logcontext="pyo3_twisted.logcontext", reactor_polls=p.get("reactor_polls", True))
-        path = os.path.join(tempfile.mkdtemp(prefix="pyo3-twisted-bench-"), "demo.sqlite3")
-        pool = DatabasePool(reactor, path, logcontext=lc)
+        if p.get("database") == "postgresql":
+            database = os.environ["PYO3_TWISTED_TEST_PG_DSN"]
+        else:
+            database = os.path.join(tempfile.mkdtemp(prefix="pyo3-twisted-bench-"), "demo.sqlite3")
+        pool = DatabasePool(reactor, database, logcontext=lc)
         await pool.runInteraction("create_schema", create_schema)
         user = "@alice:example.org"
 
@@ -472,14 +489,19 @@ def case_handler_paired(p: dict) -> None:
         async def python_deferred() -> Any:
             return await lc.make_deferred_yieldable(lc.run_in_background(python_versions, pool, user))
 
-        # In the order the paired batches rotate through.
-        sides = {
+        # In the order the paired batches rotate through. `python_control` is the
+        # twin again: its ratio to the twin shows what the method reads for two
+        # equal sides.
+        every = {
             "rust": rust_side(),
             "python": python,
             "python_deferred": python_deferred,
             "rust_coroutine": rust_side(coroutine=True),
             "rust_interaction": rust_side(interaction=True),
+            "python_control": python,
         }
+        chosen = p.get("sides", ["rust", "python", "python_deferred", "rust_coroutine", "rust_interaction"])
+        sides = {name: every[name] for name in chosen}
 
         def request(handle: Callable) -> Callable[[int], Any]:
             def make(i: int) -> Any:
@@ -491,28 +513,37 @@ def case_handler_paired(p: dict) -> None:
 
         if "side" in p:
             # One side alone, for an instruction count (benches/handler_instructions.py).
-            make = request(sides[p["side"]])
+            make = request(every[p["side"]])
             us = await measure_sequential(reactor, make, p["m"], p["reps"])
             pool.close()
             return {"us": us}
         makes = [request(side) for side in sides.values()]
         answers = [await make(0) for make in makes]
         assert all(answer == answers[0] for answer in answers), answers
-        rust_us, python_us, deferred_us, coroutine_us, interaction_us = await measure_rotating(
-            reactor, makes, p["m"], p["reps"] * p.get("pairs", 5)
-        )
+        cpu: list[list[float]] = [[] for _ in makes]
+        wall = await measure_rotating(reactor, makes, p["m"], p["reps"] * p.get("pairs", 5), cpu)
         pool.close()
-        return {
-            "us": rust_us,
-            "paired_python_us": python_us,
-            "paired_python_deferred_us": deferred_us,
-            "paired_rust_coroutine_us": coroutine_us,
-            "paired_rust_interaction_us": interaction_us,
-            "paired_ratio": [r / q for r, q in zip(rust_us, python_us)],
-            "paired_ratio_deferred": [r / q for r, q in zip(rust_us, deferred_us)],
-            "paired_ratio_coroutine": [r / q for r, q in zip(coroutine_us, python_us)],
-            "paired_ratio_interaction": [r / q for r, q in zip(interaction_us, python_us)],
+        wall_by = dict(zip(sides, wall))
+        cpu_by = dict(zip(sides, cpu))
+        out: dict[str, Any] = {"us": wall[0]}
+        for name in sides:
+            out[f"paired_{name}_us"] = wall_by[name]
+            # The process's CPU per request (every thread), batch by batch: the
+            # goal's "no more CPU per request" without HTTP's share.
+            out[f"paired_cpu_{name}_us"] = cpu_by[name]
+        # Key suffix: (side, the side it is divided by).
+        ratios = {
+            "": ("rust", "python"),
+            "_deferred": ("rust", "python_deferred"),
+            "_coroutine": ("rust_coroutine", "python"),
+            "_interaction": ("rust_interaction", "python"),
+            "_control": ("python_control", "python"),
         }
+        for suffix, (num, den) in ratios.items():
+            if num in sides and den in sides:
+                out[f"paired_ratio{suffix}"] = [r / q for r, q in zip(wall_by[num], wall_by[den])]
+                out[f"paired_cpu_ratio{suffix}"] = [r / q for r, q in zip(cpu_by[num], cpu_by[den])]
+        return out
 
     twisted_main(body)
 

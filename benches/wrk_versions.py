@@ -272,7 +272,7 @@ def require_tool(name: str) -> None:
     (`wrk`, `valgrind`, `perf`) is missing: `make bench-http` installs the first
     two, the scripts run alone do not."""
     if shutil.which(name) is None:
-        package = {"perf": "linux-perf"}.get(name, name)
+        package = {"perf": "linux-perf", "taskset": "util-linux"}.get(name, name)
         raise SystemExit(f"{name} is not installed: apt-get install {package} (make bench-http installs wrk and valgrind)")
 
 
