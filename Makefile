@@ -143,6 +143,8 @@ bench-http: release-install postgres
 	  $$sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk valgrind; }
 	$(WITH_PG) $(VENV)/bin/python benches/wrk_versions.py $(BENCH_HTTP_ARGS)
 	$(VENV)/bin/python benches/handler_instructions.py
+	$(VENV)/bin/python benches/handler_cpu.py --sides python_control,rust_interaction,rust_coroutine,rust
+	$(WITH_PG) $(VENV)/bin/python benches/handler_cpu.py --database postgresql --sides python_control,rust_interaction,rust_coroutine
 
 postgres:
 	mkdir -p $(dir $(PG_DSN_FILE))

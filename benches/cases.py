@@ -104,19 +104,26 @@ async def run_concurrent(reactor: Any, make: Callable, n: int, after: Callable |
 
 
 async def measure_sequential(
-    reactor: Any, make: Callable, m: int, reps: int, warm: bool = True, cpu: list[float] | None = None
+    reactor: Any,
+    make: Callable,
+    m: int,
+    reps: int,
+    warm: bool = True,
+    cpu: list[float] | None = None,
+    clock: Callable[[], float] = time.process_time,
 ) -> list[float]:
     """µs of wall time per operation, m sequential operations per repetition; with
-    `cpu`, the process's CPU time per operation (every thread: the reactor, the
-    database pool's, Tokio's) is appended to it for each repetition."""
+    `cpu`, the CPU time per operation by `clock` (the process's by default: every
+    thread, the reactor, the database pool's, Tokio's) is appended to it for each
+    repetition."""
 
     async def once(count: int, record: bool = False) -> float:
-        start, start_cpu = time.perf_counter(), time.process_time()
+        start, start_cpu = time.perf_counter(), clock()
         for i in range(count):
             await make(i)
         wall = (time.perf_counter() - start) / count * 1e6
         if record and cpu is not None:
-            cpu.append((time.process_time() - start_cpu) / count * 1e6)
+            cpu.append((clock() - start_cpu) / count * 1e6)
         return wall
 
     if warm:
@@ -128,14 +135,35 @@ async def measure_sequential(
     return out
 
 
+def others_cpu_time() -> float:
+    """Seconds of CPU time run so far by every thread of this process but the
+    calling one (the kernel's `schedstat`, in nanoseconds)."""
+    me = str(threading.get_native_id())
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        if tid == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:  # the thread has just ended
+            continue
+    return total / 1e9
+
+
 async def measure_rotating(
-    reactor: Any, makes: list[Callable], m: int, rounds: int, cpu: list[list[float]] | None = None
+    reactor: Any,
+    makes: list[Callable],
+    m: int,
+    rounds: int,
+    cpu: list[list[float]] | None = None,
+    clock: Callable[[], float] = time.process_time,
 ) -> list[list[float]]:
     """Several sides in one process, each warmed up, then `rounds` batches of m
     sequential operations per side, the order rotating each round: the ratio of
     batch i of one side to batch i of another is free of what moves between
     processes and over time. µs per operation, one list per side; with `cpu` (a
-    list per side), the process's CPU µs per operation of each batch too."""
+    list per side), the CPU µs per operation of each batch by `clock` too."""
     for make in makes:
         await measure_sequential(reactor, make, min(m, 200), 0)
     out: list[list[float]] = [[] for _ in makes]
@@ -143,7 +171,7 @@ async def measure_rotating(
         k = round_ % len(makes)
         for i in list(range(k, len(makes))) + list(range(k)):
             side_cpu = cpu[i] if cpu is not None else None
-            out[i] += await measure_sequential(reactor, makes[i], m, 1, warm=False, cpu=side_cpu)
+            out[i] += await measure_sequential(reactor, makes[i], m, 1, warm=False, cpu=side_cpu, clock=clock)
     return out
 
 
@@ -466,7 +494,10 @@ def case_handler_paired(p: dict) -> None:
         from pyo3_twisted_demo._native import VersionsHandler
         from pyo3_twisted_demo.app import KNOWN_FEATURES, create_schema, python_versions
 
-        _native.install(reactor, logcontext="pyo3_twisted.logcontext", reactor_polls=p.get("reactor_polls", True))
+        _native.install(
+            reactor,
+            **{"logcontext": "pyo3_twisted.logcontext", "reactor_polls": p.get("reactor_polls", True), **p.get("install", {})},
+        )
         if p.get("database") == "postgresql":
             database = os.environ["PYO3_TWISTED_TEST_PG_DSN"]
         else:
@@ -521,7 +552,12 @@ def case_handler_paired(p: dict) -> None:
         answers = [await make(0) for make in makes]
         assert all(answer == answers[0] for answer in answers), answers
         cpu: list[list[float]] = [[] for _ in makes]
-        wall = await measure_rotating(reactor, makes, p["m"], p["reps"] * p.get("pairs", 5), cpu)
+        # Whose CPU time: the process's (every thread), the reactor thread's alone,
+        # or every other thread's (the pool's, Tokio's), to tell the shares apart.
+        clock = {"process": time.process_time, "reactor": time.thread_time, "others": others_cpu_time}[
+            p.get("cpu_clock", "process")
+        ]
+        wall = await measure_rotating(reactor, makes, p["m"], p["reps"] * p.get("pairs", 5), cpu, clock)
         pool.close()
         wall_by = dict(zip(sides, wall))
         cpu_by = dict(zip(sides, cpu))

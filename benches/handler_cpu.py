@@ -16,6 +16,7 @@ wrk's load on the VM, which the sides share and which widen a run's interval to
 
     python benches/handler_cpu.py [--sides python_control,rust_interaction]
         [--procs 4] [--rounds 20] [--m 300] [--database sqlite|postgresql] [--cpus 0|all|...]
+        [--install '{"metrics": false}'] [--clock process|reactor|others]
 
 Each process runs on CPU 0 unless `--cpus` says otherwise: there the reactor
 thread and the pool's thread share a core, as the demo pinned for wrk does, and the
@@ -50,6 +51,10 @@ RATIO_KEYS = {
     "rust_coroutine": "_coroutine",
     "rust_interaction": "_interaction",
 }
+
+
+# --clock: whose CPU time each batch is read by.
+CLOCKS = {"process": "the process's", "reactor": "the reactor thread's", "others": "the other threads'"}
 
 
 def cpu_verdict(interval: tuple[float, float]) -> str:
@@ -88,6 +93,17 @@ def main() -> int:
         help="the CPUs each process runs on (taskset -c; 'all' for none): one by default, "
         "where a wake-up of the other thread is no interrupt between CPUs, and the reading is tighter",
     )
+    parser.add_argument(
+        "--install",
+        default="{}",
+        help='more keyword arguments for the runtime, as JSON: \'{"metrics": false}\', \'{"track_cpu_time": false}\'',
+    )
+    parser.add_argument(
+        "--clock",
+        choices=list(CLOCKS),
+        default="process",
+        help="whose CPU time: the process's, the reactor thread's, or every other thread's (the pool's, Tokio's)",
+    )
     args = parser.parse_args()
     if args.cpus != "all":
         wrk_versions.require_tool("taskset")
@@ -97,8 +113,22 @@ def main() -> int:
         parser.error(f"--sides: choose from {', '.join(RATIO_KEYS)} (not {', '.join(unknown) or 'none'})")
     if args.procs < 1 or args.rounds < 1 or args.m < 1:
         parser.error("--procs, --rounds and --m must be at least 1")
+    try:
+        install = json.loads(args.install)
+    except json.JSONDecodeError as err:
+        parser.error(f"--install: not JSON ({err})")
+    if not isinstance(install, dict):
+        parser.error("--install: a JSON object of keyword arguments")
 
-    params = {"m": args.m, "reps": args.rounds, "pairs": 1, "sides": ["python", *compared], "database": args.database}
+    params = {
+        "m": args.m,
+        "reps": args.rounds,
+        "pairs": 1,
+        "sides": ["python", *compared],
+        "database": args.database,
+        "install": install,
+        "cpu_clock": args.clock,
+    }
     runs = []
     for proc in range(args.procs):
         raw = run_paired(params, None if args.cpus == "all" else args.cpus)
@@ -108,9 +138,10 @@ def main() -> int:
 
     twin_cpu = statistics.median(v for raw in runs for v in raw["paired_cpu_python_us"])
     twin_wall = statistics.median(v for raw in runs for v in raw["paired_python_us"])
+    which = CLOCKS[args.clock]
     print(
-        f"\n{args.database}, CPUs {args.cpus}, {args.procs} processes x {args.rounds} batches of {args.m} requests;"
-        f" the Python twin: {twin_cpu:.1f} µs CPU, {twin_wall:.1f} µs wall per request\n"
+        f"\n{args.database}, CPUs {args.cpus}, {args.procs} processes x {args.rounds} batches of {args.m} requests,"
+        f" {which} CPU time; the Python twin: {twin_cpu:.1f} µs CPU, {twin_wall:.1f} µs wall per request\n"
     )
     print(f"{'side':18} {'CPU ratio':>9} {'95% interval':>13} {'wall ratio':>10}  verdict (no more CPU)")
     for side in compared:

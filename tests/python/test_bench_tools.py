@@ -148,3 +148,43 @@ def test_a_callgrind_files_totals_are_read_by_event() -> None:
     assert handler_instructions.thread_events(text) == {"Ir": 120, "I1mr": 7, "D1mr": 5, "D1mw": 3}
     # A thread's file without a summary (it ran nothing) counts for nothing.
     assert handler_instructions.thread_events("version: 1\nevents: Ir\n") == {}
+
+
+def test_the_other_threads_cpu_time_counts_them_and_not_the_caller() -> None:
+    import threading
+    import time
+
+    import cases
+
+    burned = threading.Event()
+    leave = threading.Event()
+
+    def busy() -> None:
+        start = time.thread_time()
+        while time.thread_time() - start < 0.05:
+            pass
+        burned.set()
+        leave.wait()
+
+    before = cases.others_cpu_time()
+    worker = threading.Thread(target=busy)
+    worker.start()
+    try:
+        assert burned.wait(30)
+        # The caller's own CPU time is left out.
+        start = time.thread_time()
+        while time.thread_time() - start < 0.3:
+            pass
+        spent = cases.others_cpu_time() - before
+    finally:
+        leave.set()
+        worker.join()
+    assert 0.045 <= spent < 0.3
+
+
+def test_handler_cpu_judges_a_side_by_its_interval() -> None:
+    import handler_cpu
+
+    assert handler_cpu.cpu_verdict((0.98, 0.995)) == "met"
+    assert handler_cpu.cpu_verdict((0.995, 1.004)) == "unsettled"
+    assert handler_cpu.cpu_verdict((1.015, 1.026)) == "NOT MET"

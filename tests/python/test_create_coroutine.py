@@ -57,6 +57,24 @@ def test_it_is_a_coroutine_and_ensure_deferred_takes_it(reactor):
     assert reactor.get_success(defer.ensureDeferred(coroutine)) == 7
 
 
+@pytest.mark.parametrize(
+    "value",
+    [(1, 2), (), ((1, 2),), ValueError("a value, not raised"), StopIteration(3), None, 5, [3]],
+    ids=["tuple", "empty-tuple", "nested-tuple", "exception", "stop-iteration", "none", "int", "list"],
+)
+def test_the_answer_is_the_value_itself_whatever_its_type(reactor, value):
+    """The answer leaves as a Python coroutine's ``return value`` does: a tuple is
+    not taken as ``StopIteration``'s arguments, an exception is not raised, both
+    to a caller stepping it by hand and to one awaiting it."""
+    coroutine = probes.co_call_python(reactor, lambda: defer.succeed(value))
+    with pytest.raises(StopIteration) as stop:
+        coroutine.send(None)
+    assert stop.value.value is value
+
+    answer = awaited(probes.co_call_python(reactor, lambda: defer.succeed(value)))
+    assert reactor.get_success(answer) is value
+
+
 def test_a_future_that_only_calls_python_finishes_in_the_callers_step(reactor):
     before = pyo3_twisted.stats(reactor)["mailbox_jobs"]
     d = awaited(probes.co_call_python(reactor, lambda: defer.succeed("inline")))
