@@ -564,8 +564,8 @@ def case_handler_paired(p: dict) -> None:
         out: dict[str, Any] = {"us": wall[0]}
         for name in sides:
             out[f"paired_{name}_us"] = wall_by[name]
-            # The process's CPU per request (every thread), batch by batch: the
-            # goal's "no more CPU per request" without HTTP's share.
+            # CPU per request by `clock`, batch by batch: with the process's
+            # clock, the goal's "no more CPU per request" without HTTP's share.
             out[f"paired_cpu_{name}_us"] = cpu_by[name]
         # Key suffix: (side, the side it is divided by).
         ratios = {

@@ -4,7 +4,8 @@
 Each demo-less process (`cases.py handler_paired`) runs the chosen sides batch by
 batch in rotating order, m sequential requests a batch, each request in a logging
 context of its own, and reads the process's CPU time (`time.process_time`: every
-thread, user and system) around each batch. A batch's ratio to the Python twin's
+thread, user and system; `--clock` reads the reactor thread's or the others')
+around each batch. A batch's ratio to the Python twin's
 batch of the same round is free of what moves between processes and over time; the
 median of those ratios gets a 95% interval by a two-stage bootstrap (processes,
 then their batches: `wrk_versions.median_interval`). `python_control`, the twin
@@ -20,7 +21,7 @@ wrk's load on the VM, which the sides share and which widen a run's interval to
 
 Each process runs on CPU 0 unless `--cpus` says otherwise: there the reactor
 thread and the pool's thread share a core, as the demo pinned for wrk does, and the
-Python twin costs ~84 µs of CPU per request against ~183 µs unpinned (the rest is
+Python twin costs ~75-85 µs of CPU per request against ~183 µs unpinned (the rest is
 waking the other thread on the other CPU), so the handlers' difference is a larger
 share and the interval narrower.
 
