@@ -18,12 +18,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from handler_cpu import run_case  # noqa: E402
 
 ROWS = [
     # name, case, params, description
@@ -135,19 +136,6 @@ GOALS = [
     ("9. pyo3_twisted::time::sleep(10 ms) vs tokio::time::sleep, overshoot (epoll)", "sleep10_ours", "sleep10_tokio", 1.5, "<="),
     ("9. pyo3_twisted::time::sleep(10 ms) vs tokio::time::sleep, CPU per sleep (epoll)", "sleep10_ours_cpu", "sleep10_tokio_cpu", 1.2, "<="),
 ]
-
-
-def run_case(case: str, params: dict, timeout: float = 600) -> dict:
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "cases.py"), case, json.dumps(params)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "RUST_BACKTRACE": "0"},
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"case {case} {params} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def summary(us: list[float]) -> dict:

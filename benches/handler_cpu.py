@@ -64,19 +64,19 @@ def cpu_verdict(interval: tuple[float, float]) -> str:
     return wrk_versions.verdict(1.0, interval)
 
 
-def run_paired(params: dict[str, Any], cpus: str | None) -> dict[str, Any]:
-    """One process of `cases.py handler_paired`, pinned to `cpus` if given: its
-    result."""
+def run_case(case: str, params: dict[str, Any], cpus: str | None = None, timeout: float = 600) -> dict[str, Any]:
+    """One process of `cases.py case` with `params`, pinned to `cpus` if given: the
+    result it prints last. `bench.py` runs its rows through it too."""
     pin = ["taskset", "-c", cpus] if cpus else []
     proc = subprocess.run(
-        [*pin, sys.executable, str(HERE / "cases.py"), "handler_paired", json.dumps(params)],
+        [*pin, sys.executable, str(HERE / "cases.py"), case, json.dumps(params)],
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=timeout,
         env={**os.environ, "RUST_BACKTRACE": "0"},
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"handler_paired {params} failed:\n{proc.stderr}")
+        raise RuntimeError(f"case {case} {params} failed:\n{proc.stderr}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
@@ -132,7 +132,7 @@ def main() -> int:
     }
     runs = []
     for proc in range(args.procs):
-        raw = run_paired(params, None if args.cpus == "all" else args.cpus)
+        raw = run_case("handler_paired", params, None if args.cpus == "all" else args.cpus, timeout=1800)
         runs.append(raw)
         twin = statistics.median(raw["paired_cpu_python_us"])
         print(f"  process {proc + 1}/{args.procs}: the twin {twin:.1f} µs CPU per request", flush=True)
