@@ -137,7 +137,8 @@ bench: test-ext postgres
 
 # The demo's Rust /versions handler against its Python twin over HTTP (wrk and
 # valgrind, from Debian's packages), then in process under callgrind without HTTP
-# (benches/handler_instructions.py); figures in benches/README.md.
+# (benches/handler_instructions.py) and by CPU time, at the demo's four flags and at
+# Synapse's ~40 (benches/handler_cpu.py); figures in benches/README.md.
 bench-http: release-install postgres
 	command -v wrk >/dev/null && command -v valgrind >/dev/null || { sudo_=""; [ "$$(id -u)" = 0 ] || sudo_="sudo -n"; \
 	  $$sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk valgrind; }
@@ -145,6 +146,8 @@ bench-http: release-install postgres
 	$(VENV)/bin/python benches/handler_instructions.py
 	$(VENV)/bin/python benches/handler_cpu.py --sides python_control,rust_interaction,rust_coroutine,rust
 	$(WITH_PG) $(VENV)/bin/python benches/handler_cpu.py --database postgresql --sides python_control,rust_interaction,rust_coroutine
+	$(VENV)/bin/python benches/handler_cpu.py --extra-features 36 --sides python_control,rust_interaction,rust_coroutine
+	$(WITH_PG) $(VENV)/bin/python benches/handler_cpu.py --extra-features 36 --database postgresql --sides python_control,rust_interaction
 
 postgres:
 	mkdir -p $(dir $(PG_DSN_FILE))

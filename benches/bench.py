@@ -56,6 +56,7 @@ ROWS = [
     ("pg_txn_rust_polls", "interaction_sqlite", {"side": "rust", "m": 1_000, "database": "postgresql", "reactor_polls": True}, "PostgreSQL SELECT via run_interaction (Rust) on the Python pool, sequential, reactor_polls"),
     ("pg_txn_python", "interaction_sqlite", {"side": "python", "m": 1_000, "database": "postgresql"}, "PostgreSQL SELECT via runInteraction (Python), sequential"),
     ("handler_paired", "handler_paired", {"m": 300}, "the demo's /versions handler in process (SQLite, a logcontext per request): Rust with reactor_polls, alternating with its Python twin as a coroutine and behind a Deferred"),
+    ("handler_paired_40", "handler_paired", {"m": 300, "extra_features": 36, "sides": ["python", "rust_interaction"]}, "the same handler answering 40 flags (Synapse's /versions answers ~40): run_interaction_coroutine alternating with its Python twin"),
     ("txn_polls_paired", "interaction_sqlite", {"side": "paired", "m": 500, "reactor_polls": True}, "SQLite SELECT via run_interaction (Rust), reactor_polls, alternating with runInteraction (Python) in one process"),
     ("pg_txn_polls_paired", "interaction_sqlite", {"side": "paired", "m": 500, "database": "postgresql", "reactor_polls": True}, "the same on PostgreSQL through the Python pool"),
     ("txn_coroutine_paired", "interaction_sqlite", {"side": "paired", "m": 500, "reactor_polls": True, "coroutine": True}, "SQLite SELECT via run_interaction (Rust) in a create_coroutine coroutine, alternating with runInteraction (Python) in one process"),
@@ -106,6 +107,7 @@ PAIRED_GOALS = [
     ("17. the demo's Rust handler through run_interaction_coroutine vs its Python twin, paired (no HTTP)", "handler_paired", "paired_ratio_interaction", 1.0),
     ("17. ... its process CPU per request against the twin's, paired (no HTTP)", "handler_paired", "paired_cpu_ratio_interaction", 1.0),
     ("17. the demo's Rust handler (reactor_polls): process CPU per request against the twin's, paired (no HTTP)", "handler_paired", "paired_cpu_ratio", 1.0),
+    ("17. run_interaction_coroutine answering 40 flags, as Synapse's /versions does: process CPU per request against the twin's, paired (no HTTP)", "handler_paired_40", "paired_cpu_ratio_interaction", 1.0),
 ]
 
 # (description, numerator row, denominator row, bound, "<=" or ">=")

@@ -492,7 +492,7 @@ def case_handler_paired(p: dict) -> None:
         from pyo3_twisted.database import DatabasePool
         from pyo3_twisted_demo import _native
         from pyo3_twisted_demo._native import VersionsHandler
-        from pyo3_twisted_demo.app import KNOWN_FEATURES, create_schema, python_versions
+        from pyo3_twisted_demo.app import create_schema, known_features, python_versions
 
         _native.install(
             reactor,
@@ -505,9 +505,12 @@ def case_handler_paired(p: dict) -> None:
         pool = DatabasePool(reactor, database, logcontext=lc)
         await pool.runInteraction("create_schema", create_schema)
         user = "@alice:example.org"
+        # Both handlers answer the same flags: the demo's four and `extra_features`
+        # more, set for nobody (Synapse's /versions answers ~40).
+        known = known_features(p.get("extra_features", 0))
 
         def rust_side(**kind: bool) -> Callable[[], Any]:
-            handler = VersionsHandler(pool, reactor, KNOWN_FEATURES, 0, **kind)
+            handler = VersionsHandler(pool, reactor, known, 0, **kind)
 
             async def side() -> Any:
                 return await handler.handle(reactor, user)
@@ -515,10 +518,10 @@ def case_handler_paired(p: dict) -> None:
             return side
 
         async def python() -> Any:
-            return await python_versions(pool, user)
+            return await python_versions(pool, user, known)
 
         async def python_deferred() -> Any:
-            return await lc.make_deferred_yieldable(lc.run_in_background(python_versions, pool, user))
+            return await lc.make_deferred_yieldable(lc.run_in_background(python_versions, pool, user, known))
 
         # In the order the paired batches rotate through. `python_control` is the
         # twin again: its ratio to the twin shows what the method reads for two
@@ -561,7 +564,8 @@ def case_handler_paired(p: dict) -> None:
         pool.close()
         wall_by = dict(zip(sides, wall))
         cpu_by = dict(zip(sides, cpu))
-        out: dict[str, Any] = {"us": wall[0]}
+        # How many flags every side answered (they answered alike: checked above).
+        out: dict[str, Any] = {"us": wall[0], "flags": len(answers[0]["unstable_features"])}
         for name in sides:
             out[f"paired_{name}_us"] = wall_by[name]
             # CPU per request by `clock`, batch by batch: with the process's

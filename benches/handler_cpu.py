@@ -17,6 +17,7 @@ wrk's load on the VM, which the sides share and which widen a run's interval to
 
     python benches/handler_cpu.py [--sides python_control,rust_interaction]
         [--procs 4] [--rounds 20] [--m 300] [--database sqlite|postgresql] [--cpus 0|all|...]
+        [--extra-features 36]
         [--install '{"metrics": false}'] [--clock process|reactor|others]
 
 Each process runs on CPU 0 unless `--cpus` says otherwise: there the reactor
@@ -89,6 +90,12 @@ def main() -> int:
     parser.add_argument("--m", type=int, default=300, help="requests per batch")
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument(
+        "--extra-features",
+        type=int,
+        default=0,
+        help="known features beyond the demo's four, set for nobody, for both handlers (Synapse's /versions answers ~40)",
+    )
+    parser.add_argument(
         "--cpus",
         default="0",
         help="the CPUs each process runs on (taskset -c; 'all' for none): one by default, "
@@ -114,6 +121,8 @@ def main() -> int:
         parser.error(f"--sides: choose from {', '.join(RATIO_KEYS)} (not {', '.join(unknown) or 'none'})")
     if args.procs < 1 or args.rounds < 1 or args.m < 1:
         parser.error("--procs, --rounds and --m must be at least 1")
+    if args.extra_features < 0:
+        parser.error("--extra-features must be 0 or more")
     try:
         install = json.loads(args.install)
     except json.JSONDecodeError as err:
@@ -129,6 +138,7 @@ def main() -> int:
         "database": args.database,
         "install": install,
         "cpu_clock": args.clock,
+        "extra_features": args.extra_features,
     }
     runs = []
     for proc in range(args.procs):
@@ -141,7 +151,7 @@ def main() -> int:
     twin_wall = statistics.median(v for raw in runs for v in raw["paired_python_us"])
     which = CLOCKS[args.clock]
     print(
-        f"\n{args.database}, CPUs {args.cpus}, {args.procs} processes x {args.rounds} batches of {args.m} requests,"
+        f"\n{args.database}, {args.extra_features} extra features, CPUs {args.cpus}, {args.procs} processes x {args.rounds} batches of {args.m} requests,"
         f" {which} CPU time; the Python twin: {twin_cpu:.1f} µs CPU, {twin_wall:.1f} µs wall per request\n"
     )
     print(f"{'side':18} {'CPU ratio':>9} {'95% interval':>13} {'wall ratio':>10}  verdict (no more CPU)")

@@ -1,5 +1,6 @@
 """The benchmark scripts' parsers, on made-up input (a wrong parse would print
-plausible figures, and nothing else would notice), and their check for missing tools."""
+plausible figures, and nothing else would notice), their check for missing tools,
+and one short run of the in-process handler case."""
 
 import sys
 from pathlib import Path
@@ -188,3 +189,16 @@ def test_handler_cpu_judges_a_side_by_its_interval() -> None:
     assert handler_cpu.cpu_verdict((0.98, 0.995)) == "met"
     assert handler_cpu.cpu_verdict((0.995, 1.004)) == "unsettled"
     assert handler_cpu.cpu_verdict((1.015, 1.026)) == "NOT MET"
+
+
+def test_handler_cpu_gives_both_handlers_the_extra_features() -> None:
+    # One short run of the case handler_cpu.py runs: with 36 extra features, every
+    # side answers 40 flags (the case checks they answer alike), and each batch gets
+    # its ratio to the twin.
+    import handler_cpu
+
+    params = {"m": 2, "reps": 2, "pairs": 1, "sides": ["python", "rust_interaction"], "extra_features": 36}
+    raw = handler_cpu.run_case("handler_paired", params, timeout=120)
+    assert raw["flags"] == 40
+    assert len(raw["paired_cpu_ratio_interaction"]) == 2
+    assert all(ratio > 0 for ratio in raw["paired_cpu_ratio_interaction"])
