@@ -523,9 +523,10 @@ def case_handler_paired(p: dict) -> None:
         async def python_deferred() -> Any:
             return await lc.make_deferred_yieldable(lc.run_in_background(python_versions, pool, user, known))
 
-        # In the order the paired batches rotate through. `python_control` is the
-        # twin again: its ratio to the twin shows what the method reads for two
-        # equal sides.
+        # Every side there is; `python_control` is the twin again: its ratio to the
+        # twin shows what the method reads for two equal sides. The batches rotate
+        # through the chosen ones in the order chosen, and the first is the row's
+        # "us".
         every = {
             "rust": rust_side(),
             "python": python,
